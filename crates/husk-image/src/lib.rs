@@ -1,0 +1,20 @@
+//! husk's image store and OCI registry client.
+//!
+//! Images enter through [`fetch::fetch`] (a registry, an OCI layout or archive, a docker
+//! archive), are verified while they stream, and are kept as content-addressed blobs plus one
+//! unpacked tree per layer, which pods use as overlay lower dirs.
+
+pub mod error;
+pub mod fetch;
+pub mod ingest;
+pub mod layout;
+pub mod maintenance;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+pub use error::{FetchError, StoreError, UnpackError};
+pub use fetch::{fetch, FetchOptions, Fetched, PullPolicy};
+pub use ingest::{NoProgress, Progress};
+pub use registry::RegistryOptions;
+pub use store::{ImageRecord, Store};

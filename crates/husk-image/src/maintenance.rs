@@ -1,0 +1,175 @@
+//! `image rm`, `image gc`, `image verify`, `image render`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use husk_sys::LockKind;
+use husk_types::Digest;
+
+use crate::error::{StoreError, UnpackError};
+use crate::store::{hash_reader, remove_any, ImageRecord, Store};
+use crate::unpack::{self, Mode};
+
+/// What `image rm` did.
+#[derive(Debug)]
+pub enum Removed {
+    /// A name was removed; the image still has other names.
+    Untagged(String),
+    /// The image record itself (and all its names) was removed.
+    Image { id: Digest, names: Vec<String> },
+}
+
+/// Removes a name, or an image by ID (prefix). `pods_using` tells which pods use an image; an
+/// image in use is refused and nothing is removed.
+pub fn remove(store: &Store, what: &str, pods_using: &dyn Fn(&Digest) -> Vec<String>) -> Result<Removed, StoreError> {
+    let rec = store.resolve(what)?;
+    let names = store.names_of(&rec.id)?;
+    let by_name = names.iter().find(|n| n.as_str() == what || husk_types::Reference::parse(what).map(|r| r.normalized().to_string()).ok().as_deref() == Some(n.as_str())).cloned();
+    if let (Some(n), true) = (&by_name, names.len() > 1) {
+        store.remove_ref(n)?;
+        return Ok(Removed::Untagged(n.clone()));
+    }
+    let pods = pods_using(&rec.id);
+    if !pods.is_empty() {
+        return Err(StoreError::InUse { name: by_name.unwrap_or_else(|| rec.id.to_string()), pods: pods.join(", ") });
+    }
+    for n in &names {
+        store.remove_ref(n)?;
+    }
+    let p = store.image_path(&rec.id);
+    std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, "remove image record", e))?;
+    Ok(Removed::Image { id: rec.id, names })
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub blobs: usize,
+    pub layers: usize,
+    pub leftovers: usize,
+    pub bytes: u64,
+}
+
+/// Removes blobs and layer trees no image record references, and leftovers of interrupted work.
+pub fn gc(store: &Store) -> Result<GcReport, StoreError> {
+    let _excl = store.lock_store(LockKind::Exclusive)?;
+    let mut report = GcReport { leftovers: store.clean_tmp()?, ..Default::default() };
+    let mut blobs = HashSet::new();
+    let mut trees = HashSet::new();
+    for img in store.images()? {
+        blobs.insert(img.manifest.hex().to_string());
+        blobs.insert(img.config.hex().to_string());
+        for l in &img.layers {
+            blobs.insert(l.digest.hex().to_string());
+            trees.insert(l.diff_id.hex().to_string());
+        }
+    }
+    let blob_dir = store.root().join("blobs/sha256");
+    for e in std::fs::read_dir(&blob_dir).map_err(|e| StoreError::io(&blob_dir, "list", e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !blobs.contains(&name) {
+            report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            remove_any(&e.path()).map_err(|err| StoreError::io(&e.path(), "remove", err))?;
+            report.blobs += 1;
+        }
+    }
+    let layer_dir = store.root().join("layers");
+    for e in std::fs::read_dir(&layer_dir).map_err(|e| StoreError::io(&layer_dir, "list", e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !trees.contains(&name) {
+            if let Ok(d) = Digest::from_sha256_hex(&name) {
+                report.bytes += store.read_layer_meta(&d).map(|m| m.size).unwrap_or(0);
+            }
+            remove_any(&e.path()).map_err(|err| StoreError::io(&e.path(), "remove", err))?;
+            report.layers += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// One damaged thing found by [`verify`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    pub what: String,
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// Re-hashes every blob and every unpacked tree; returns what does not match.
+pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
+    let mut damage = Vec::new();
+    let mut checked = 0;
+    let blob_dir = store.root().join("blobs/sha256");
+    let mut names: Vec<_> = std::fs::read_dir(&blob_dir).map_err(|e| StoreError::io(&blob_dir, "list", e))?.flatten().collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        checked += 1;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let f = std::fs::File::open(e.path()).map_err(|err| StoreError::io(&e.path(), "open", err))?;
+        let (d, _) = hash_reader(std::io::BufReader::new(f)).map_err(|err| StoreError::io(&e.path(), "read", err))?;
+        if d.hex() != name {
+            damage.push(Damage { what: format!("blob sha256:{name}"), path: e.path(), problem: format!("content hashes to {d}") });
+        }
+    }
+    for img in store.images()? {
+        for l in &img.layers {
+            if !store.has_blob(&l.digest) {
+                damage.push(Damage { what: format!("blob {}", l.digest), path: store.blob_path(&l.digest), problem: format!("missing (used by image {})", img.id.short()) });
+            }
+        }
+        for d in [&img.manifest, &img.config] {
+            if !store.has_blob(d) {
+                damage.push(Damage { what: format!("blob {d}"), path: store.blob_path(d), problem: format!("missing (used by image {})", img.id.short()) });
+            }
+        }
+    }
+    let layer_dir = store.root().join("layers");
+    let mut layers: Vec<_> = std::fs::read_dir(&layer_dir).map_err(|e| StoreError::io(&layer_dir, "list", e))?.flatten().collect();
+    layers.sort_by_key(|e| e.file_name());
+    for e in layers {
+        checked += 1;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(diff) = Digest::from_sha256_hex(&name) else { continue };
+        let what = format!("layer tree {diff}");
+        match store.read_layer_meta(&diff) {
+            Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
+            Ok(meta) => match unpack::tree_digest(&store.layer_rootfs(&diff)) {
+                Ok((t, _, _)) if t == meta.tree_digest => {}
+                Ok((t, _, _)) => damage.push(Damage { what, path: e.path(), problem: format!("tree changed: recorded {}, now {}", meta.tree_digest, t) }),
+                Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
+            },
+        }
+    }
+    Ok((checked, damage))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to render layer {digest}")]
+    Unpack {
+        digest: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("destination {0} exists and is not an empty directory; pass an empty or new directory")]
+    NotEmpty(PathBuf),
+}
+
+/// Applies an image's layers, in order, onto `dest` (a new or empty directory).
+pub fn render(store: &Store, rec: &ImageRecord, dest: &Path) -> Result<(), RenderError> {
+    match std::fs::read_dir(dest) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(RenderError::NotEmpty(dest.to_path_buf()));
+            }
+        }
+        Err(_) => std::fs::create_dir_all(dest).map_err(|e| StoreError::io(dest, "create", e))?,
+    }
+    for l in &rec.layers {
+        let f = store.open_blob(&l.digest)?;
+        let r = unpack::decompressor(std::io::BufReader::new(f)).map_err(|e| RenderError::Unpack { digest: l.digest.clone(), source: UnpackError::Tar(e) })?;
+        unpack::unpack(r, dest, Mode::Apply).map_err(|source| RenderError::Unpack { digest: l.digest.clone(), source })?;
+    }
+    Ok(())
+}

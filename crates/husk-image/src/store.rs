@@ -1,0 +1,460 @@
+//! The content-addressed store under `<data dir>/store`.
+//!
+//! ```text
+//! store/
+//!   blobs/sha256/<hex>            verified blobs: manifests, configs, compressed layers
+//!   layers/<diff-id hex>/rootfs/  one layer unpacked, in overlayfs format (read-only lower dir)
+//!   layers/<diff-id hex>/layer.json   tree digest and size, for `image verify`
+//!   images/<config hex>.json      image records (the image ID is the config digest)
+//!   refs/<escaped name:tag>.json  references to image IDs
+//!   locks/                        per-digest and store-wide locks
+//!   tmp/                          work in progress, named after the lock that owns it
+//! ```
+//! Nothing becomes visible before it is verified: blobs, trees and records are built in `tmp/`
+//! and renamed into place. Concurrent fetches lock per digest; `image gc` takes the store lock
+//! exclusively, fetches and pod preparation take it shared.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use husk_sys::{atomic_write, Lock, LockKind};
+use husk_types::{Digest, Reference};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::StoreError;
+
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Digest of the blob as distributed (compressed or not).
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Digest of the uncompressed tar; names the unpacked tree.
+    pub diff_id: Digest,
+}
+
+/// What the store knows of one image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub format_version: u32,
+    /// The image ID: digest of the image config.
+    pub id: Digest,
+    pub manifest: Digest,
+    pub manifest_media_type: String,
+    pub config: Digest,
+    pub layers: Vec<LayerRecord>,
+    pub fetched: chrono::DateTime<chrono::Utc>,
+    /// Where it was fetched from, as the user wrote it.
+    pub source: String,
+}
+
+impl ImageRecord {
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// A name pointing at an image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefRecord {
+    pub name: String,
+    pub id: Digest,
+    pub manifest: Digest,
+    pub updated: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub diff_id: Digest,
+    pub tree_digest: Digest,
+    pub size: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating when missing) the store under `data_dir/store`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let root = data_dir.join("store");
+        for sub in ["blobs/sha256", "layers", "images", "refs", "locks", "tmp"] {
+            let p = root.join(sub);
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, "create store directory", e))?;
+            }
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    /// The unpacked tree of a layer: an overlay lower dir.
+    pub fn layer_rootfs(&self, diff_id: &Digest) -> PathBuf {
+        self.layer_dir(diff_id).join("rootfs")
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).join("layer.json").is_file()
+    }
+
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(d);
+        fs::read(&p).map_err(|e| StoreError::io(&p, "read blob", e))
+    }
+
+    pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
+        let p = self.blob_path(d);
+        File::open(&p).map_err(|e| StoreError::io(&p, "open blob", e))
+    }
+
+    /// Locks one key (a digest, a reference) for the duration of work on it.
+    pub fn lock_key(&self, key: &str) -> Result<Lock, StoreError> {
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        Lock::lock(&p, LockKind::Exclusive, || tracing::debug!("waiting for {key}, another husk holds it"))
+            .map_err(StoreError::Lock)
+    }
+
+    /// The store-wide lock: shared for fetches and pod preparation, exclusive for `image gc`.
+    pub fn lock_store(&self, kind: LockKind) -> Result<Lock, StoreError> {
+        let p = self.root.join("locks/store.lock");
+        Lock::lock(&p, kind, || {
+            if kind == LockKind::Exclusive {
+                tracing::info!("waiting for running fetches to finish before collecting garbage");
+            } else {
+                tracing::info!("waiting for `husk image gc` to finish");
+            }
+        })
+        .map_err(StoreError::Lock)
+    }
+
+    /// A fresh path in `tmp/` owned by the holder of the lock `key`.
+    pub fn tmp_path(&self, key: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("{key}.{:016x}", rand::random::<u64>()))
+    }
+
+    /// Removes leftovers of interrupted work whose owner no longer holds its lock.
+    pub fn clean_tmp(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("tmp");
+        let mut removed = 0;
+        let entries = fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.rsplit_once('.').map_or(name.as_str(), |(k, _)| k);
+            let lock = self.root.join("locks").join(format!("{key}.lock"));
+            if let Ok(Some(_held)) = Lock::try_lock(&lock, LockKind::Exclusive) {
+                remove_any(&e.path()).map_err(|err| StoreError::io(&e.path(), "remove leftover", err))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts writing a blob; see [`BlobWriter`].
+    /// `owner` is the lock key the caller holds, so that [`Store::clean_tmp`] can tell a
+    /// leftover from work in progress.
+    pub fn blob_writer(&self, expected: Option<(Digest, u64)>, owner: &str) -> Result<BlobWriter, StoreError> {
+        let tmp = self.tmp_path(owner);
+        let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, "create", e))?;
+        Ok(BlobWriter { store: self.clone(), tmp, file: Some(file), hasher: Sha256::new(), size: 0, expected })
+    }
+
+    /// Stores a small blob from memory, verifying it against `expected` when given.
+    pub fn put_blob(&self, data: &[u8], expected: Option<&Digest>) -> Result<Digest, StoreError> {
+        let owner = format!("put-{:016x}", rand::random::<u64>());
+        let _lock = self.lock_key(&owner)?;
+        let mut w = self.blob_writer(expected.map(|d| (d.clone(), data.len() as u64)), &owner)?;
+        w.write_all(data).map_err(|e| StoreError::io(&w.tmp, "write", e))?;
+        w.commit()
+    }
+
+    // ----- image records and references -----
+
+    pub fn image_path(&self, id: &Digest) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", id.hex()))
+    }
+
+    pub fn write_image(&self, rec: &ImageRecord) -> Result<(), StoreError> {
+        let p = self.image_path(&rec.id);
+        let data = serde_json::to_vec_pretty(rec).expect("image record serializes");
+        atomic_write(&p, &data, 0o644).map_err(|e| StoreError::io(&p, "write image record", e))
+    }
+
+    pub fn read_image(&self, id: &Digest) -> Result<ImageRecord, StoreError> {
+        let p = self.image_path(id);
+        let data = fs::read(&p).map_err(|e| StoreError::io(&p, "read image record", e))?;
+        serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".json") else { continue };
+            let Ok(id) = Digest::from_sha256_hex(hex) else { continue };
+            match self.read_image(&id) {
+                Ok(r) => out.push(r),
+                // A record removed by a concurrent `image rm` is not an error.
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.fetched.cmp(&b.fetched));
+        Ok(out)
+    }
+
+    fn ref_path(&self, name: &str) -> PathBuf {
+        self.root.join("refs").join(format!("{}.json", escape_ref(name)))
+    }
+
+    pub fn write_ref(&self, name: &str, rec: &ImageRecord) -> Result<(), StoreError> {
+        let r = RefRecord { name: name.to_string(), id: rec.id.clone(), manifest: rec.manifest.clone(), updated: chrono::Utc::now() };
+        let p = self.ref_path(name);
+        atomic_write(&p, &serde_json::to_vec_pretty(&r).expect("ref serializes"), 0o644)
+            .map_err(|e| StoreError::io(&p, "write reference", e))
+    }
+
+    pub fn read_ref(&self, name: &str) -> Result<Option<RefRecord>, StoreError> {
+        let p = self.ref_path(name);
+        match fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&p, "read reference", e)),
+        }
+    }
+
+    pub fn remove_ref(&self, name: &str) -> Result<(), StoreError> {
+        let p = self.ref_path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => husk_sys::fsync_dir(&self.root.join("refs")).map_err(|e| StoreError::io(&p, "sync", e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&p, "remove reference", e)),
+        }
+    }
+
+    pub fn refs(&self) -> Result<Vec<RefRecord>, StoreError> {
+        let dir = self.root.join("refs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Ok(d) = fs::read(&p) {
+                    let r: RefRecord = serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt { path: p.clone(), why: e.to_string() })?;
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Finds an image by reference name (`busybox`, `host/x:tag`) or by a unique ID prefix.
+    pub fn resolve(&self, what: &str) -> Result<ImageRecord, StoreError> {
+        if let Ok(r) = Reference::parse(what) {
+            let name = r.normalized().to_string();
+            if let Some(rr) = self.read_ref(&name)? {
+                return self.read_image(&rr.id);
+            }
+        }
+        if let Some(rr) = self.read_ref(what)? {
+            return self.read_image(&rr.id);
+        }
+        let prefix = what.strip_prefix("sha256:").unwrap_or(what);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: Vec<ImageRecord> =
+                self.images()?.into_iter().filter(|i| i.id.hex().starts_with(prefix)).collect();
+            match matches.len() {
+                1 => return Ok(matches.into_iter().next().unwrap()),
+                0 => {}
+                n => return Err(StoreError::Ambiguous { what: what.to_string(), count: n }),
+            }
+        }
+        Err(StoreError::UnknownImage { what: what.to_string() })
+    }
+
+    /// Names pointing at an image.
+    pub fn names_of(&self, id: &Digest) -> Result<Vec<String>, StoreError> {
+        Ok(self.refs()?.into_iter().filter(|r| &r.id == id).map(|r| r.name).collect())
+    }
+
+    /// Records an unpacked tree as complete (called on the tmp dir before it is renamed).
+    pub fn write_layer_meta(dir: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
+        let p = dir.join("layer.json");
+        atomic_write(&p, &serde_json::to_vec_pretty(meta).expect("meta serializes"), 0o644)
+            .map_err(|e| StoreError::io(&p, "write layer metadata", e))
+    }
+
+    pub fn read_layer_meta(&self, diff_id: &Digest) -> Result<LayerMeta, StoreError> {
+        let p = self.layer_dir(diff_id).join("layer.json");
+        let d = fs::read(&p).map_err(|e| StoreError::io(&p, "read layer metadata", e))?;
+        serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
+    }
+}
+
+/// A reference name as a file name: '/' and ':' and '@' cannot stay, '%' escapes itself.
+fn escape_ref(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '%' => s.push_str("%25"),
+            '/' => s.push_str("%2F"),
+            _ => s.push(c),
+        }
+    }
+    s
+}
+
+/// Streams a blob into `tmp/`, hashing as it goes; [`BlobWriter::commit`] makes it visible only
+/// when digest and size match what was expected. Dropping it uncommitted removes the temp file.
+pub struct BlobWriter {
+    store: Store,
+    tmp: PathBuf,
+    file: Option<File>,
+    hasher: Sha256,
+    size: u64,
+    expected: Option<(Digest, u64)>,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("writer not committed").write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("writer not committed").flush()
+    }
+}
+
+impl BlobWriter {
+    pub fn written(&self) -> u64 {
+        self.size
+    }
+
+    /// Verifies and publishes the blob, returning its digest.
+    pub fn commit(mut self) -> Result<Digest, StoreError> {
+        let got = Digest::from_sha256_bytes(&std::mem::take(&mut self.hasher).finalize().into());
+        if let Some((want, want_size)) = &self.expected {
+            // Returning with `file` still set lets Drop remove the temp file.
+            if &got != want {
+                return Err(StoreError::DigestMismatch { expected: want.clone(), actual: got });
+            }
+            if self.size != *want_size {
+                return Err(StoreError::SizeMismatch { digest: want.clone(), expected: *want_size, actual: self.size });
+            }
+        }
+        let file = self.file.take().expect("commit once");
+        file.sync_all().map_err(|e| StoreError::io(&self.tmp, "sync", e))?;
+        drop(file);
+        let dest = self.store.blob_path(&got);
+        fs::rename(&self.tmp, &dest).map_err(|e| StoreError::io(&dest, "publish blob", e))?;
+        husk_sys::fsync_dir(dest.parent().unwrap()).map_err(|e| StoreError::io(&dest, "sync", e))?;
+        Ok(got)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes a file, symlink or directory tree.
+pub fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hashes a reader to its sha256 digest.
+pub fn hash_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((Digest::from_sha256_bytes(&h.finalize().into()), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_mismatch_names_both_digests_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let wrong = Digest::from_sha256_bytes(&[7; 32]);
+        let err = s.put_blob(b"hello", Some(&wrong)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&wrong.to_string()), "{msg}");
+        assert!(msg.contains("2cf24dba5fb0a30e"), "{msg}");
+        assert!(!s.has_blob(&wrong));
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn blob_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let id = s.put_blob(b"hello", None).unwrap();
+        assert_eq!(id.hex(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(s.read_blob(&id).unwrap(), b"hello");
+        // Storing it again is harmless.
+        s.put_blob(b"hello", Some(&id)).unwrap();
+    }
+
+    #[test]
+    fn stale_tmp_is_cleaned_only_when_unlocked() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let busy = s.tmp_path("blob-aaaa");
+        fs::write(&busy, b"x").unwrap();
+        let stale = s.tmp_path("blob-bbbb");
+        fs::create_dir(&stale).unwrap();
+        let _held = s.lock_key("blob-aaaa").unwrap();
+        assert_eq!(s.clean_tmp().unwrap(), 1);
+        assert!(busy.exists());
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn ref_names_escape() {
+        assert_eq!(escape_ref("127.0.0.1:5000/a/b:t"), "127.0.0.1:5000%2Fa%2Fb:t");
+        assert_ne!(escape_ref("a/b"), escape_ref("a%2Fb"));
+    }
+}

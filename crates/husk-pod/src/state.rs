@@ -1,0 +1,430 @@
+//! Pod phases: one `observe` function, transitions that consume a held lock.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use husk_sys::{Lock, LockKind};
+use husk_types::pod::{AppStatus, PodManifest, Stage1State};
+use husk_types::Digest;
+use serde::Serialize;
+
+use crate::error::PodError;
+
+/// The phase directories, in lifecycle order.
+pub const PHASE_DIRS: [&str; 6] = ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Being created (embryo, locked).
+    Embryo,
+    /// Creation or preparation was interrupted (embryo or prepare, unlocked).
+    AbortedPrepare,
+    Preparing,
+    Prepared,
+    Running,
+    Exited,
+    ExitedGarbage,
+    Garbage,
+}
+
+impl Phase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Embryo => "embryo",
+            Phase::AbortedPrepare => "aborted-prepare",
+            Phase::Preparing => "preparing",
+            Phase::Prepared => "prepared",
+            Phase::Running => "running",
+            Phase::Exited => "exited",
+            Phase::ExitedGarbage => "exited-garbage",
+            Phase::Garbage => "garbage",
+        }
+    }
+}
+
+/// The pods directory of a data dir.
+#[derive(Debug, Clone)]
+pub struct Pods {
+    root: PathBuf,
+}
+
+/// A pod whose exclusive lock this process holds.
+#[derive(Debug)]
+pub struct LockedPod {
+    pub uuid: String,
+    pub dir: PathBuf,
+    pub lock: Lock,
+}
+
+/// Everything `list` and `status` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodInfo {
+    pub uuid: String,
+    pub phase: Phase,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub manifest: Option<PodManifest>,
+    pub stage1: Option<Stage1State>,
+    pub apps: Vec<(String, Option<AppStatus>)>,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+    pub exited: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PodInfo {
+    /// The pod's exit status: the first failed app's, else 0; None while running or unknown.
+    pub fn exit_status(&self) -> Option<i32> {
+        if self.phase != Phase::Exited && self.phase != Phase::ExitedGarbage {
+            return None;
+        }
+        let statuses: Vec<&AppStatus> = self.apps.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        if statuses.len() != self.apps.len() {
+            return None;
+        }
+        Some(statuses.iter().map(|s| s.shell_status()).find(|c| *c != 0).unwrap_or(0))
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, PodError> {
+    match fs::read(p) {
+        Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| PodError::Corrupt { path: p.to_path_buf(), why: e.to_string() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PodError::io(p, "read", e)),
+    }
+}
+
+impl Pods {
+    pub fn open(data_dir: &Path) -> Result<Pods, PodError> {
+        let root = data_dir.join("pods");
+        for d in PHASE_DIRS {
+            let p = root.join(d);
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(|e| PodError::io(&p, "create", e))?;
+            }
+        }
+        Ok(Pods { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn phase_dir(&self, phase_dir: &str) -> PathBuf {
+        self.root.join(phase_dir)
+    }
+
+    /// Creates a new pod in `embryo`, locked, then moves it to `prepare`.
+    pub fn create(&self) -> Result<LockedPod, PodError> {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let dir = self.root.join("embryo").join(&uuid);
+        fs::create_dir(&dir).map_err(|e| PodError::io(&dir, "create pod directory", e))?;
+        let lock = Lock::try_lock(&dir, LockKind::Exclusive)?.expect("a fresh directory is not locked");
+        let mut pod = LockedPod { uuid, dir, lock };
+        self.transition(&mut pod, "prepare")?;
+        Ok(pod)
+    }
+
+    /// Renames a locked pod into another phase directory.
+    pub fn transition(&self, pod: &mut LockedPod, to: &str) -> Result<(), PodError> {
+        let dest = self.root.join(to).join(&pod.uuid);
+        fs::rename(&pod.dir, &dest).map_err(|e| PodError::io(&dest, "move pod", e))?;
+        husk_sys::fsync_dir(&self.root.join(to)).map_err(|e| PodError::io(&dest, "sync", e))?;
+        pod.dir = dest;
+        Ok(())
+    }
+
+    /// Which phase directory holds `uuid`, if any.
+    fn locate(&self, uuid: &str) -> Option<(&'static str, PathBuf)> {
+        PHASE_DIRS.iter().map(|d| (*d, self.root.join(d).join(uuid))).find(|(_, p)| p.is_dir())
+    }
+
+    /// Observes a pod's phase: the directory holding it and whether its lock is held.
+    pub fn observe(&self, uuid: &str) -> Result<(Phase, PathBuf), PodError> {
+        // A pod may move between our look and our lock; look again when it did.
+        for _ in 0..5 {
+            let Some((dir_name, dir)) = self.locate(uuid) else {
+                return Err(PodError::Unknown(uuid.to_string()));
+            };
+            let locked = match Lock::try_lock(&dir, LockKind::Shared) {
+                Ok(Some(l)) => {
+                    if !l.still_at(&dir) {
+                        continue;
+                    }
+                    false
+                }
+                Ok(None) => true,
+                Err(husk_sys::LockError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let phase = match (dir_name, locked) {
+                ("embryo", true) => Phase::Embryo,
+                ("embryo", false) | ("prepare", false) => Phase::AbortedPrepare,
+                ("prepare", true) => Phase::Preparing,
+                ("prepared", _) => Phase::Prepared,
+                ("run", true) => Phase::Running,
+                ("run", false) => Phase::Exited,
+                ("exited-garbage", _) => Phase::ExitedGarbage,
+                _ => Phase::Garbage,
+            };
+            return Ok((phase, dir));
+        }
+        Err(PodError::Unknown(uuid.to_string()))
+    }
+
+    pub fn all_uuids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in PHASE_DIRS {
+            if let Ok(rd) = fs::read_dir(self.root.join(d)) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if uuid::Uuid::parse_str(&n).is_ok() && !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolves a unique UUID prefix.
+    pub fn resolve(&self, prefix: &str) -> Result<String, PodError> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() {
+            return Err(PodError::Unknown(prefix.to_string()));
+        }
+        let matches: Vec<String> = self.all_uuids().into_iter().filter(|u| u.starts_with(prefix)).collect();
+        match matches.len() {
+            0 => Err(PodError::Unknown(prefix.to_string())),
+            1 => Ok(matches.into_iter().next().unwrap()),
+            n => Err(PodError::Ambiguous { prefix: prefix.to_string(), count: n, examples: matches.iter().take(3).cloned().collect::<Vec<_>>().join(", ") }),
+        }
+    }
+
+    pub fn info(&self, uuid: &str) -> Result<PodInfo, PodError> {
+        let (phase, dir) = self.observe(uuid)?;
+        let manifest: Option<PodManifest> = read_json(&dir.join("pod.json"))?;
+        let stage1: Option<Stage1State> = read_json(&dir.join("stage1.json"))?;
+        let mut apps = Vec::new();
+        let mut exited = None;
+        if let Some(m) = &manifest {
+            for a in &m.apps {
+                let st: Option<AppStatus> = read_json(&dir.join("apps").join(&a.name).join("status.json"))?;
+                if let Some(s) = &st {
+                    exited = exited.max(Some(s.finished));
+                }
+                apps.push((a.name.clone(), st));
+            }
+        }
+        if matches!(phase, Phase::Exited | Phase::ExitedGarbage) && exited.is_none() {
+            // Killed without recording statuses: the lock's release is all we know; the pod
+            // dir's last change is the best time we have.
+            exited = fs::metadata(&dir).and_then(|m| m.modified()).ok().map(Into::into);
+        }
+        Ok(PodInfo {
+            uuid: uuid.to_string(),
+            phase,
+            created: manifest.as_ref().map(|m| m.created),
+            started: stage1.as_ref().map(|s| s.started),
+            exited: if matches!(phase, Phase::Exited | Phase::ExitedGarbage) { exited } else { None },
+            dir,
+            manifest,
+            stage1,
+            apps,
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<PodInfo>, PodError> {
+        let mut out = Vec::new();
+        for u in self.all_uuids() {
+            match self.info(&u) {
+                Ok(i) => out.push(i),
+                Err(PodError::Unknown(_)) => {} // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(out)
+    }
+
+    /// Pods (any phase but garbage) whose manifest uses image `id`.
+    pub fn pods_using_image(&self, id: &Digest) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in ["embryo", "prepare", "prepared", "run"] {
+            if let Ok(rd) = fs::read_dir(self.root.join(d)) {
+                for e in rd.flatten() {
+                    let m: Option<PodManifest> = read_json(&e.path().join("pod.json")).ok().flatten();
+                    match m {
+                        Some(m) if m.apps.iter().any(|a| &a.image.id == id) => out.push(e.file_name().to_string_lossy().into_owned()),
+                        // A pod still being prepared has no manifest yet: be safe.
+                        None if d == "embryo" || d == "prepare" => {
+                            if Lock::try_lock(&e.path(), LockKind::Shared).ok().flatten().is_none() {
+                                out.push(e.file_name().to_string_lossy().into_owned());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes a pod's lock exclusively, without waiting: fails if the pod runs or is being worked on.
+    pub fn lock_pod(&self, uuid: &str) -> Result<LockedPod, PodError> {
+        for _ in 0..5 {
+            let (phase, dir) = self.observe(uuid)?;
+            match Lock::try_lock(&dir, LockKind::Exclusive)? {
+                Some(lock) if lock.still_at(&dir) => return Ok(LockedPod { uuid: uuid.to_string(), dir, lock }),
+                Some(_) => continue,
+                None => {
+                    return Err(PodError::WrongPhase {
+                        uuid: uuid.to_string(),
+                        phase: phase.as_str().to_string(),
+                        why: "another husk command is using it".into(),
+                    })
+                }
+            }
+        }
+        Err(PodError::Unknown(uuid.to_string()))
+    }
+
+    /// Removes a locked pod: stage1 cleanup (`gc_hook`), then `garbage/`, then gone.
+    pub fn remove_locked(&self, mut pod: LockedPod, gc_hook: &dyn Fn(&Path) -> Result<(), PodError>) -> Result<(), PodError> {
+        gc_hook(&pod.dir)?;
+        if !pod.dir.starts_with(self.root.join("garbage")) {
+            self.transition(&mut pod, "garbage")?;
+        }
+        fs::remove_dir_all(&pod.dir).map_err(|e| PodError::io(&pod.dir, "remove pod directory", e))?;
+        Ok(())
+    }
+
+    /// Collects garbage: exited pods move to exited-garbage (after stage1 cleanup); those older
+    /// than `grace` and aborted ones are removed; prepared pods older than `expire_prepared` too.
+    pub fn gc(&self, grace: Duration, expire_prepared: Duration, gc_hook: &dyn Fn(&Path) -> Result<(), PodError>) -> Result<GcReport, PodError> {
+        let mut report = GcReport::default();
+        for uuid in self.all_uuids() {
+            let Ok((phase, dir)) = self.observe(&uuid) else { continue };
+            let age = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok()).unwrap_or_default();
+            let result = match phase {
+                Phase::Exited => self.lock_pod(&uuid).and_then(|mut pod| {
+                    gc_hook(&pod.dir)?;
+                    self.transition(&mut pod, "exited-garbage")?;
+                    // The move marks the start of the grace period.
+                    let _ = fs::File::create(pod.dir.join("gc-marked"));
+                    report.marked.push(uuid.clone());
+                    if grace.is_zero() {
+                        self.remove_locked(pod, gc_hook)?;
+                        report.removed.push(uuid.clone());
+                    }
+                    Ok(())
+                }),
+                Phase::ExitedGarbage if age(&dir.join("gc-marked")) >= grace => self.lock_pod(&uuid).and_then(|pod| {
+                    self.remove_locked(pod, gc_hook)?;
+                    report.removed.push(uuid.clone());
+                    Ok(())
+                }),
+                Phase::AbortedPrepare | Phase::Garbage => self.lock_pod(&uuid).and_then(|pod| {
+                    self.remove_locked(pod, gc_hook)?;
+                    report.removed.push(uuid.clone());
+                    Ok(())
+                }),
+                Phase::Prepared if age(&dir) >= expire_prepared => self.lock_pod(&uuid).and_then(|pod| {
+                    self.remove_locked(pod, gc_hook)?;
+                    report.removed.push(uuid.clone());
+                    Ok(())
+                }),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                // One stuck pod must not stop the collection of the others.
+                report.failed.push((uuid, e.to_string()));
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub marked: Vec<String>,
+    pub removed: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_directory_and_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let mut pod = pods.create().unwrap();
+        let uuid = pod.uuid.clone();
+        assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Preparing);
+        pods.transition(&mut pod, "run").unwrap();
+        assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Running);
+        drop(pod); // the supervisor died
+        assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Exited);
+    }
+
+    #[test]
+    fn interrupted_prepare_is_aborted_and_collected() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let pod = pods.create().unwrap();
+        let uuid = pod.uuid.clone();
+        drop(pod); // kill -9 during prepare
+        assert_eq!(pods.observe(&uuid).unwrap().0, Phase::AbortedPrepare);
+        let r = pods.gc(Duration::ZERO, Duration::from_secs(3600), &|_| Ok(())).unwrap();
+        assert_eq!(r.removed, vec![uuid.clone()]);
+        assert!(matches!(pods.observe(&uuid), Err(PodError::Unknown(_))));
+    }
+
+    #[test]
+    fn running_pods_are_not_collected_or_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let mut pod = pods.create().unwrap();
+        pods.transition(&mut pod, "run").unwrap();
+        let r = pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
+        assert!(r.removed.is_empty());
+        assert!(matches!(pods.lock_pod(&pod.uuid), Err(PodError::WrongPhase { .. })));
+    }
+
+    #[test]
+    fn exited_pods_wait_out_the_grace_period() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let mut pod = pods.create().unwrap();
+        pods.transition(&mut pod, "run").unwrap();
+        let uuid = pod.uuid.clone();
+        drop(pod);
+        let r = pods.gc(Duration::from_secs(3600), Duration::ZERO, &|_| Ok(())).unwrap();
+        assert_eq!(r.marked, vec![uuid.clone()]);
+        assert!(r.removed.is_empty());
+        assert_eq!(pods.observe(&uuid).unwrap().0, Phase::ExitedGarbage);
+        let r = pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
+        assert_eq!(r.removed, vec![uuid]);
+    }
+
+    #[test]
+    fn uuid_prefixes() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let a = pods.create().unwrap();
+        let b = pods.create().unwrap();
+        assert_eq!(pods.resolve(&a.uuid[..8]).unwrap(), a.uuid);
+        assert_eq!(pods.resolve(&b.uuid).unwrap(), b.uuid);
+        assert!(matches!(pods.resolve("zzzz"), Err(PodError::Unknown(_))));
+        assert!(matches!(pods.resolve(""), Err(PodError::Unknown(_))));
+        // Both UUIDs match the empty-after-dash prefix of neither; an 8-hex common prefix is
+        // unlikely, so build an ambiguous case from two fake directories.
+        fs::create_dir(pods.root().join("prepared/aaaaaaaa-0000-4000-8000-000000000001")).unwrap();
+        fs::create_dir(pods.root().join("prepared/aaaaaaaa-0000-4000-8000-000000000002")).unwrap();
+        assert!(matches!(pods.resolve("aaaa"), Err(PodError::Ambiguous { count: 2, .. })));
+    }
+}

@@ -1,0 +1,90 @@
+//! What every entrypoint shares: reading the pod dir, writing state files, errors.
+
+use std::path::{Path, PathBuf};
+
+use husk_types::pod::{AppStatus, PodManifest, Stage1State, ABI_VERSION};
+
+/// A stage1 failure: a message for the user (stage1 has no richer error channel than stderr
+/// and its exit code).
+#[derive(Debug)]
+pub struct Fail(pub String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+pub trait Context<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail> {
+        self.map_err(|e| Fail(format!("{}: {e}", what())))
+    }
+}
+
+pub fn read_manifest(pod_dir: &Path) -> Result<PodManifest, Fail> {
+    let p = pod_dir.join("pod.json");
+    let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
+    let m: PodManifest = serde_json::from_slice(&data).ctx(|| format!("invalid pod manifest {}", p.display()))?;
+    if m.abi_version > ABI_VERSION {
+        return Err(Fail(format!("pod manifest has stage1 ABI version {}, this stage1 knows up to {ABI_VERSION}; use a newer stage1", m.abi_version)));
+    }
+    Ok(m)
+}
+
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
+    husk_sys::atomic_write(path, &serde_json::to_vec_pretty(v).expect("serializable"), 0o644).ctx(|| format!("cannot write {}", path.display()))
+}
+
+pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {
+    write_json(&pod_dir.join("apps").join(app).join("status.json"), st)
+}
+
+pub fn read_stage1_state(pod_dir: &Path) -> Result<Stage1State, Fail> {
+    let p = pod_dir.join("stage1.json");
+    let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_slice(&data).ctx(|| format!("invalid {}", p.display()))
+}
+
+/// `--flag=value` or `--flag value` parsing for the few entrypoint flags.
+pub fn flag_value(args: &[String], name: &str) -> Option<String> {
+    let eq = format!("--{name}=");
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix(&eq) {
+            return Some(v.to_string());
+        }
+        if a == &format!("--{name}") {
+            return args.get(i + 1).cloned();
+        }
+    }
+    None
+}
+
+pub fn pod_dir() -> Result<PathBuf, Fail> {
+    std::env::current_dir().ctx(|| "cannot find the pod directory (the working directory)".into())
+}
+
+pub fn debug_enabled(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--debug")
+}
+
+/// The argv[0]-relative lookup of an executable in the app's PATH, inside the (already
+/// pivoted) root.
+pub fn lookup_path(cmd: &str, path_var: &str) -> Option<PathBuf> {
+    if cmd.contains('/') {
+        return Some(PathBuf::from(cmd));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(cmd);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Some(p);
+            }
+        }
+    }
+    None
+}

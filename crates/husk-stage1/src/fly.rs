@@ -1,0 +1,81 @@
+//! The `fly` flavor: one app, host namespaces (pid, net, uts, ipc), chroot into its overlay
+//! root in a private mount namespace (so nothing is left mounted on the host when it ends).
+//! For trusted host tools that need the host's view. The supervisor (this process, holding the
+//! pod lock) waits for the app and records its exit status.
+
+use std::io::Write;
+
+use husk_sys::proc::{fork, ForkResult};
+use husk_types::pod::{exit, Stage1State, ABI_VERSION};
+use nix::sys::wait::waitpid;
+
+use crate::common::{pod_dir, read_manifest, write_json, write_status, Context, Fail};
+use crate::ns::{exec_in_root, status_of, wire_stdio};
+
+pub fn main(args: Vec<String>) -> i32 {
+    let r = match args.get(1).map(String::as_str) {
+        Some("run") => run(),
+        Some("gc") => Ok(0),
+        Some("enter") => Err(Fail("the fly flavor shares the host's namespaces; use the host's own tools instead of enter".into())),
+        _ => Err(Fail("usage: husk-stage1-fly run|gc … (see docs/stage1-abi.md)".into())),
+    };
+    r.unwrap_or_else(|Fail(msg)| {
+        eprintln!("husk stage1 (fly): {msg}");
+        exit::STAGE1_FAILED
+    })
+}
+
+fn run() -> Result<i32, Fail> {
+    let dir = pod_dir()?;
+    let m = read_manifest(&dir)?;
+    let [app] = m.apps.as_slice() else {
+        return Err(Fail(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
+    };
+    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD").ok().and_then(|v| v.parse().ok()).ok_or_else(|| Fail("HUSK_LOCK_FD is not set".into()))?;
+    let _lock = husk_sys::proc::adopt_fd(lock_fd).ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not open"))?;
+    let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
+        Some(fd) => Some(std::fs::File::from(husk_sys::proc::adopt_fd(fd).ctx(|| "HUSK_READY_FD is not open".into())?)),
+        None => None,
+    };
+    husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    crate::rootfs::write_etc(&dir, &m)?;
+    let started = chrono::Utc::now();
+    let child = match fork().ctx(|| "cannot fork".into())? {
+        ForkResult::Child => {
+            let r = (|| {
+                let setup = |e: Fail| (exit::STAGE1_FAILED, e);
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(e.to_string())))?;
+                nix::mount::mount::<str, str, str, str>(None, "/", None, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None).map_err(|e| setup(Fail(e.to_string())))?;
+                let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
+                wire_stdio(&dir, &m, app).map_err(setup)?;
+                nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;
+                crate::ns::become_app_user(app).map_err(setup)?;
+                exec_in_root(app, &app.exec)
+            })();
+            let (code, Fail(msg)) = match r {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            eprintln!("husk: app {}: {msg}", app.name);
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let me = nix::unistd::getpid().as_raw();
+    let mut app_pids = std::collections::BTreeMap::new();
+    app_pids.insert(app.name.clone(), child.as_raw());
+    write_json(&dir.join("stage1.json"), &Stage1State { abi_version: ABI_VERSION, supervisor_pid: me, init_pid: child.as_raw(), started, cgroup: None, app_pids })?;
+    if let Some(r) = ready.as_mut() {
+        let _ = writeln!(r, "ok");
+    }
+    drop(ready);
+    let ws = loop {
+        match waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.ok(),
+        }
+    };
+    let st = status_of(ws, Some(started));
+    write_status(&dir, &app.name, &st)?;
+    Ok(st.shell_status())
+}

@@ -1,0 +1,17 @@
+//! husk's stage1 flavors. Each is a separate executable implementing the entrypoints of
+//! `docs/stage1-abi.md` (`run`, `enter`, `gc`). stage1 reads only the pod dir it runs in: it
+//! never touches the image store or the registry (stage0 already resolved everything).
+//!
+//! The processes of an `ns` pod:
+//! ```text
+//! invoker ─ supervisor (stage1, holds the pod lock, host namespaces)
+//!             └ pod init (PID 1 of the pod: new pid/mount/uts/ipc/net namespaces; reaps, forwards signals)
+//!                 ├ app 1 (own mount namespace, pivot_root into its overlay root, own cgroup namespace)
+//!                 └ app 2
+//! ```
+
+pub mod cgroup;
+pub mod common;
+pub mod fly;
+pub mod ns;
+pub mod rootfs;

@@ -1,0 +1,495 @@
+//! The `ns` flavor: `run`, `enter`, `gc` entrypoints.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use husk_sys::proc::{fork, ForkResult};
+use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::cgroup::{self, Layout};
+use crate::common::{debug_enabled, flag_value, lookup_path, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail};
+use crate::rootfs;
+
+/// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The default capability set (the appc / Docker default).
+pub const DEFAULT_CAPS: [caps::Capability; 14] = {
+    use caps::Capability::*;
+    [CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_MKNOD, CAP_AUDIT_WRITE, CAP_SETFCAP]
+};
+
+pub fn main(args: Vec<String>) -> i32 {
+    let rest = args.get(2..).unwrap_or(&[]).to_vec();
+    let r = match args.get(1).map(String::as_str) {
+        Some("run") => run(&rest),
+        Some("enter") => enter(&rest),
+        Some("gc") => gc(&rest).map(|_| 0),
+        _ => Err(Fail("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
+    };
+    match r {
+        Ok(code) => code,
+        Err(Fail(msg)) => {
+            eprintln!("husk stage1: {msg}");
+            exit::STAGE1_FAILED
+        }
+    }
+}
+
+fn signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM] {
+        s.add(sig);
+    }
+    s
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Fail> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "cannot create a pipe".into())
+}
+
+/// `run [--debug] UUID`, in the pod dir, with the pod lock on fd `HUSK_LOCK_FD`.
+fn run(args: &[String]) -> Result<i32, Fail> {
+    let dir = pod_dir()?;
+    let m = read_manifest(&dir)?;
+    if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
+        return Err(Fail(format!("the last argument must be the pod UUID {}", m.uuid)));
+    }
+    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD").ok().and_then(|v| v.parse().ok()).ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
+    let lock = husk_sys::Lock::from_raw_inherited(lock_fd, dir.clone()).ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not an open fd"))?;
+    let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
+        Some(fd) => Some(std::fs::File::from(husk_sys::proc::adopt_fd(fd).ctx(|| format!("HUSK_READY_FD {fd} is not an open fd"))?)),
+        None => None,
+    };
+    // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
+    husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    let debug = debug_enabled(args);
+
+    let result = supervise(&dir, &m, debug, &mut ready);
+    if let Err(Fail(msg)) = &result {
+        if let Some(r) = ready.as_mut() {
+            let _ = writeln!(r, "error {msg}");
+        }
+    }
+    drop(lock);
+    result
+}
+
+fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::fs::File>) -> Result<i32, Fail> {
+    rootfs::write_etc(dir, m)?;
+    let layout = cgroup::detect()?;
+    let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
+    layout.create_pod(&m.uuid, &app_names)?;
+    let sigs = signals();
+    sigs.thread_block().ctx(|| "cannot block signals".into())?;
+
+    let (go_r, go_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "cannot create the pod's PID namespace".into())?;
+    let supervisor = nix::unistd::getpid();
+    let init = match fork().ctx(|| "cannot fork the pod init".into())? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(rep_r);
+            let code = match pod_init(dir, m, &layout, supervisor, go_r, rep_w) {
+                Ok(c) => c,
+                Err(Fail(msg)) => {
+                    eprintln!("husk stage1 (pod init): {msg}");
+                    exit::STAGE1_FAILED
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_r);
+    drop(rep_w);
+    let cleanup = |layout: &Layout| {
+        if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
+            eprintln!("husk stage1: {e}");
+        }
+    };
+    if let Err(e) = layout.join(&m.uuid, "init", init.as_raw()) {
+        let _ = kill(init, Signal::SIGKILL);
+        let _ = waitpid(init, None);
+        cleanup(&layout);
+        return Err(e);
+    }
+    let mut go = std::fs::File::from(go_w);
+    let _ = go.write_all(b"go\n");
+    drop(go);
+
+    // The pod init reports each app's PID (in the pod's namespace), then "ready" or "error".
+    let mut app_ns_pids = BTreeMap::new();
+    let mut start_error = None;
+    for line in BufReader::new(std::fs::File::from(rep_r)).lines() {
+        let Ok(line) = line else { break };
+        if line == "ready" {
+            break;
+        }
+        if let Some(msg) = line.strip_prefix("error ") {
+            start_error = Some(msg.to_string());
+            break;
+        }
+        if let Some((name, pid)) = line.split_once(' ') {
+            app_ns_pids.insert(name.to_string(), pid.parse::<i32>().unwrap_or(0));
+        }
+    }
+    let app_pids = host_pids(init.as_raw(), &app_ns_pids);
+    let state = Stage1State { abi_version: ABI_VERSION, supervisor_pid: supervisor.as_raw(), init_pid: init.as_raw(), started: chrono::Utc::now(), cgroup: Some(format!("husk/{}", m.uuid)), app_pids };
+    write_json(&dir.join("stage1.json"), &state)?;
+    if debug {
+        eprintln!("husk stage1: pod {} running, init pid {}", m.uuid, init);
+    }
+    if let Some(r) = ready.as_mut() {
+        let _ = match &start_error {
+            None => writeln!(r, "ok"),
+            Some(e) => writeln!(r, "error {e}"),
+        };
+    }
+    *ready = None;
+
+    // Supervise: forward signals to the pod init until it exits.
+    let code = loop {
+        let sig = sigs.wait().ctx(|| "sigwait failed".into())?;
+        if sig == Signal::SIGCHLD {
+            match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                _ => continue,
+            }
+        } else if sig != Signal::SIGALRM {
+            let _ = kill(init, sig);
+        }
+    };
+    cleanup(&layout);
+    Ok(code)
+}
+
+/// Maps the apps' PIDs in the pod's namespace to host PIDs, via the init's children and NSpid.
+fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for host in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
+        let ns_pid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse::<i32>().ok());
+        if let Some(np) = ns_pid {
+            if let Some((name, _)) = ns_pids.iter().find(|(_, p)| **p == np) {
+                out.insert(name.clone(), host);
+            }
+        }
+    }
+    out
+}
+
+/// PID 1 of the pod: sets up the pod's namespaces, starts the apps, reaps, forwards signals,
+/// records each app's exit status.
+fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: OwnedFd, report: OwnedFd) -> Result<i32, Fail> {
+    // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "cannot set the parent-death signal".into())?;
+    if nix::unistd::getppid() != supervisor {
+        return Ok(exit::STAGE1_FAILED);
+    }
+    let mut buf = [0u8; 3];
+    let _ = std::fs::File::from(go).read(&mut buf);
+    let mut report = std::fs::File::from(report);
+
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    if m.ipc == IpcMode::Private {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if m.net == NetMode::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).ctx(|| "cannot create the pod's namespaces".into())?;
+    // Mounts made in the pod never propagate back to the host.
+    nix::mount::mount::<str, str, str, str>(None, "/", None, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None).ctx(|| "cannot make / a slave mount".into())?;
+    nix::unistd::sethostname(&m.hostname).ctx(|| format!("cannot set hostname {}", m.hostname))?;
+    if m.net == NetMode::None {
+        husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
+    }
+
+    let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
+    for app in &m.apps {
+        match spawn_app(dir, m, app, layout) {
+            Ok(pid) => {
+                let _ = writeln!(report, "{} {}", app.name, pid.as_raw());
+                live.insert(pid.as_raw(), (app.name.clone(), chrono::Utc::now()));
+            }
+            Err((code, Fail(msg))) => {
+                let _ = write_status(dir, &app.name, &AppStatus { exit_code: Some(code), signal: None, error: Some(msg.clone()), started: None, finished: chrono::Utc::now() });
+                eprintln!("husk: app {}: {msg}", app.name);
+                let _ = writeln!(report, "error app {}: {msg}", app.name);
+                for pid in live.keys() {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                for (pid, (name, started)) in std::mem::take(&mut live) {
+                    let st = waitpid(Pid::from_raw(pid), None);
+                    let _ = write_status(dir, &name, &status_of(st.ok(), Some(started)));
+                }
+                return Ok(code);
+            }
+        }
+    }
+    let _ = writeln!(report, "ready");
+    drop(report);
+
+    let sigs = signals();
+    let mut first_failure: Option<i32> = None;
+    let mut stopping = false;
+    while !live.is_empty() {
+        let sig = sigs.wait().ctx(|| "sigwait failed".into())?;
+        match sig {
+            Signal::SIGCHLD => loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(ws) => {
+                        let Some(pid) = ws.pid() else { break };
+                        // Zombies of re-parented grandchildren are reaped here too.
+                        if let Some((name, started)) = live.remove(&pid.as_raw()) {
+                            let st = status_of(Some(ws), Some(started));
+                            let code = st.shell_status();
+                            write_status(dir, &name, &st)?;
+                            if code != 0 && first_failure.is_none() {
+                                first_failure = Some(code);
+                                if !stopping && !live.is_empty() {
+                                    // One app failed: stop the others, return its status.
+                                    stopping = true;
+                                    signal_all(&live, Signal::SIGTERM);
+                                    nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            Signal::SIGALRM => signal_all(&live, Signal::SIGKILL),
+            other => {
+                signal_all(&live, other);
+                if matches!(other, Signal::SIGTERM | Signal::SIGINT) && !stopping {
+                    stopping = true;
+                    nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
+                }
+            }
+        }
+    }
+    Ok(first_failure.unwrap_or(0))
+}
+
+fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig: Signal) {
+    for pid in live.keys() {
+        let _ = kill(Pid::from_raw(*pid), sig);
+    }
+}
+
+pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono::Utc>>) -> AppStatus {
+    let (exit_code, signal) = match ws {
+        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
+        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
+        _ => (None, None),
+    };
+    AppStatus { exit_code, signal, error: None, started, finished: chrono::Utc::now() }
+}
+
+/// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
+/// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
+fn spawn_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<Pid, (i32, Fail)> {
+    let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
+    match fork().map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))? {
+        ForkResult::Child => {
+            drop(err_r);
+            let (code, Fail(msg)) = match exec_app(dir, m, app, layout) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            let mut w = std::fs::File::from(err_w);
+            let _ = write!(w, "{code} {msg}");
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+            if msg.is_empty() {
+                return Ok(child);
+            }
+            let _ = waitpid(child, None);
+            let (code, text) = msg.split_once(' ').unwrap_or(("125", &msg));
+            Err((code.parse().unwrap_or(exit::STAGE1_FAILED), Fail(text.to_string())))
+        }
+    }
+}
+
+pub enum Never {}
+
+fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<Never, (i32, Fail)> {
+    let setup = |e: Fail| (exit::STAGE1_FAILED, e);
+    SigSet::empty().thread_set_mask().map_err(|e| setup(Fail(e.to_string())))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
+    let root = rootfs::setup(dir, m, app).map_err(setup)?;
+    wire_stdio(dir, m, app).map_err(setup)?;
+    layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
+    rootfs::pivot(&root).map_err(setup)?;
+    become_app_user(app).map_err(setup)?;
+    exec_in_root(app, &app.exec)
+}
+
+pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
+    match m.stdio {
+        Stdio::Interactive => {}
+        Stdio::Inherit => dup_to(&null, 0)?,
+        Stdio::Log => {
+            let logs = dir.join("logs");
+            std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
+            let p = logs.join(format!("{}.log", app.name));
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&p).ctx(|| format!("cannot open {}", p.display()))?;
+            dup_to(&null, 0)?;
+            dup_to(&f, 1)?;
+            dup_to(&f, 2)?;
+        }
+    }
+    Ok(())
+}
+
+fn dup_to(f: &impl AsRawFd, target: i32) -> Result<(), Fail> {
+    // SAFETY-free: dup2 over a standard stream number through rustix's owned API.
+    let mut t = unsafe_std_fd(target);
+    rustix::io::dup2(rustix::fd::BorrowedFd::borrow_raw_checked(f.as_raw_fd())?, &mut t).ctx(|| format!("cannot redirect fd {target}"))?;
+    std::mem::forget(t);
+    Ok(())
+}
+
+trait BorrowChecked {
+    fn borrow_raw_checked(fd: i32) -> Result<rustix::fd::BorrowedFd<'static>, Fail>;
+}
+impl BorrowChecked for rustix::fd::BorrowedFd<'_> {
+    fn borrow_raw_checked(fd: i32) -> Result<rustix::fd::BorrowedFd<'static>, Fail> {
+        husk_sys::proc::borrow_fd(fd).ctx(|| format!("fd {fd} is not open"))
+    }
+}
+
+fn unsafe_std_fd(n: i32) -> OwnedFd {
+    husk_sys::proc::std_stream_fd(n)
+}
+
+/// setgroups/setgid/setuid, the capability sets, no_new_privs: the app's privileges, which
+/// `enter` applies too.
+pub fn become_app_user(app: &App) -> Result<(), Fail> {
+    use caps::{CapSet, Capability};
+    let keep: Vec<Capability> = DEFAULT_CAPS.to_vec();
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c).ctx(|| format!("cannot drop {c} from the bounding set"))?;
+        }
+    }
+    let groups: Vec<Gid> = app.user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).ctx(|| "cannot set supplementary groups".into())?;
+    let gid = Gid::from_raw(app.user.gid);
+    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", app.user.gid))?;
+    let uid = Uid::from_raw(app.user.uid);
+    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", app.user.uid))?;
+    let set: caps::CapsHashSet = keep.into_iter().collect();
+    if app.user.uid == 0 {
+        caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
+        caps::set(None, CapSet::Effective, &set).ctx(|| "cannot set effective capabilities".into())?;
+    }
+    caps::clear(None, CapSet::Inheritable).ctx(|| "cannot clear inheritable capabilities".into())?;
+    let _ = caps::clear(None, CapSet::Ambient);
+    nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    Ok(())
+}
+
+/// chdir to the working dir and exec argv with the app's environment. Never returns on success.
+pub fn exec_in_root(app: &App, argv: &[String]) -> Result<Never, (i32, Fail)> {
+    let env = app.environment();
+    std::env::set_current_dir(&app.working_dir).map_err(|e| (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display()))))?;
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(husk_types_default_path());
+    let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail("empty command".into())))?;
+    let Some(prog) = lookup_path(cmd, path_var) else {
+        return Err((exit::NOT_FOUND, Fail(format!("{cmd}: not found in the app's PATH ({path_var})"))));
+    };
+    let c = |s: &str| CString::new(s).map_err(|_| (exit::STAGE1_FAILED, Fail(format!("argument {s:?} contains a NUL byte"))));
+    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
+    let argv_c: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let env_c: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
+    let e = nix::unistd::execve(&prog_c, &argv_c, &env_c).unwrap_err();
+    let code = if e == nix::errno::Errno::ENOENT { exit::NOT_FOUND } else { exit::CANNOT_EXEC };
+    Err((code, Fail(format!("cannot execute {}: {e}", prog.display()))))
+}
+
+fn husk_types_default_path() -> &'static str {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}
+
+/// `enter --pid=PID --app=NAME [--] CMD…`: joins the app's namespaces and cgroup, takes on the
+/// app's user, capabilities and no_new_privs (never more than the app has: rkt CVE-2019-10144).
+fn enter(args: &[String]) -> Result<i32, Fail> {
+    let dir = pod_dir()?;
+    let m = read_manifest(&dir)?;
+    let name = flag_value(args, "app").ok_or_else(|| Fail("enter needs --app".into()))?;
+    let app = m.apps.iter().find(|a| a.name == name).ok_or_else(|| Fail(format!("pod has no app {name:?}")))?.clone();
+    let pid: i32 = match flag_value(args, "pid") {
+        Some(p) => p.parse().ctx(|| format!("bad --pid {p:?}"))?,
+        None => *read_stage1_state(&dir)?.app_pids.get(&name).ok_or_else(|| Fail(format!("app {name} is not running")))?,
+    };
+    let cmd: Vec<String> = match args.iter().position(|a| a == "--") {
+        Some(i) if i + 1 < args.len() => args[i + 1..].to_vec(),
+        _ => vec!["/bin/sh".to_string()],
+    };
+    let layout = cgroup::detect()?;
+    layout.join(&m.uuid, &app.name, 0)?;
+    let ns = |n: &str| -> Result<std::fs::File, Fail> { std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone")) };
+    let order = [("cgroup", CloneFlags::CLONE_NEWCGROUP), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS), ("net", CloneFlags::CLONE_NEWNET), ("pid", CloneFlags::CLONE_NEWPID), ("mnt", CloneFlags::CLONE_NEWNS)];
+    let files: Vec<(std::fs::File, CloneFlags)> = order.iter().map(|(n, f)| ns(n).map(|file| (file, *f))).collect::<Result<_, _>>()?;
+    for (f, flag) in &files {
+        nix::sched::setns(f, *flag).ctx(|| format!("cannot join the {flag:?} namespace of app {name}"))?;
+    }
+    drop(files);
+    match fork().ctx(|| "cannot fork".into())? {
+        ForkResult::Child => {
+            let r = become_app_user(&app).map_err(|e| (exit::STAGE1_FAILED, e)).and_then(|_| exec_in_root(&app, &cmd));
+            let (code, Fail(msg)) = match r {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            eprintln!("husk enter: {msg}");
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            // Ctrl-C reaches the entered command (same process group); we only wait for it.
+            let mut int = SigSet::empty();
+            int.add(Signal::SIGINT);
+            let _ = int.thread_block();
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(Fail(format!("waiting for the entered command: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// `gc UUID`: removes what stage1 created outside the pod dir (cgroups). Idempotent; run by
+/// stage0 on exited pods.
+fn gc(args: &[String]) -> Result<(), Fail> {
+    let uuid = args.iter().rfind(|a| !a.starts_with("--")).ok_or_else(|| Fail("gc needs the pod UUID".into()))?;
+    if uuid.contains('/') || uuid.contains("..") {
+        return Err(Fail(format!("bad pod UUID {uuid:?}")));
+    }
+    cgroup::detect()?.remove_pod(uuid)
+}

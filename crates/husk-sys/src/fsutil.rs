@@ -1,0 +1,74 @@
+//! The one atomic-write helper every state file goes through.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename over the
+/// target, fsync the directory. Readers see the old content or the new one, never a mix, and a
+/// crash leaves at most a `.tmp-` file that [`is_temp_name`] recognises for cleanup.
+pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(".tmp-{}-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a serializable value as pretty JSON, atomically. Generic over a closure to keep serde
+/// out of this crate's dependencies.
+pub fn atomic_write_with(path: &Path, mode: u32, render: impl FnOnce() -> Vec<u8>) -> io::Result<()> {
+    atomic_write(path, &render(), mode)
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Whether a file name is a leftover of [`atomic_write`].
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(".tmp-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        atomic_write(&p, b"one", 0o644).unwrap();
+        atomic_write(&p, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn failure_leaves_the_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        atomic_write(&p, b"old", 0o644).unwrap();
+        // A directory in the way of the rename makes it fail; the old content must survive.
+        let q = d.path().join("sub");
+        std::fs::create_dir(&q).unwrap();
+        std::fs::write(q.join("inner"), b"").unwrap();
+        assert!(atomic_write(&q, b"new", 0o644).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert!(std::fs::read_dir(d.path()).unwrap().all(|e| !is_temp_name(&e.unwrap().file_name().to_string_lossy())));
+    }
+}

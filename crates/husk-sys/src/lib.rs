@@ -1,0 +1,12 @@
+//! The one husk crate allowed to use `unsafe`: thin, documented wrappers over the syscalls husk
+//! needs (locks, `openat2`, mounts, namespaces, process creation). Everything above this crate is
+//! safe Rust. Most wrappers delegate to `rustix` or `nix`; the few places that need raw `libc`
+//! carry a `// SAFETY:` comment.
+
+pub mod fsutil;
+pub mod lock;
+pub mod proc;
+pub mod resolve;
+
+pub use fsutil::{atomic_write, fsync_dir};
+pub use lock::{Lock, LockError, LockKind};

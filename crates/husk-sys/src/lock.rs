@@ -1,0 +1,244 @@
+//! Advisory file locks (`flock`), the only coordination between concurrent husk commands.
+//!
+//! A lock is tried first; when busy the caller may be told (so the user learns who holds it)
+//! and then wait, with or without a timeout. `flock` locks belong to the open file description,
+//! so a lock fd inherited across `exec` (the pod lock handed to stage1) stays locked.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rustix::fs::{flock, FlockOperation};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("failed to open lock {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to lock {path}")]
+    Flock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("timed out after {timeout:?} waiting for the lock on {path}")]
+    Timeout { path: PathBuf, timeout: Duration },
+}
+
+/// A held lock on a file or directory. Dropping it unlocks (by closing the fd).
+#[derive(Debug)]
+pub struct Lock {
+    file: File,
+    path: PathBuf,
+}
+
+fn open(path: &Path) -> Result<File, LockError> {
+    let is_dir = path.is_dir();
+    let mut o = OpenOptions::new();
+    if is_dir {
+        o.read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC);
+    } else {
+        o.read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC);
+    }
+    o.open(path).map_err(|source| LockError::Open { path: path.to_path_buf(), source })
+}
+
+fn op(kind: LockKind, nonblock: bool) -> FlockOperation {
+    match (kind, nonblock) {
+        (LockKind::Shared, false) => FlockOperation::LockShared,
+        (LockKind::Shared, true) => FlockOperation::NonBlockingLockShared,
+        (LockKind::Exclusive, false) => FlockOperation::LockExclusive,
+        (LockKind::Exclusive, true) => FlockOperation::NonBlockingLockExclusive,
+    }
+}
+
+impl Lock {
+    /// Tries to lock without waiting; `Ok(None)` when someone else holds a conflicting lock.
+    /// Lock files are created when missing; directories are locked in place.
+    pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>, LockError> {
+        let file = open(path)?;
+        match flock(&file, op(kind, true)) {
+            Ok(()) => Ok(Some(Lock { file, path: path.to_path_buf() })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(LockError::Flock { path: path.to_path_buf(), source: e.into() }),
+        }
+    }
+
+    /// Locks, waiting as long as it takes. `on_busy` runs once if the lock is not free at once.
+    pub fn lock(path: &Path, kind: LockKind, on_busy: impl FnOnce()) -> Result<Lock, LockError> {
+        if let Some(l) = Self::try_lock(path, kind)? {
+            return Ok(l);
+        }
+        on_busy();
+        let file = open(path)?;
+        retry_eintr(|| flock(&file, op(kind, false)))
+            .map_err(|e| LockError::Flock { path: path.to_path_buf(), source: e.into() })?;
+        Ok(Lock { file, path: path.to_path_buf() })
+    }
+
+    /// Locks, waiting at most `timeout` (None: forever). The wait is a blocking `flock` in a helper
+    /// thread, not polling, so the lock is taken the moment it is released.
+    pub fn lock_timeout(
+        path: &Path,
+        kind: LockKind,
+        timeout: Option<Duration>,
+        on_busy: impl FnOnce(),
+    ) -> Result<Lock, LockError> {
+        let Some(timeout) = timeout else {
+            return Self::lock(path, kind, on_busy);
+        };
+        if let Some(l) = Self::try_lock(path, kind)? {
+            return Ok(l);
+        }
+        on_busy();
+        let file = open(path)?;
+        let (tx, rx) = mpsc::channel();
+        let waiter = file.try_clone().map_err(|source| LockError::Open { path: path.to_path_buf(), source })?;
+        std::thread::spawn(move || {
+            let r = retry_eintr(|| flock(&waiter, op(kind, false)));
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(Lock { file, path: path.to_path_buf() }),
+            Ok(Err(e)) => Err(LockError::Flock { path: path.to_path_buf(), source: e.into() }),
+            Err(_) => Err(LockError::Timeout { path: path.to_path_buf(), timeout }),
+        }
+    }
+
+    /// Adopts an already-locked fd inherited from stage0 (the stage1 ABI's `HUSK_LOCK_FD`).
+    ///
+    /// The caller asserts that `fd` is open and owned by nobody else in this process.
+    pub fn from_inherited_fd(fd: OwnedFd, path: PathBuf) -> Lock {
+        Lock { file: File::from(fd), path }
+    }
+
+    /// Adopts a raw inherited fd number, checking that it is open.
+    pub fn from_raw_inherited(fd: RawFd, path: PathBuf) -> io::Result<Lock> {
+        // Check that the fd is open before taking ownership of it.
+        rustix::io::fcntl_getfd(unsafe_borrow(fd)?)?;
+        // SAFETY: the fd was checked to be open just above, and the stage1 ABI hands its
+        // ownership to this process (stage0 exec'd us with it and holds no other reference).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Lock::from_inherited_fd(owned, path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the locked inode is still the one at `path` (it may have been renamed to another
+    /// phase or removed while we waited for it).
+    pub fn still_at(&self, path: &Path) -> bool {
+        match (self.file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
+    /// Clears close-on-exec so that the lock survives `exec` into stage1.
+    pub fn inherit_across_exec(&self) -> io::Result<RawFd> {
+        rustix::io::fcntl_setfd(&self.file, rustix::io::FdFlags::empty())?;
+        Ok(self.file.as_raw_fd())
+    }
+
+    /// Converts a held exclusive lock into a shared one without a window where it is unlocked.
+    pub fn downgrade(&self) -> io::Result<()> {
+        flock(&self.file, FlockOperation::LockShared).map_err(Into::into)
+    }
+
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
+impl AsFd for Lock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+fn unsafe_borrow(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the borrowed fd is only used for an `fcntl(F_GETFD)` probe, which is harmless on
+    // any fd number and reports EBADF when it is not open.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+fn retry_eintr(mut f: impl FnMut() -> rustix::io::Result<()>) -> rustix::io::Result<()> {
+    loop {
+        match f() {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_and_shared_shares() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l");
+        let a = Lock::try_lock(&p, LockKind::Exclusive).unwrap().unwrap();
+        assert!(Lock::try_lock(&p, LockKind::Exclusive).unwrap().is_none());
+        assert!(Lock::try_lock(&p, LockKind::Shared).unwrap().is_none());
+        drop(a);
+        let s1 = Lock::try_lock(&p, LockKind::Shared).unwrap().unwrap();
+        let _s2 = Lock::try_lock(&p, LockKind::Shared).unwrap().unwrap();
+        assert!(Lock::try_lock(&p, LockKind::Exclusive).unwrap().is_none());
+        drop(s1);
+    }
+
+    #[test]
+    fn timeout_names_the_resource() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = Lock::try_lock(d.path(), LockKind::Exclusive).unwrap().unwrap();
+        let mut told = false;
+        let err = Lock::lock_timeout(d.path(), LockKind::Exclusive, Some(Duration::from_millis(50)), || told = true)
+            .unwrap_err();
+        assert!(told);
+        assert!(err.to_string().contains(&d.path().display().to_string()));
+    }
+
+    #[test]
+    fn waiter_gets_lock_when_released() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().to_path_buf();
+        let held = Lock::try_lock(&p, LockKind::Exclusive).unwrap().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        Lock::lock_timeout(&p, LockKind::Shared, Some(Duration::from_secs(10)), || {}).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn still_at_detects_rename() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let l = Lock::try_lock(&a, LockKind::Exclusive).unwrap().unwrap();
+        assert!(l.still_at(&a));
+        std::fs::rename(&a, d.path().join("b")).unwrap();
+        assert!(!l.still_at(&a));
+        assert!(l.still_at(&d.path().join("b")));
+    }
+}

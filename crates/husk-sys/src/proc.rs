@@ -1,0 +1,116 @@
+//! Process creation and fd hygiene: the parts of the clone/exec dance that need `unsafe`.
+
+use std::io;
+use std::os::fd::FromRawFd;
+
+pub use nix::unistd::ForkResult;
+
+/// `fork(2)`.
+///
+/// Callers must be single-threaded (the stage1 supervisor and pod init are), so the child
+/// cannot inherit a lock held by another thread; the child only performs syscalls and `exec`s
+/// or exits.
+pub fn fork() -> io::Result<ForkResult> {
+    // SAFETY: husk calls this only from single-threaded processes (stage1 never spawns threads),
+    // which is the condition under which using arbitrary code in the child is sound.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Marks every fd from `first` up close-on-exec, so that nothing of the runtime (the pod lock,
+/// pipes, directory fds) leaks into an app (runc CVE-2024-21626 class).
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; it takes no
+    // pointers and cannot invalidate memory. Rust-owned fds stay valid.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS), without
+/// exec'ing `ip`: one ioctl instead of a process.
+pub fn loopback_up() -> io::Result<()> {
+    let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+    let mut req: libc::ifreq = zeroed_ifreq();
+    for (i, b) in b"lo\0".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: `req` is a properly initialised ifreq naming "lo"; the kernel reads/writes only
+    // within it for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn zeroed_ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is a plain C struct/union of integers and byte arrays; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Borrows a raw fd after checking it is open.
+pub fn borrow_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: probed with F_GETFD below before any use; callers use the borrow only briefly
+    // while the fd is known to stay open (it is one of their own).
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(b)?;
+    Ok(b)
+}
+
+/// An `OwnedFd` for a standard stream number (0, 1, 2), to `dup2` over it. The caller must
+/// `mem::forget` it afterwards: the standard streams are never closed.
+pub fn std_stream_fd(n: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    assert!((0..=2).contains(&n), "only standard streams");
+    // SAFETY: 0..=2 are the process's standard streams; the caller forgets the OwnedFd instead
+    // of dropping it, so no double close happens.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(n) }
+}
+
+/// Takes ownership of an fd number inherited through the stage1 ABI, after checking it is open.
+pub fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    borrow_fd(fd)?;
+    // SAFETY: the fd is open (checked above) and, per the stage1 ABI, handed to this process
+    // alone; nothing else in the process owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Spawns `cmd` in a new session (setsid), detached from the invoker's terminal: the detached
+/// pod's supervisor.
+pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec in the child and calls only setsid(2),
+    // which is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// A pipe whose write end survives exec (for HUSK_READY_FD) and whose read end does not.
+pub fn ready_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::io::fcntl_setfd(&w, rustix::io::FdFlags::empty())?;
+    Ok((r, w))
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    let sig = nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(io::Error::from)
+}

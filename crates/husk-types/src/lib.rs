@@ -1,0 +1,13 @@
+//! Pure types and parsers shared by every part of husk.
+//!
+//! Nothing here performs I/O, so every function can be unit-, property- and fuzz-tested in
+//! isolation. The stage1 ABI types ([`pod`]) live here because both stage0 (`husk`) and each
+//! stage1 flavor read and write them.
+
+pub mod digest;
+pub mod pod;
+pub mod reference;
+pub mod tarpath;
+
+pub use digest::{Digest, DigestError};
+pub use reference::{ImageSource, Reference, ReferenceError};

@@ -1,0 +1,279 @@
+//! The pod manifest: what stage0 hands to a stage1 flavor (file `pod.json` in the pod dir), and
+//! the files a stage1 writes back. This is the versioned stage1 ABI of `docs/stage1-abi.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// Version of the stage1 ABI (pod manifest schema, arguments, files). A stage1 refuses a manifest
+/// of a newer version than it knows.
+pub const ABI_VERSION: u32 = 1;
+
+/// Exit codes of the stage1 `run` entrypoint that are not an app's status. They are chosen above
+/// 128+64 so that they cannot be read as an app's exit code in the common range; an app's own
+/// status is passed through unchanged.
+pub mod exit {
+    /// stage1 failed before any app started (bad manifest, mount or namespace failure).
+    pub const STAGE1_FAILED: i32 = 125;
+    /// The app's command could not be executed (permission, bad format).
+    pub const CANNOT_EXEC: i32 = 126;
+    /// The app's command was not found in its root filesystem.
+    pub const NOT_FOUND: i32 = 127;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavor {
+    /// Linux namespaces (default).
+    Ns,
+    /// chroot only, host namespaces, one app.
+    Fly,
+}
+
+impl Flavor {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Flavor::Ns => "ns",
+            Flavor::Fly => "fly",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum NetMode {
+    /// A private network namespace with only loopback.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpcMode {
+    Private,
+    Parent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum VolumeKind {
+    /// A host directory or file bind-mounted into apps.
+    Host { source: PathBuf, read_only: bool },
+    /// A fresh empty directory in the pod dir, shared by the apps that mount it.
+    Empty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: VolumeKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountPoint {
+    pub volume: String,
+    /// Absolute path inside the app's root; resolved by stage1 without leaving the root.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The name the user gave (e.g. `127.0.0.1:5000/busybox:latest`).
+    pub name: String,
+    /// The image ID (config digest).
+    pub id: Digest,
+    pub manifest: Digest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppUser {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+/// How an app's standard streams are wired.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stdio {
+    /// Inherit the stage1 process's stdin/stdout/stderr (foreground `run`).
+    Inherit,
+    /// Like inherit, and the app owns the terminal (`--interactive`).
+    Interactive,
+    /// stdin is /dev/null, stdout and stderr go to `logs/<app>.log` in the pod dir.
+    Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub image: ImageInfo,
+    /// Unpacked layer trees, lowest first: the overlay lower dirs.
+    pub layers: Vec<PathBuf>,
+    /// argv; argv[0] is looked up in the app's PATH when it has no '/'.
+    pub exec: Vec<String>,
+    /// Environment in order; later entries override earlier ones with the same key.
+    pub env: Vec<(String, String)>,
+    pub user: AppUser,
+    pub working_dir: PathBuf,
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+}
+
+impl App {
+    /// The effective environment: last value of each key wins, order of first appearance kept.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in &self.env {
+            match out.iter_mut().find(|(ok, _)| ok == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => out.push((k.clone(), v.clone())),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Dns {
+    /// Name servers; empty means "use the host's resolv.conf" unless `none` is set.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// `--dns=host`: bind the host's resolv.conf.
+    #[serde(default)]
+    pub host: bool,
+    /// `--dns=none`: leave the image's resolv.conf alone.
+    #[serde(default)]
+    pub none: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodManifest {
+    pub abi_version: u32,
+    pub uuid: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub flavor: Flavor,
+    pub hostname: String,
+    pub net: NetMode,
+    pub ipc: IpcMode,
+    #[serde(default)]
+    pub dns: Dns,
+    /// Extra /etc/hosts lines (`IP NAME`), or `host` to use the host's file.
+    #[serde(default)]
+    pub hosts_entries: Vec<(String, String)>,
+    #[serde(default)]
+    pub hosts_from_host: bool,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    pub apps: Vec<App>,
+    /// Stage1's stdio mode for all apps.
+    pub stdio: Stdio,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How an app ended, written by stage1 into `apps/<name>/status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppStatus {
+    /// Exit code when the app exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when the app was killed by a signal.
+    pub signal: Option<i32>,
+    /// Set when stage1 could not start the app at all.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished: chrono::DateTime<chrono::Utc>,
+}
+
+impl AppStatus {
+    /// The status a shell would report: the code, or 128+signal.
+    pub fn shell_status(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => exit::STAGE1_FAILED,
+        }
+    }
+}
+
+/// Written by stage1 into `stage1.json` once the pod runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stage1State {
+    pub abi_version: u32,
+    /// The supervisor: the process holding the pod lock, parent of the pod init.
+    pub supervisor_pid: i32,
+    /// The pod's init (PID 1 of the pod's PID namespace), as seen from the host; the process to
+    /// enter. For `fly`, the app itself.
+    pub init_pid: i32,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Cgroup of the pod, relative to each hierarchy root (e.g. `husk/<uuid>`).
+    pub cgroup: Option<String>,
+    /// Host PIDs of the apps by name, for `enter`.
+    #[serde(default)]
+    pub app_pids: BTreeMap<String, i32>,
+}
+
+/// Validates an app or volume name: what appears in paths of the pod dir.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && !name.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_last_value_wins_in_first_order() {
+        let app = App {
+            name: "a".into(),
+            image: ImageInfo {
+                name: "x".into(),
+                id: Digest::from_sha256_bytes(&[1; 32]),
+                manifest: Digest::from_sha256_bytes(&[2; 32]),
+            },
+            layers: vec![],
+            exec: vec!["/bin/true".into()],
+            env: vec![("A".into(), "1".into()), ("B".into(), "2".into()), ("A".into(), "3".into())],
+            user: AppUser { uid: 0, gid: 0, additional_gids: vec![] },
+            working_dir: "/".into(),
+            mounts: vec![],
+            readonly_rootfs: false,
+        };
+        assert_eq!(app.environment(), vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
+    }
+
+    #[test]
+    fn names_that_could_escape_the_pod_dir_are_invalid() {
+        assert!(valid_name("web-1"));
+        for bad in ["", "..", "a/b", "A", "-x", "a..b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shell_status() {
+        let now = chrono::Utc::now();
+        let s = AppStatus { exit_code: None, signal: Some(9), error: None, started: None, finished: now };
+        assert_eq!(s.shell_status(), 137);
+    }
+}

@@ -1,0 +1,141 @@
+//! Sanitizing the paths of layer tar entries.
+//!
+//! A layer may name any path. Before anything touches the disk, a name is reduced to a list of
+//! plain components (no `..`, no leading `/`), and OCI whiteouts are recognised. Whether a
+//! component on disk is a symlink is checked later, by the unpacker, with `openat2`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TarPathError {
+    #[error("entry {0:?} has an absolute path")]
+    Absolute(String),
+    #[error("entry {0:?} climbs out of the layer with '..'")]
+    DotDot(String),
+    #[error("entry {0:?} is an invalid whiteout")]
+    BadWhiteout(String),
+}
+
+/// What a sanitized entry name means.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum EntryName {
+    /// The layer's root directory itself (`./`); only its metadata applies.
+    Root,
+    /// A regular path, relative to the layer root.
+    Path(PathBuf),
+    /// `.wh.NAME`: NAME in the lower layers is deleted. Holds the path of NAME.
+    Whiteout(PathBuf),
+    /// `.wh..wh..opq`: the directory's lower-layer contents are hidden. Holds the directory.
+    Opaque(PathBuf),
+}
+
+/// Reduces a tar entry name to safe relative components.
+pub fn sanitize(raw: &[u8]) -> Result<EntryName, TarPathError> {
+    let shown = || String::from_utf8_lossy(raw).into_owned();
+    if raw.first() == Some(&b'/') {
+        return Err(TarPathError::Absolute(shown()));
+    }
+    let mut out = PathBuf::new();
+    let mut comps: Vec<&[u8]> = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    if comps.iter().any(|c| *c == b"..") {
+        return Err(TarPathError::DotDot(shown()));
+    }
+    let Some(last) = comps.pop() else {
+        return Ok(EntryName::Root);
+    };
+    for c in &comps {
+        if c.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // A whiteout can only be a leaf.
+            return Err(TarPathError::BadWhiteout(shown()));
+        }
+        out.push(OsStr::from_bytes(c));
+    }
+    if last == OPAQUE_MARKER.as_bytes() {
+        return Ok(EntryName::Opaque(out));
+    }
+    if let Some(name) = last.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if name.is_empty() || name == b"." || name == b".." || name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(TarPathError::BadWhiteout(shown()));
+        }
+        out.push(OsStr::from_bytes(name));
+        return Ok(EntryName::Whiteout(out));
+    }
+    out.push(OsStr::from_bytes(last));
+    Ok(EntryName::Path(out))
+}
+
+/// Sanitizes a hard-link target, which must be a plain path inside the layer.
+pub fn sanitize_link_target(raw: &[u8]) -> Result<PathBuf, TarPathError> {
+    match sanitize(raw)? {
+        EntryName::Path(p) => Ok(p),
+        EntryName::Root => Err(TarPathError::DotDot(String::from_utf8_lossy(raw).into_owned())),
+        EntryName::Whiteout(_) | EntryName::Opaque(_) => {
+            Err(TarPathError::BadWhiteout(String::from_utf8_lossy(raw).into_owned()))
+        }
+    }
+}
+
+/// True when `p` is a single normal component chain (what [`sanitize`] produces).
+pub fn is_plain_relative(p: &Path) -> bool {
+    p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_names() {
+        assert_eq!(sanitize(b"./etc/passwd").unwrap(), EntryName::Path("etc/passwd".into()));
+        assert_eq!(sanitize(b"etc//./passwd").unwrap(), EntryName::Path("etc/passwd".into()));
+        assert_eq!(sanitize(b"./").unwrap(), EntryName::Root);
+        assert_eq!(sanitize(b".").unwrap(), EntryName::Root);
+    }
+
+    #[test]
+    fn tar_entry_escaping_the_root_is_refused() {
+        assert!(matches!(sanitize(b"../etc/shadow"), Err(TarPathError::DotDot(_))));
+        assert!(matches!(sanitize(b"a/../../b"), Err(TarPathError::DotDot(_))));
+        assert!(matches!(sanitize(b"/etc/shadow"), Err(TarPathError::Absolute(_))));
+        assert!(sanitize_link_target(b"../../etc/shadow").is_err());
+        assert!(sanitize_link_target(b"./").is_err());
+    }
+
+    #[test]
+    fn whiteouts() {
+        assert_eq!(sanitize(b"a/b/.wh.c").unwrap(), EntryName::Whiteout("a/b/c".into()));
+        assert_eq!(sanitize(b"a/.wh..wh..opq").unwrap(), EntryName::Opaque("a".into()));
+        assert_eq!(sanitize(b".wh..wh..opq").unwrap(), EntryName::Opaque("".into()));
+        assert!(sanitize(b".wh.").is_err());
+        assert!(sanitize(b".wh...").is_err());
+        assert!(sanitize(b".wh.x/y").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn sanitized_paths_stay_relative_and_plain(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(name) = sanitize(&raw) {
+                let p = match name {
+                    EntryName::Root => PathBuf::new(),
+                    EntryName::Path(p) | EntryName::Whiteout(p) | EntryName::Opaque(p) => p,
+                };
+                prop_assert!(p.is_relative());
+                prop_assert!(is_plain_relative(&p));
+            }
+        }
+
+        #[test]
+        fn paths_built_from_segments(segs in proptest::collection::vec("[a-z.]{1,4}", 1..6)) {
+            let raw = segs.join("/");
+            let has_dotdot = segs.iter().any(|s| s == "..");
+            let res = sanitize(raw.as_bytes());
+            if has_dotdot { prop_assert!(res.is_err()); }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Every flag, defined once with its help text; parse tests at the bottom.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "husk", version, about = "A daemonless, pod-native container engine", propagate_version = true)]
+pub struct Cli {
+    /// Data directory: the image store and the pods.
+    #[arg(long, global = true, env = "HUSK_DIR", default_value = "/var/lib/husk")]
+    pub dir: PathBuf,
+    /// Configuration directory holding husk.toml.
+    #[arg(long, global = true, env = "HUSK_CONFIG_DIR", default_value = "/etc/husk")]
+    pub config_dir: PathBuf,
+    /// Loosen security for this command: http, tls (registries); capabilities, seccomp, paths,
+    /// all-run (pods). Comma-separated.
+    #[arg(long, global = true, value_delimiter = ',', value_parser = parse_insecure)]
+    pub insecure_options: Vec<Insecure>,
+    /// More logging (debug); repeat for trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insecure {
+    Http,
+    Tls,
+    Capabilities,
+    Seccomp,
+    Paths,
+    AllRun,
+}
+
+fn parse_insecure(s: &str) -> Result<Insecure, String> {
+    Ok(match s {
+        "http" => Insecure::Http,
+        "tls" => Insecure::Tls,
+        "capabilities" => Insecure::Capabilities,
+        "seccomp" => Insecure::Seccomp,
+        "paths" => Insecure::Paths,
+        "all-run" => Insecure::AllRun,
+        "image" | "ondisk" => return Err(format!("{s:?} is not supported: husk always verifies images")),
+        other => return Err(format!("unknown insecure option {other:?} (http, tls, capabilities, seccomp, paths, all-run)")),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicyArg {
+    New,
+    Update,
+    Never,
+}
+
+impl From<PullPolicyArg> for husk_image::PullPolicy {
+    fn from(p: PullPolicyArg) -> Self {
+        match p {
+            PullPolicyArg::New => husk_image::PullPolicy::New,
+            PullPolicyArg::Update => husk_image::PullPolicy::Update,
+            PullPolicyArg::Never => husk_image::PullPolicy::Never,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Images: docker://HOST/NAME[:TAG|@DIGEST] (scheme optional), oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG], docker-archive:FILE.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// When to contact the registry: new (only if not in the store), update, never.
+    #[arg(long, value_enum, default_value = "update")]
+    pub pull_policy: PullPolicyArg,
+    /// No progress display.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Store a local image (oci:, oci-archive:, docker-archive:) under this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print full image IDs.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images in the store.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Show full IDs.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Remove images by name or unique ID prefix.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove blobs and layer trees no image uses, and leftovers of interrupted fetches.
+    Gc,
+    /// Print an image's manifest.
+    CatManifest {
+        image: String,
+        /// Print the image config instead.
+        #[arg(long)]
+        config: bool,
+    },
+    /// Import a local image (same sources as `fetch`).
+    Import {
+        source: String,
+        /// The name to store it under.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Export an image as an OCI archive that podman, skopeo and husk can load.
+    Export {
+        image: String,
+        /// Output file.
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write an image's root filesystem, manifest and config into DIR/rootfs, DIR/manifest.json, DIR/config.json.
+    Extract {
+        image: String,
+        dir: PathBuf,
+        /// Write only the root filesystem, directly into DIR.
+        #[arg(long)]
+        rootfs_only: bool,
+    },
+    /// Write an image's flattened root filesystem into DIR.
+    Render { image: String, dir: PathBuf },
+    /// Re-hash every blob and unpacked layer and report what is damaged.
+    Verify {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch images into the store and print their IDs.
+    Fetch(FetchArgs),
+    /// Manage images in the store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run a pod: IMAGE [app flags] [-- ARGS] [--- IMAGE2 [app flags] [-- ARGS]] …
+    Run(crate::pod_cli::RunArgs),
+    /// Prepare a pod without running it; prints its UUID.
+    Prepare(crate::pod_cli::RunArgs),
+    /// Run a prepared pod.
+    RunPrepared(crate::pod_cli::RunPreparedArgs),
+    /// List pods.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Show full UUIDs.
+        #[arg(long)]
+        full: bool,
+        /// Print only UUIDs.
+        #[arg(long)]
+        no_legend: bool,
+    },
+    /// Show a pod's state and its apps' exit statuses.
+    Status(crate::pod_cli::StatusArgs),
+    /// Print a pod's manifest.
+    CatManifest(crate::pod_cli::PodRef),
+    /// Print the logs of a detached pod's apps.
+    Logs(crate::pod_cli::LogsArgs),
+    /// Run a command inside a running pod's app, with the app's privileges.
+    Enter(crate::pod_cli::EnterArgs),
+    /// Stop running pods: SIGTERM, then SIGKILL after the timeout.
+    Stop(crate::pod_cli::StopArgs),
+    /// Remove exited or prepared pods.
+    Rm(crate::pod_cli::RmArgs),
+    /// Collect exited and abandoned pods and leftovers.
+    Gc(crate::pod_cli::GcArgs),
+    /// Print the version and the stage1 ABI version.
+    Version,
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+}
+
+/// Parses durations like `30s`, `10m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 10m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("husk").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn fetch_flags() {
+        let c = parse(&["fetch", "--pull-policy=never", "-q", "busybox", "oci:/x"]).unwrap();
+        let Command::Fetch(f) = c.command else { panic!() };
+        assert_eq!(f.images, vec!["busybox", "oci:/x"]);
+        assert_eq!(f.pull_policy, PullPolicyArg::Never);
+        assert!(f.quiet);
+        assert!(parse(&["fetch"]).is_err());
+    }
+
+    #[test]
+    fn insecure_options_are_validated() {
+        let c = parse(&["--insecure-options=http,tls", "image", "gc"]).unwrap();
+        assert_eq!(c.insecure_options, vec![Insecure::Http, Insecure::Tls]);
+        let e = parse(&["--insecure-options=bogus", "image", "gc"]).unwrap_err().to_string();
+        assert!(e.contains("bogus"));
+        assert!(parse(&["--insecure-options=ondisk", "image", "gc"]).is_err());
+    }
+
+    #[test]
+    fn global_dir_anywhere() {
+        let c = parse(&["image", "list", "--dir", "/tmp/x", "--format", "json"]).unwrap();
+        assert_eq!(c.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn help_mentions_every_command() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        for c in ["fetch", "image", "run", "prepare", "run-prepared", "list", "status", "enter", "stop", "rm", "gc", "logs", "cat-manifest", "version", "completion"] {
+            assert!(help.contains(c), "{c} missing from --help");
+        }
+    }
+}

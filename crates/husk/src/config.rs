@@ -1,0 +1,75 @@
+//! husk.toml: per-registry settings and paths. Looked up in the config dir (`--config-dir`,
+//! default /etc/husk). Missing file = defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryConfig>,
+    #[serde(default)]
+    pub paths: Paths,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `http` (plain HTTP) and/or `tls` (do not verify certificates).
+    #[serde(default)]
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// Where the stage1 executables are (default: next to the husk binary).
+    pub stage1_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(dir: &Path) -> anyhow::Result<Config> {
+        let p = dir.join("husk.toml");
+        match std::fs::read_to_string(&p) {
+            Ok(s) => {
+                let c: Config = toml::from_str(&s).with_context(|| format!("invalid configuration file {}", p.display()))?;
+                for (name, r) in &c.registries {
+                    for i in &r.insecure {
+                        if i != "http" && i != "tls" {
+                            anyhow::bail!("{}: registry {name}: unknown insecure option {i:?} (use \"http\" or \"tls\")", p.display());
+                        }
+                    }
+                }
+                Ok(c)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_registries() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("husk.toml"), "[registries.\"127.0.0.1:5000\"]\ninsecure = [\"http\"]\n").unwrap();
+        let c = Config::load(d.path()).unwrap();
+        assert_eq!(c.registries["127.0.0.1:5000"].insecure, vec!["http"]);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_with_the_file_name() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("husk.toml"), "[registries.x]\ninsecure = [\"nope\"]\n").unwrap();
+        let e = Config::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("husk.toml") && e.contains("nope"), "{e}");
+        assert!(Config::load(Path::new("/nonexistent")).is_ok());
+    }
+}

@@ -1,0 +1,141 @@
+//! The `husk` binary: parses the command line and dispatches to the libraries. Only this crate
+//! prints; errors are reported once, here, with a `hint:` line where one helps.
+
+mod cli;
+mod config;
+mod exit;
+mod image_cmds;
+mod output;
+mod pod_cli;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, Insecure};
+use exit::Failure;
+
+/// What every command needs: paths, configuration, loosened options.
+pub struct Ctx {
+    pub dir: PathBuf,
+    pub config: config::Config,
+    pub insecure: Vec<Insecure>,
+    pub verbose: u8,
+}
+
+impl Ctx {
+    pub fn insecure(&self, i: Insecure) -> bool {
+        self.insecure.contains(&i)
+    }
+
+    pub fn store(&self) -> Result<husk_image::Store, Failure> {
+        husk_image::Store::open(&self.dir).map_err(|e| {
+            let f: Failure = e.into();
+            f.hint(format!("the data dir {} must be writable (run as root, or pass --dir)", self.dir.display()))
+        })
+    }
+
+    pub fn pods(&self) -> Result<husk_pod::Pods, Failure> {
+        Ok(husk_pod::Pods::open(&self.dir)?)
+    }
+
+    /// The stage1 executable of a flavor: husk.toml's paths.stage1_dir, $HUSK_STAGE1_DIR, or
+    /// the directory of the husk binary.
+    pub fn stage1_path(&self, flavor: &husk_types::pod::Flavor) -> Result<PathBuf, Failure> {
+        let name = format!("husk-stage1-{}", flavor.as_str());
+        let dir = match (std::env::var_os("HUSK_STAGE1_DIR"), &self.config.paths.stage1_dir) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(d)) => d.clone(),
+            (None, None) => std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/usr/lib/husk")),
+        };
+        let p = dir.join(&name);
+        if !p.is_file() {
+            return Err(Failure::new(exit::ENGINE, anyhow::anyhow!("stage1 {} not found", p.display())).hint("install the stage1 binaries next to husk, or set paths.stage1_dir in husk.toml"));
+        }
+        Ok(p)
+    }
+}
+
+/// Splits argv at `---` (the app separator of `run` and `prepare`).
+fn split_apps(args: Vec<String>) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut segs = args.split(|a| a == "---").map(|s| s.to_vec());
+    let first = segs.next().unwrap_or_default();
+    (first, segs.collect())
+}
+
+fn main() {
+    let (first, rest) = split_apps(std::env::args().collect());
+    let cli = match Cli::try_parse_from(&first) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let filter = match cli.verbose {
+        0 => "warn,husk=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG").unwrap_or_else(|_| filter.into())).without_time().with_target(false).init();
+    let code = match run(cli, rest) {
+        Ok(c) => c,
+        Err(f) => {
+            exit::report(&f);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli, more_apps: Vec<Vec<String>>) -> Result<i32, Failure> {
+    if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
+        return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
+    }
+    let segments: Vec<pod_cli::AppSegment> = more_apps
+        .iter()
+        .map(|s| pod_cli::AppSegment::try_parse_from(s).map_err(|e| Failure::usage(format!("in an app after `---`: {}", e.render().to_string().trim()))))
+        .collect::<Result<_, _>>()?;
+    let config = config::Config::load(&cli.config_dir).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let ctx = Ctx { dir: cli.dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
+    match &cli.command {
+        Command::Fetch(a) => image_cmds::cmd_fetch(&ctx, a),
+        Command::Image(c) => image_cmds::cmd_image(&ctx, c),
+        Command::Run(a) => pod_cli::cmd_run(&ctx, a, &segments, false),
+        Command::Prepare(a) => pod_cli::cmd_run(&ctx, a, &segments, true),
+        Command::RunPrepared(a) => pod_cli::cmd_run_prepared(&ctx, a),
+        Command::List { format, full, no_legend } => pod_cli::cmd_list(&ctx, *format, *full, *no_legend),
+        Command::Status(a) => pod_cli::cmd_status(&ctx, a),
+        Command::CatManifest(r) => pod_cli::cmd_cat_manifest(&ctx, r),
+        Command::Logs(a) => pod_cli::cmd_logs(&ctx, a),
+        Command::Enter(a) => pod_cli::cmd_enter(&ctx, a),
+        Command::Stop(a) => pod_cli::cmd_stop(&ctx, a),
+        Command::Rm(a) => pod_cli::cmd_rm(&ctx, a),
+        Command::Gc(a) => pod_cli::cmd_gc(&ctx, a),
+        Command::Version => {
+            println!("husk {}", env!("CARGO_PKG_VERSION"));
+            println!("stage1 ABI {}", husk_types::pod::ABI_VERSION);
+            println!("store format {}", husk_image::store::STORE_FORMAT_VERSION);
+            Ok(0)
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "husk", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_split_at_triple_dash_even_after_double_dash() {
+        let args: Vec<String> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"].iter().map(|s| s.to_string()).collect();
+        let (first, rest) = split_apps(args);
+        assert_eq!(first, vec!["husk", "run", "a", "--", "x"]);
+        assert_eq!(rest, vec![vec!["b".to_string(), "--name".into(), "n".into()], vec!["c".to_string()]]);
+    }
+}

@@ -1,0 +1,844 @@
+//! Pod commands: run, prepare, run-prepared, list, status, cat-manifest, logs, enter, stop, rm, gc.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use husk_pod::prepare::{build_app, default_app_name, parse_env_file, split_env, AppSpec};
+use husk_pod::state::LockedPod;
+use husk_pod::{Phase, PodError, PodInfo, Pods};
+use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, NetMode, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
+
+use crate::cli::{parse_duration, Format, PullPolicyArg};
+use crate::exit::{self, Failure};
+use crate::output::{human_time, Table};
+use crate::Ctx;
+
+/// Flags of one app.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AppArgs {
+    /// App name (default: from the image name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Command to run instead of the image's entrypoint.
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// User: name from the image's /etc/passwd or numeric uid, optionally USER:GROUP.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Group: name from the image's /etc/group or numeric gid.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Additional group IDs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub supplementary_gids: Vec<u32>,
+    /// Working directory (absolute).
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    /// Environment variable K=V (highest precedence).
+    #[arg(long, value_parser = parse_kv)]
+    pub environment: Vec<(String, String)>,
+    /// Environment variable K=V (above --set-env-file, below --environment).
+    #[arg(long, value_parser = parse_kv)]
+    pub set_env: Vec<(String, String)>,
+    /// File of K=V lines (above the image's environment).
+    #[arg(long)]
+    pub set_env_file: Vec<PathBuf>,
+    /// Mount a pod volume: volume=NAME,target=PATH[,readOnly=true].
+    #[arg(long, value_parser = parse_mount)]
+    pub mount: Vec<MountPoint>,
+    /// Make the app's root filesystem read-only.
+    #[arg(long)]
+    pub readonly_rootfs: bool,
+}
+
+/// `IMAGE [app flags] [-- ARGS]` after a `---` separator.
+#[derive(Debug, Parser)]
+#[command(name = "app", no_binary_name = true)]
+pub struct AppSegment {
+    pub image: String,
+    #[command(flatten)]
+    pub app: AppArgs,
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The first app's image.
+    pub image: String,
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Arguments for the first app (after --).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] or NAME,kind=empty.
+    #[arg(long, value_parser = parse_volume)]
+    pub volume: Vec<Volume>,
+    /// Hostname (default husk-<uuid>).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Write the pod's UUID to this file.
+    #[arg(long)]
+    pub uuid_file_save: Option<PathBuf>,
+    /// Give the (single) app the terminal.
+    #[arg(long)]
+    pub interactive: bool,
+    /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Network: none (loopback only) or host.
+    #[arg(long, default_value = "none", value_parser = parse_net)]
+    pub net: NetMode,
+    /// DNS server IP, or `host` (the host's resolv.conf) or `none` (the image's).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// DNS search domain.
+    #[arg(long)]
+    pub dns_search: Vec<String>,
+    /// resolv.conf option.
+    #[arg(long)]
+    pub dns_opt: Vec<String>,
+    /// resolv.conf domain.
+    #[arg(long)]
+    pub dns_domain: Option<String>,
+    /// Extra /etc/hosts entry IP=NAME, or `host` to use the host's /etc/hosts.
+    #[arg(long)]
+    pub hosts_entry: Vec<String>,
+    /// IPC namespace: private or parent (the host's).
+    #[arg(long, default_value = "private", value_parser = parse_ipc)]
+    pub ipc: IpcMode,
+    /// Isolation flavor: ns (namespaces) or fly (chroot, host namespaces, one app).
+    #[arg(long, default_value = "ns", value_parser = parse_flavor)]
+    pub stage1: Flavor,
+    /// When to contact the registry for the images.
+    #[arg(long, value_enum, default_value = "new")]
+    pub pull_policy: PullPolicyArg,
+    /// No progress display while fetching.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PodRef {
+    /// Pod UUID or a unique prefix.
+    #[arg(required_unless_present = "uuid_file")]
+    pub uuid: Option<String>,
+    /// Read the UUID from this file.
+    #[arg(long)]
+    pub uuid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunPreparedArgs {
+    #[command(flatten)]
+    pub pod: PodRef,
+    /// Start it in the background.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give the app the terminal.
+    #[arg(long)]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pod: PodRef,
+    /// Wait until the pod exits (optionally at most this long, e.g. --wait=30s).
+    #[arg(long, num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub pod: PodRef,
+    /// Only this app's log.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Keep printing new output until the pod exits.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnterArgs {
+    #[command(flatten)]
+    pub pod: PodRef,
+    /// The app to enter (required when the pod has several).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Command (default /bin/sh).
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Pod UUIDs or unique prefixes.
+    #[arg(required_unless_present = "uuid_file")]
+    pub uuids: Vec<String>,
+    #[arg(long)]
+    pub uuid_file: Option<PathBuf>,
+    /// SIGKILL at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Time between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required_unless_present = "uuid_file")]
+    pub uuids: Vec<String>,
+    #[arg(long)]
+    pub uuid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// How long exited pods are kept before removal.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub grace_period: Duration,
+    /// How long prepared pods are kept.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub expire_prepared: Duration,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    split_env(s).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn parse_net(s: &str) -> Result<NetMode, String> {
+    match s {
+        "none" => Ok(NetMode::None),
+        "host" => Ok(NetMode::Host),
+        other => Err(format!("unknown network {other:?}: this version supports none and host (CNI networks are not available yet)")),
+    }
+}
+
+fn parse_ipc(s: &str) -> Result<IpcMode, String> {
+    match s {
+        "private" | "auto" => Ok(IpcMode::Private),
+        "parent" => Ok(IpcMode::Parent),
+        other => Err(format!("unknown ipc mode {other:?} (private or parent)")),
+    }
+}
+
+fn parse_flavor(s: &str) -> Result<Flavor, String> {
+    match s {
+        "ns" => Ok(Flavor::Ns),
+        "fly" => Ok(Flavor::Fly),
+        other => Err(format!("unknown stage1 flavor {other:?} (ns or fly)")),
+    }
+}
+
+fn kv_list(s: &str) -> Vec<(&str, &str)> {
+    s.split(',').filter_map(|p| p.split_once('=')).collect()
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("readOnly must be true or false, not {v:?}")),
+    }
+}
+
+fn parse_volume(s: &str) -> Result<Volume, String> {
+    let (name, rest) = s.split_once(',').ok_or_else(|| format!("volume {s:?}: expected NAME,kind=host,source=PATH or NAME,kind=empty"))?;
+    if !husk_types::pod::valid_name(name) {
+        return Err(format!("volume name {name:?} must be lower-case letters, digits, '-', '_' or '.'"));
+    }
+    let kv = kv_list(rest);
+    let get = |k: &str| kv.iter().find(|(a, _)| *a == k).map(|(_, v)| *v);
+    let read_only = get("readOnly").map(parse_bool).transpose()?.unwrap_or(false);
+    let kind = match get("kind") {
+        Some("host") => {
+            let src = get("source").ok_or_else(|| format!("volume {name}: kind=host needs source=PATH"))?;
+            let p = PathBuf::from(src);
+            if !p.is_absolute() {
+                return Err(format!("volume {name}: source {src:?} must be an absolute path"));
+            }
+            VolumeKind::Host { source: p, read_only }
+        }
+        Some("empty") => VolumeKind::Empty,
+        other => return Err(format!("volume {name}: kind must be host or empty, not {other:?}")),
+    };
+    Ok(Volume { name: name.to_string(), kind })
+}
+
+fn parse_mount(s: &str) -> Result<MountPoint, String> {
+    let kv = kv_list(s);
+    let get = |k: &str| kv.iter().find(|(a, _)| *a == k).map(|(_, v)| *v);
+    let volume = get("volume").ok_or_else(|| format!("mount {s:?}: expected volume=NAME,target=PATH"))?;
+    let target = PathBuf::from(get("target").ok_or_else(|| format!("mount {s:?}: expected target=PATH"))?);
+    if !target.is_absolute() {
+        return Err(format!("mount target {} must be absolute", target.display()));
+    }
+    Ok(MountPoint { volume: volume.to_string(), target, read_only: get("readOnly").map(parse_bool).transpose()?.unwrap_or(false) })
+}
+
+impl PodRef {
+    pub fn resolve(&self, pods: &Pods) -> Result<String, Failure> {
+        Ok(pods.resolve(&uuid_arg(self.uuid.as_deref(), self.uuid_file.as_deref())?)?)
+    }
+}
+
+fn uuid_arg(uuid: Option<&str>, file: Option<&Path>) -> Result<String, Failure> {
+    match (uuid, file) {
+        (Some(u), None) => Ok(u.to_string()),
+        (None, Some(f)) => Ok(std::fs::read_to_string(f).with_context(|| format!("cannot read UUID file {}", f.display()))?.trim().to_string()),
+        (Some(_), Some(_)) => Err(Failure::usage("give a UUID or --uuid-file, not both")),
+        (None, None) => Err(Failure::usage("give a pod UUID (or --uuid-file)")),
+    }
+}
+
+fn spec_from(image: &str, a: &AppArgs, args: &[String]) -> Result<AppSpec, Failure> {
+    let mut env_files = Vec::new();
+    for f in &a.set_env_file {
+        env_files.extend(parse_env_file(f)?);
+    }
+    Ok(AppSpec {
+        image: image.to_string(),
+        name: a.name.clone(),
+        exec: a.exec.clone(),
+        args: args.to_vec(),
+        user: a.user.clone(),
+        group: a.group.clone(),
+        supplementary_gids: a.supplementary_gids.clone(),
+        working_dir: a.working_dir.clone(),
+        env_files,
+        set_env: a.set_env.clone(),
+        environment: a.environment.clone(),
+        mounts: a.mount.clone(),
+        readonly_rootfs: a.readonly_rootfs,
+    })
+}
+
+/// `run` and `prepare`.
+pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
+    let mut specs = vec![spec_from(&a.image, &a.app, &a.args)?];
+    for seg in more {
+        specs.push(spec_from(&seg.image, &seg.app, &seg.args)?);
+    }
+    if a.stage1 == Flavor::Fly && specs.len() != 1 {
+        return Err(Failure::usage("--stage1=fly runs exactly one app"));
+    }
+    if a.interactive && specs.len() != 1 {
+        return Err(Failure::usage("--interactive needs a pod with exactly one app"));
+    }
+    if a.interactive && a.detach {
+        return Err(Failure::usage("--interactive and --detach exclude each other"));
+    }
+    let store = ctx.store()?;
+    let pods = ctx.pods()?;
+    let quiet = a.quiet || !std::io::stderr().is_terminal();
+    let mut fetched = Vec::new();
+    for s in &specs {
+        fetched.push(crate::image_cmds::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?);
+    }
+
+    // Hold the store shared so that `image rm`/`gc` cannot remove a layer before the pod
+    // manifest that uses it is written.
+    let shared = store.lock_store(husk_sys::LockKind::Shared)?;
+    let mut pod = pods.create()?;
+    let result = (|| -> Result<PodManifest, Failure> {
+        let mut apps = Vec::new();
+        for (s, f) in specs.iter().zip(&fetched) {
+            let base = s.name.clone().unwrap_or_else(|| default_app_name(&f.name));
+            if !husk_types::pod::valid_name(&base) {
+                return Err(Failure::usage(format!("app name {base:?} must be lower-case letters, digits, '-', '_' or '.'")));
+            }
+            let mut name = base.clone();
+            let mut n = 2;
+            while apps.iter().any(|x: &husk_types::pod::App| x.name == name) {
+                if s.name.is_some() {
+                    return Err(Failure::usage(format!("two apps are named {base:?}")));
+                }
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            let app = build_app(&store, &f.name, &f.record, s, name)?;
+            for mp in &app.mounts {
+                if !a.volume.iter().any(|v| v.name == mp.volume) {
+                    return Err(Failure::usage(format!("app {}: --mount names volume {:?}, which no --volume defines", app.name, mp.volume)));
+                }
+            }
+            apps.push(app);
+        }
+        for v in &a.volume {
+            if let VolumeKind::Host { source, .. } = &v.kind {
+                if !source.exists() {
+                    return Err(Failure::usage(format!("volume {}: source {} does not exist", v.name, source.display())));
+                }
+            }
+        }
+        let mut dns = Dns { search: a.dns_search.clone(), options: a.dns_opt.clone(), domain: a.dns_domain.clone(), ..Default::default() };
+        for d in &a.dns {
+            match d.as_str() {
+                "host" => dns.host = true,
+                "none" => dns.none = true,
+                ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
+                other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
+            }
+        }
+        let mut hosts_entries = Vec::new();
+        let mut hosts_from_host = false;
+        for h in &a.hosts_entry {
+            if h == "host" {
+                hosts_from_host = true;
+            } else {
+                let (ip, name) = h.split_once('=').ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
+                ip.parse::<std::net::IpAddr>().map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
+                hosts_entries.push((ip.to_string(), name.to_string()));
+            }
+        }
+        let hostname = a.hostname.clone().unwrap_or_else(|| format!("husk-{}", pod.uuid));
+        if hostname.is_empty() || hostname.len() > 64 {
+            return Err(Failure::usage(format!("hostname {hostname:?} must be 1 to 64 characters")));
+        }
+        let stdio = if a.detach { Stdio::Log } else if a.interactive { Stdio::Interactive } else { Stdio::Inherit };
+        let m = PodManifest {
+            abi_version: ABI_VERSION,
+            uuid: pod.uuid.clone(),
+            created: chrono::Utc::now(),
+            flavor: a.stage1.clone(),
+            hostname,
+            net: a.net.clone(),
+            ipc: a.ipc.clone(),
+            dns,
+            hosts_entries,
+            hosts_from_host,
+            volumes: a.volume.clone(),
+            apps,
+            stdio,
+            annotations: Default::default(),
+        };
+        write_pod_dirs(&pod.dir, &m)?;
+        Ok(m)
+    })();
+    drop(shared);
+    let m = match result {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing the user stored lives in a half-prepared pod: remove it now.
+            let _ = pods.remove_locked(pod, &|_| Ok(()));
+            return Err(e);
+        }
+    };
+    if let Some(p) = &a.uuid_file_save {
+        husk_sys::atomic_write(p, format!("{}\n", m.uuid).as_bytes(), 0o644).with_context(|| format!("cannot write UUID file {}", p.display()))?;
+    }
+    if prepare_only {
+        pods.transition(&mut pod, "prepared")?;
+        println!("{}", m.uuid);
+        return Ok(0);
+    }
+    pods.transition(&mut pod, "run")?;
+    exec_stage1(ctx, pod, &m, a.detach)
+}
+
+fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), Failure> {
+    for app in &m.apps {
+        for sub in ["upper", "work", "rootfs"] {
+            let p = dir.join("apps").join(&app.name).join(sub);
+            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+    }
+    for v in &m.volumes {
+        if v.kind == VolumeKind::Empty {
+            let p = dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+    }
+    husk_sys::atomic_write(&dir.join("pod.json"), &serde_json::to_vec_pretty(m).unwrap(), 0o644).with_context(|| format!("cannot write {}", dir.join("pod.json").display()))?;
+    Ok(())
+}
+
+/// Hands a locked pod in `run/` to its stage1: by exec (the invoker stays the parent and gets
+/// the pod's exit status) or, detached, as a new session whose readiness we wait for.
+fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32, Failure> {
+    let stage1 = ctx.stage1_path(&m.flavor)?;
+    let fd = pod.lock.inherit_across_exec().context("cannot pass the pod lock to stage1")?;
+    let mut cmd = std::process::Command::new(&stage1);
+    cmd.arg("run");
+    if ctx.verbose > 0 {
+        cmd.arg("--debug");
+    }
+    cmd.arg(&m.uuid).current_dir(&pod.dir).env("HUSK_LOCK_FD", fd.to_string());
+    if !detach {
+        let err = cmd.exec();
+        return Err(PodError::Stage1 { path: stage1, source: err }.into());
+    }
+    let (ready_r, ready_w) = husk_sys::proc::ready_pipe().context("cannot create the readiness pipe")?;
+    let log = std::fs::File::create(pod.dir.join("stage1.log")).context("cannot create stage1.log")?;
+    cmd.env("HUSK_READY_FD", ready_w.as_raw_fd().to_string()).stdin(std::process::Stdio::null()).stdout(log.try_clone().context("dup")?).stderr(log);
+    husk_sys::proc::spawn_detached(&mut cmd).map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
+    drop(ready_w);
+    drop(pod);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
+    match line.trim() {
+        "ok" => {
+            println!("{}", m.uuid);
+            Ok(0)
+        }
+        other => {
+            let msg = other.strip_prefix("error ").map(str::to_string).unwrap_or_else(|| "stage1 exited before the pod started".to_string());
+            Err(Failure::new(exit::ENGINE, anyhow::anyhow!("pod {} failed to start: {msg}", m.uuid)).hint(format!("see `husk status {}` and `husk logs {}`", &m.uuid[..8], &m.uuid[..8])))
+        }
+    }
+}
+
+pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = a.pod.resolve(&pods)?;
+    let mut pod = pods.lock_pod(&uuid)?;
+    let (phase, _) = (Phase::Prepared, ());
+    if !pod.dir.starts_with(pods.phase_dir("prepared")) {
+        let (p, _) = pods.observe(&uuid).unwrap_or((phase, PathBuf::new()));
+        return Err(PodError::WrongPhase { uuid, phase: p.as_str().into(), why: "only prepared pods can be run with run-prepared".into() }.into());
+    }
+    let mut m: PodManifest = serde_json::from_slice(&std::fs::read(pod.dir.join("pod.json")).context("cannot read pod.json")?).context("invalid pod.json")?;
+    m.stdio = if a.detach { Stdio::Log } else if a.interactive { Stdio::Interactive } else { Stdio::Inherit };
+    husk_sys::atomic_write(&pod.dir.join("pod.json"), &serde_json::to_vec_pretty(&m).unwrap(), 0o644).context("cannot write pod.json")?;
+    pods.transition(&mut pod, "run")?;
+    exec_stage1(ctx, pod, &m, a.detach)
+}
+
+fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => match (&s.error, s.exit_code, s.signal) {
+            (Some(e), _, _) => format!("failed to start ({e})"),
+            (None, Some(c), _) => format!("exited {c}"),
+            (None, None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown".into(),
+        },
+    }
+}
+
+fn pod_json(i: &PodInfo) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": i.uuid,
+        "state": i.phase.as_str(),
+        "apps": i.apps.iter().map(|(n, s)| {
+            let app = i.manifest.as_ref().and_then(|m| m.apps.iter().find(|a| &a.name == n));
+            serde_json::json!({"name": n, "image": app.map(|a| &a.image.name), "image_id": app.map(|a| a.image.id.to_string()), "status": s, "pid": i.stage1.as_ref().and_then(|st| st.app_pids.get(n))})
+        }).collect::<Vec<_>>(),
+        "networks": i.manifest.as_ref().map(|m| match m.net { NetMode::None => vec!["none"], NetMode::Host => vec!["host"] }),
+        "flavor": i.manifest.as_ref().map(|m| m.flavor.as_str()),
+        "created": i.created, "started": i.started, "exited": i.exited,
+        "exit_status": i.exit_status(),
+        "pid": i.stage1.as_ref().filter(|_| i.phase == Phase::Running).map(|s| s.init_pid),
+        "supervisor_pid": i.stage1.as_ref().filter(|_| i.phase == Phase::Running).map(|s| s.supervisor_pid),
+    })
+}
+
+pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Result<i32, Failure> {
+    let pods = ctx.pods()?.list()?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&pods.iter().map(pod_json).collect::<Vec<_>>()).unwrap()),
+        Format::Table if no_legend => {
+            for p in &pods {
+                println!("{}", p.uuid);
+            }
+        }
+        Format::Table => {
+            let mut t = Table::new(&["UUID", "APPS", "IMAGES", "STATE", "NETWORKS", "CREATED", "STARTED", "EXITED"]);
+            for p in &pods {
+                let m = p.manifest.as_ref();
+                let uuid = if full { p.uuid.clone() } else { p.uuid[..8].to_string() };
+                let apps = m.map(|m| m.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "-".into());
+                let images = m.map(|m| m.apps.iter().map(|a| a.image.name.clone()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "-".into());
+                let nets = m.map(|m| match m.net { NetMode::None => "none", NetMode::Host => "host" }).unwrap_or("-");
+                let state = match p.exit_status() {
+                    Some(c) => format!("{} ({c})", p.phase.as_str()),
+                    None => p.phase.as_str().to_string(),
+                };
+                let t_or = |x: Option<chrono::DateTime<chrono::Utc>>| x.map(human_time).unwrap_or_else(|| "-".into());
+                t.row(vec![uuid, apps, images, state, nets.into(), t_or(p.created), t_or(p.started), t_or(p.exited)]);
+            }
+            t.print();
+        }
+    }
+    Ok(0)
+}
+
+pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = a.pod.resolve(&pods)?;
+    if let Some(w) = &a.wait {
+        let timeout = if w == "forever" { None } else { Some(parse_duration(w).map_err(Failure::usage)?) };
+        let (phase, dir) = pods.observe(&uuid)?;
+        if matches!(phase, Phase::Running | Phase::Preparing | Phase::Embryo | Phase::Prepared) {
+            // Block on the pod lock: it is released the moment the supervisor exits.
+            let _l = husk_sys::Lock::lock_timeout(&dir, husk_sys::LockKind::Shared, timeout, || {}).map_err(PodError::from)?;
+            if phase == Phase::Prepared {
+                return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is prepared, not running; start it with run-prepared")));
+            }
+        }
+    }
+    let i = pods.info(&uuid)?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&pod_json(&i)).unwrap()),
+        Format::Table => {
+            println!("state={}", i.phase.as_str());
+            if let Some(m) = &i.manifest {
+                println!("flavor={}", m.flavor.as_str());
+                println!("networks={}", match m.net { NetMode::None => "none", NetMode::Host => "host" });
+            }
+            if let (Some(s), Phase::Running) = (&i.stage1, i.phase) {
+                println!("pid={}", s.init_pid);
+                println!("supervisor-pid={}", s.supervisor_pid);
+            }
+            for (k, v) in [("created", i.created), ("started", i.started), ("exited", i.exited)] {
+                if let Some(t) = v {
+                    println!("{k}={}", t.to_rfc3339());
+                }
+            }
+            for (name, s) in &i.apps {
+                println!("app-{name}={}", app_status_text(s));
+            }
+            if let Some(c) = i.exit_status() {
+                println!("exit-status={c}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn cmd_cat_manifest(ctx: &Ctx, r: &PodRef) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = r.resolve(&pods)?;
+    let i = pods.info(&uuid)?;
+    let m = i.manifest.ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet ({})", i.phase.as_str())))?;
+    println!("{}", serde_json::to_string_pretty(&m).unwrap());
+    Ok(0)
+}
+
+pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = a.pod.resolve(&pods)?;
+    let i = pods.info(&uuid)?;
+    let m = i.manifest.as_ref().ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet")))?;
+    if m.stdio != Stdio::Log {
+        return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} ran in the foreground: its apps wrote to the terminal that started it")).hint("start pods with --detach to keep their output in `husk logs`"));
+    }
+    let apps: Vec<&str> = match &a.app {
+        Some(n) if m.apps.iter().any(|x| &x.name == n) => vec![n.as_str()],
+        Some(n) => return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no app {n:?} (apps: {})", m.apps.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))),
+        None => m.apps.iter().map(|x| x.name.as_str()).collect(),
+    };
+    let mut offsets = vec![0u64; apps.len()];
+    let prefix = apps.len() > 1;
+    loop {
+        for (k, app) in apps.iter().enumerate() {
+            let p = i.dir.join("logs").join(format!("{app}.log"));
+            let Ok(mut f) = std::fs::File::open(&p) else { continue };
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(offsets[k])).ok();
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).ok();
+            offsets[k] += buf.len() as u64;
+            let mut out = std::io::stdout().lock();
+            if prefix {
+                for line in buf.split_inclusive(|b| *b == b'\n') {
+                    let _ = write!(out, "{app}: ");
+                    let _ = out.write_all(line);
+                }
+            } else {
+                let _ = out.write_all(&buf);
+            }
+            let _ = out.flush();
+        }
+        if !a.follow || pods.observe(&uuid).map(|(p, _)| p != Phase::Running).unwrap_or(true) {
+            // One last read after the pod exited has been done above.
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn cmd_enter(ctx: &Ctx, a: &EnterArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = a.pod.resolve(&pods)?;
+    let i = pods.info(&uuid)?;
+    if i.phase != Phase::Running {
+        return Err(PodError::WrongPhase { uuid, phase: i.phase.as_str().into(), why: "only running pods can be entered".into() }.into());
+    }
+    let m = i.manifest.as_ref().expect("running pods have a manifest");
+    let app = match (&a.app, m.apps.as_slice()) {
+        (Some(n), _) => n.clone(),
+        (None, [one]) => one.name.clone(),
+        (None, many) => return Err(Failure::usage(format!("pod {uuid} has several apps; choose one with --app ({})", many.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))),
+    };
+    let st = i.stage1.as_ref().ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting")))?;
+    let pid = st.app_pids.get(&app).ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no running app {app:?}")))?;
+    let stage1 = ctx.stage1_path(&m.flavor)?;
+    let mut cmd = std::process::Command::new(&stage1);
+    cmd.arg("enter").arg(format!("--pid={pid}")).arg(format!("--app={app}")).arg("--").args(&a.cmd).current_dir(&i.dir);
+    Err(PodError::Stage1 { path: stage1, source: cmd.exec() }.into())
+}
+
+fn uuids_of(pods: &Pods, uuids: &[String], file: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let mut v = Vec::new();
+    if let Some(f) = file {
+        v.push(pods.resolve(&uuid_arg(None, Some(f))?)?);
+    }
+    for u in uuids {
+        v.push(pods.resolve(u)?);
+    }
+    Ok(v)
+}
+
+pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let mut code = 0;
+    for uuid in uuids_of(&pods, &a.uuids, a.uuid_file.as_deref())? {
+        let r = (|| -> Result<(), Failure> {
+            let i = pods.info(&uuid)?;
+            if i.phase != Phase::Running {
+                return Err(PodError::WrongPhase { uuid: uuid.clone(), phase: i.phase.as_str().into(), why: "only running pods can be stopped".into() }.into());
+            }
+            let st = i.stage1.ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting; try again")))?;
+            let kill = |pid: i32, sig: i32| {
+                // SAFETY-free: kill(2) through libc's safe-to-call wrapper is not available in
+                // std; use the rustix process API.
+                let _ = husk_sys_kill(pid, sig);
+            };
+            if a.force {
+                kill(st.init_pid, libc::SIGKILL);
+            } else {
+                kill(st.supervisor_pid, libc::SIGTERM);
+            }
+            let wait = |t| husk_sys::Lock::lock_timeout(&i.dir, husk_sys::LockKind::Shared, Some(t), || {});
+            if wait(a.timeout).is_err() {
+                kill(st.init_pid, libc::SIGKILL);
+                wait(Duration::from_secs(10)).map_err(PodError::from)?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => println!("{uuid}"),
+            Err(f) => {
+                exit::report(&f);
+                code = f.code;
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn husk_sys_kill(pid: i32, sig: i32) -> std::io::Result<()> {
+    let p = rustix_pid(pid)?;
+    husk_sys::proc::kill(p, sig)
+}
+
+fn rustix_pid(pid: i32) -> std::io::Result<i32> {
+    if pid <= 1 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}")));
+    }
+    Ok(pid)
+}
+
+/// stage1's `gc` entrypoint for one pod dir: releases what stage1 created outside it.
+pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
+    let Ok(data) = std::fs::read(dir.join("pod.json")) else { return Ok(()) };
+    let Ok(m) = serde_json::from_slice::<PodManifest>(&data) else { return Ok(()) };
+    let stage1 = ctx.stage1_path(&m.flavor).map_err(|_| PodError::Stage1 { path: PathBuf::from(format!("husk-stage1-{}", m.flavor.as_str())), source: std::io::Error::from(std::io::ErrorKind::NotFound) })?;
+    let out = std::process::Command::new(&stage1).arg("gc").arg(&m.uuid).current_dir(dir).output().map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
+    if !out.status.success() {
+        return Err(PodError::Invalid { uuid: m.uuid, why: format!("stage1 gc failed: {}", String::from_utf8_lossy(&out.stderr).trim()) });
+    }
+    Ok(())
+}
+
+pub fn cmd_rm(ctx: &Ctx, a: &RmArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let mut code = 0;
+    for uuid in uuids_of(&pods, &a.uuids, a.uuid_file.as_deref())? {
+        let r = pods.lock_pod(&uuid).and_then(|pod| {
+            let (phase, _) = pods.observe(&uuid).unwrap_or((Phase::Garbage, PathBuf::new()));
+            let _ = phase;
+            if pod.dir.starts_with(pods.phase_dir("run")) {
+                // Locked by us means the supervisor is gone: the pod exited.
+            }
+            pods.remove_locked(pod, &|d| stage1_gc(ctx, d))
+        });
+        match r {
+            Ok(()) => println!("{uuid}"),
+            Err(e) => {
+                let f: Failure = e.into();
+                exit::report(&f);
+                code = f.code;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn cmd_gc(ctx: &Ctx, a: &GcArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let r = pods.gc(a.grace_period, a.expire_prepared, &|d| stage1_gc(ctx, d))?;
+    for u in &r.marked {
+        eprintln!("moved pod {u} to exited-garbage");
+    }
+    for u in &r.removed {
+        eprintln!("removed pod {u}");
+    }
+    for (u, e) in &r.failed {
+        eprintln!("husk: could not collect pod {u}: {e}");
+    }
+    if let Ok(store) = ctx.store() {
+        let _ = store.clean_tmp();
+    }
+    Ok(if r.failed.is_empty() { 0 } else { exit::POD })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse() {
+        let v = parse_volume("data,kind=host,source=/srv,readOnly=true").unwrap();
+        assert_eq!(v.kind, VolumeKind::Host { source: "/srv".into(), read_only: true });
+        assert_eq!(parse_volume("scratch,kind=empty").unwrap().kind, VolumeKind::Empty);
+        assert!(parse_volume("x,kind=host").unwrap_err().contains("source"));
+        assert!(parse_volume("x,kind=host,source=rel").unwrap_err().contains("absolute"));
+        assert!(parse_volume("../x,kind=empty").is_err());
+        assert!(parse_volume("x,kind=weird").is_err());
+    }
+
+    #[test]
+    fn mounts_parse() {
+        let m = parse_mount("volume=data,target=/data,readOnly=true").unwrap();
+        assert_eq!((m.volume.as_str(), m.target.as_path(), m.read_only), ("data", Path::new("/data"), true));
+        assert!(parse_mount("volume=data").is_err());
+        assert!(parse_mount("volume=d,target=rel").is_err());
+    }
+
+    #[test]
+    fn app_segments_parse() {
+        let s = AppSegment::try_parse_from(["img", "--name", "b", "--user", "app", "--", "x", "--y"]).unwrap();
+        assert_eq!(s.image, "img");
+        assert_eq!(s.app.name.as_deref(), Some("b"));
+        assert_eq!(s.args, vec!["x", "--y"]);
+    }
+
+    #[test]
+    fn nets() {
+        assert!(parse_net("default").unwrap_err().contains("none and host"));
+        assert_eq!(parse_net("host").unwrap(), NetMode::Host);
+    }
+}
