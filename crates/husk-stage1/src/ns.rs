@@ -195,7 +195,9 @@ fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32
 fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: OwnedFd, report: OwnedFd) -> Result<i32, Fail> {
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "cannot set the parent-death signal".into())?;
-    if nix::unistd::getppid() != supervisor {
+    // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
+    // host's /proc (still mounted here): had it died before the prctl, we would not be killed.
+    if !Path::new(&format!("/proc/{}", supervisor.as_raw())).exists() {
         return Ok(exit::STAGE1_FAILED);
     }
     let mut buf = [0u8; 3];
@@ -400,8 +402,9 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", app.user.uid))?;
     let set: caps::CapsHashSet = keep.into_iter().collect();
     if app.user.uid == 0 {
-        caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
+        // Effective first: it must stay a subset of permitted at every step.
         caps::set(None, CapSet::Effective, &set).ctx(|| "cannot set effective capabilities".into())?;
+        caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
     }
     caps::clear(None, CapSet::Inheritable).ctx(|| "cannot clear inheritable capabilities".into())?;
     let _ = caps::clear(None, CapSet::Ambient);

@@ -199,7 +199,10 @@ fn bind(src: &Path, target: &impl AsFd, read_only: bool) -> Result<(), Fail> {
     let t = proc_fd_path(&target.as_fd());
     mount::<Path, Path, str, str>(Some(src), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).ctx(|| format!("cannot bind {}", src.display()))?;
     if read_only {
-        mount::<str, Path, str, str>(None, &t, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None).ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
+        // The fd names the inode under the new mount, so remount through the path the kernel
+        // resolved for it. Nothing runs in the app root yet, so nothing can swap it meanwhile.
+        let resolved = std::fs::read_link(&t).ctx(|| format!("cannot resolve the mount target of {}", src.display()))?;
+        mount::<str, Path, str, str>(None, &resolved, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None).ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
     }
     Ok(())
 }

@@ -1,3 +1,99 @@
+//! husk-workload: a tiny static program run inside test pods. It prints, as one JSON object,
+//! the facts a test needs to assert on: identity, capabilities, environment, working
+//! directory, hostname, mounts, namespaces, cgroups. Standard library only, so it links
+//! statically and runs in any image.
+//!
+//! Usage: `husk-workload [report]` (default), `exit N`, `sleep SECS`, `write PATH TEXT`,
+//! `cat PATH`, `ls PATH`, `fds`.
+
+use std::fmt::Write as _;
+use std::fs;
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+fn report() -> String {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ids = |k: &str| status_field(&status, k).split_whitespace().map(String::from).collect::<Vec<_>>();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let arr = |v: &[String]| format!("[{}]", v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(","));
+    fields.push(("uid".into(), ids("Uid").first().cloned().unwrap_or_default()));
+    fields.push(("gid".into(), ids("Gid").first().cloned().unwrap_or_default()));
+    fields.push(("groups".into(), format!("[{}]", ids("Groups").join(","))));
+    for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"] {
+        fields.push((k.to_lowercase(), json_str(&status_field(&status, k))));
+    }
+    fields.push(("pid".into(), std::process::id().to_string()));
+    let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    fields.push(("env".into(), arr(&env)));
+    fields.push(("cwd".into(), json_str(&std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default())));
+    fields.push(("hostname".into(), json_str(fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim())));
+    let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = l.split(" - ").nth(1).and_then(|p| p.split(' ').next()).unwrap_or("");
+        format!("{} {} {}", f.get(4).unwrap_or(&""), fstype, f.get(5).unwrap_or(&""))
+    }).collect();
+    fields.push(("mounts".into(), arr(&mounts)));
+    let mut ns = Vec::new();
+    for n in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+        let v = fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default();
+        ns.push(format!("{}:{}", json_str(n), json_str(&v)));
+    }
+    fields.push(("namespaces".into(), format!("{{{}}}", ns.join(","))));
+    let cg: Vec<String> = fs::read_to_string("/proc/self/cgroup").unwrap_or_default().lines().map(String::from).collect();
+    fields.push(("cgroup".into(), arr(&cg)));
+    let mut ifs: Vec<String> = fs::read_to_string("/proc/net/dev").unwrap_or_default().lines().skip(2).filter_map(|l| l.split(':').next().map(|s| s.trim().to_string())).collect();
+    ifs.sort();
+    fields.push(("interfaces".into(), arr(&ifs)));
+    let fds: Vec<String> = fs::read_dir("/proc/self/fd").map(|d| d.flatten().map(|e| {
+        let t = fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+        format!("{}={}", e.file_name().to_string_lossy(), t)
+    }).collect()).unwrap_or_default();
+    fields.push(("fds".into(), arr(&fds)));
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{}", json_str(k), v)).collect();
+    format!("{{{}}}", body.join(","))
+}
+
 fn main() {
-    println!("Hello, world!");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("report") => println!("{}", report()),
+        Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
+        Some("sleep") => std::thread::sleep(std::time::Duration::from_secs_f64(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3600.0))),
+        Some("write") => {
+            if let Err(e) = fs::write(&args[1], args.get(2).map(String::as_str).unwrap_or("")) {
+                eprintln!("write {}: {e}", args[1]);
+                std::process::exit(1);
+            }
+        }
+        Some("cat") => match fs::read_to_string(&args[1]) {
+            Ok(s) => print!("{s}"),
+            Err(e) => {
+                eprintln!("cat {}: {e}", args[1]);
+                std::process::exit(1);
+            }
+        },
+        Some(other) => {
+            eprintln!("husk-workload: unknown mode {other}");
+            std::process::exit(2);
+        }
+    }
 }
