@@ -75,7 +75,8 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
-    /// The pod's exit status: the first failed app's, else 0; None while running or unknown.
+    /// The pod's exit status: that of the app that failed first (the others may then have been
+    /// stopped by the pod), else 0; None while running or unknown.
     pub fn exit_status(&self) -> Option<i32> {
         if self.phase != Phase::Exited && self.phase != Phase::ExitedGarbage {
             return None;
@@ -84,7 +85,7 @@ impl PodInfo {
         if statuses.len() != self.apps.len() {
             return None;
         }
-        Some(statuses.iter().map(|s| s.shell_status()).find(|c| *c != 0).unwrap_or(0))
+        Some(statuses.iter().filter(|s| s.shell_status() != 0).min_by_key(|s| s.finished).map(|s| s.shell_status()).unwrap_or(0))
     }
 }
 

@@ -135,13 +135,18 @@ pub enum ImageCommand {
     /// Write an image's root filesystem, manifest and config into DIR/rootfs, DIR/manifest.json, DIR/config.json.
     Extract {
         image: String,
-        dir: PathBuf,
+        #[arg(value_name = "DIR")]
+        dest: PathBuf,
         /// Write only the root filesystem, directly into DIR.
         #[arg(long)]
         rootfs_only: bool,
     },
     /// Write an image's flattened root filesystem into DIR.
-    Render { image: String, dir: PathBuf },
+    Render {
+        image: String,
+        #[arg(value_name = "DIR")]
+        dest: PathBuf,
+    },
     /// Re-hash every blob and unpacked layer and report what is damaged.
     Verify {
         #[arg(long, value_enum, default_value_t)]
@@ -229,6 +234,14 @@ mod tests {
     fn global_dir_anywhere() {
         let c = parse(&["image", "list", "--dir", "/tmp/x", "--format", "json"]).unwrap();
         assert_eq!(c.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn render_destination_is_not_the_data_dir() {
+        let c = parse(&["--dir", "/data", "image", "render", "img", "/out"]).unwrap();
+        assert_eq!(c.dir, PathBuf::from("/data"));
+        let Command::Image(ImageCommand::Render { dest, .. }) = c.command else { panic!() };
+        assert_eq!(dest, PathBuf::from("/out"));
     }
 
     #[test]

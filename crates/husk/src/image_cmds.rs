@@ -144,12 +144,12 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             eprintln!("exported {} to {}", names.first().cloned().unwrap_or_else(|| rec.id.to_string()), output.display());
             Ok(0)
         }
-        ImageCommand::Render { image, dir } => {
+        ImageCommand::Render { image, dest } => {
             let rec = store.resolve(image)?;
-            husk_image::maintenance::render(&store, &rec, dir).map_err(|e| Failure::new(exit::ENGINE, e))?;
+            husk_image::maintenance::render(&store, &rec, dest).map_err(|e| Failure::new(exit::ENGINE, e))?;
             Ok(0)
         }
-        ImageCommand::Extract { image, dir, rootfs_only } => {
+        ImageCommand::Extract { image, dest: dir, rootfs_only } => {
             let rec = store.resolve(image)?;
             let rootfs = if *rootfs_only { dir.clone() } else { dir.join("rootfs") };
             husk_image::maintenance::render(&store, &rec, &rootfs).map_err(|e| Failure::new(exit::ENGINE, e))?;

@@ -1,0 +1,184 @@
+//! `husk fetch` and `husk image …` against the loopback registry and local layouts.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::{image, images_dir, registry, Env};
+
+#[test]
+fn fetch_from_registry_lists_verifies_and_is_cached() {
+    let env = Env::new();
+    let out = env.ok(&["fetch", "--quiet", &image("busybox"), &image("big")]);
+    assert_eq!(out.lines().count(), 2, "one ID per image: {out}");
+    let list = env.json(&["image", "list", "--format", "json"]);
+    let names: Vec<String> = list.as_array().unwrap().iter().flat_map(|i| i["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string())).collect();
+    assert!(names.contains(&image("busybox")) && names.contains(&image("big")), "{names:?}");
+    // big shares its first layer with busybox: 5 layers, 4 distinct unpacked trees... plus configs.
+    let trees = std::fs::read_dir(env.dir().join("store/layers")).unwrap().count();
+    assert_eq!(trees, 4, "the busybox layer is unpacked once and shared");
+    env.ok(&["image", "verify"]);
+    // A second fetch downloads nothing.
+    let o = env.husk(&["fetch", &image("big")]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("up to date"), "{}", String::from_utf8_lossy(&o.stderr));
+    // And `never` works without the registry being asked.
+    env.ok(&["fetch", "--pull-policy=never", &image("big")]);
+}
+
+#[test]
+fn unpacked_layers_are_exact() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("big"), &image("busybox")]);
+    let out = env.tmp.path().join("render");
+    env.ok(&["image", "render", &image("big"), out.to_str().unwrap()]);
+    // Whiteouts and the opaque directory were applied.
+    assert!(!out.join("to-delete").exists());
+    assert!(!out.join("data/blob0.bin").exists());
+    assert!(!out.join("replaced/old-a").exists() && out.join("replaced/new").exists());
+    // Owners, modes, hard links, symlinks, FIFOs.
+    let m = std::fs::metadata(out.join("data/owned/secret")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 2000, 0o600));
+    assert_eq!(std::fs::read_to_string(out.join("data/owned/secret")).unwrap(), "changed\n");
+    assert_eq!(std::fs::metadata(out.join("data/setuid-tool")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(std::fs::metadata(out.join("data/text.txt")).unwrap().nlink(), 2);
+    assert_eq!(std::fs::read_link(out.join("data/abs-link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(std::fs::metadata(out.join("data3/blob0.bin")).unwrap().uid(), 65534);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(out.join("data/pipe")).unwrap().file_type().is_fifo());
+    // extract also writes manifest and config.
+    let ex = env.tmp.path().join("extract");
+    env.ok(&["image", "extract", &image("busybox"), ex.to_str().unwrap()]);
+    assert!(ex.join("rootfs/bin/busybox").is_file() && ex.join("manifest.json").is_file() && ex.join("config.json").is_file());
+}
+
+#[test]
+fn local_sources_and_export_round_trip() {
+    let env = Env::new();
+    let layout = images_dir().join("busybox");
+    let out = env.ok(&["fetch", "-q", &format!("oci:{}:latest", layout.display())]);
+    let id = out.trim().to_string();
+    let archive = env.tmp.path().join("bb.tar");
+    env.ok(&["image", "export", "localhost/busybox:latest", archive.to_str().unwrap()]);
+    // Another store loads the archive; so does skopeo (another tool).
+    let env2 = Env::new();
+    let id2 = env2.ok(&["fetch", "-q", &format!("oci-archive:{}", archive.display())]);
+    assert_eq!(id2.trim(), id);
+    let docker = env.tmp.path().join("docker.tar");
+    let st = Command::new("skopeo").args(["copy", "-q", &format!("oci-archive:{}", archive.display()), &format!("docker-archive:{}:husk/bb:v1", docker.display())]).status().unwrap();
+    assert!(st.success(), "skopeo could not read husk's export");
+    let env3 = Env::new();
+    env3.ok(&["fetch", "-q", &format!("docker-archive:{}", docker.display())]);
+    let list = env3.json(&["image", "list", "--format", "json"]);
+    assert_eq!(list[0]["names"][0], "docker.io/husk/bb:v1");
+    env3.ok(&["image", "verify"]);
+}
+
+#[test]
+fn registry_errors_are_named_and_leave_the_store_unchanged() {
+    let env = Env::new();
+    let err = env.fails(&["fetch", "-q", &format!("{}/husk/no-such-image:latest", registry())], 121);
+    assert!(err.contains("no-such-image") && err.contains("not found"), "{err}");
+    let err = env.fails(&["fetch", "-q", "127.0.0.1:1/husk/busybox"], 121);
+    assert!(err.contains("cannot reach registry 127.0.0.1:1"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    // Without the insecure setting the registry is spoken to over HTTPS, which it does not serve.
+    let o = Command::new(Env::bin()).args(["--dir", env.dir().to_str().unwrap(), "--config-dir", "/nonexistent", "fetch", "-q", &image("busybox")]).output().unwrap();
+    assert_eq!(o.status.code(), Some(121));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--insecure-options=http"), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = env.fails(&["fetch", "-q", "--pull-policy=never", &image("busybox")], 121);
+    assert!(err.contains("pull policy"), "{err}");
+    assert!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().is_empty());
+    let err = env.fails(&["image", "rm", "nothing-here"], 121);
+    assert!(err.contains("nothing-here"), "{err}");
+    let err = env.fails(&["fetch", "ftp://x/y"], 121);
+    assert!(err.contains("unknown transport"), "{err}");
+}
+
+fn copy_layout(src: &Path, dst: &Path) {
+    let st = Command::new("cp").args(["-a", src.to_str().unwrap(), dst.to_str().unwrap()]).status().unwrap();
+    assert!(st.success());
+}
+
+fn layer_blob(layout: &Path) -> std::path::PathBuf {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap()).unwrap();
+    let l = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    layout.join("blobs/sha256").join(l)
+}
+
+#[test]
+fn corrupt_or_truncated_layer_is_refused() {
+    let env = Env::new();
+    let bad = env.tmp.path().join("bad");
+    copy_layout(&images_dir().join("busybox"), &bad);
+    let blob = layer_blob(&bad);
+    let mut data = std::fs::read(&blob).unwrap();
+    let n = data.len();
+    data[n / 2] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    let err = env.fails(&["fetch", "-q", &format!("oci:{}", bad.display())], 121);
+    assert!(err.contains("digest mismatch") || err.contains("corrupt") || err.contains("not a valid"), "{err}");
+    std::fs::write(&blob, &data[..n / 3]).unwrap();
+    let err = env.fails(&["fetch", "-q", &format!("oci:{}", bad.display())], 121);
+    assert!(err.contains("layer sha256:"), "{err}");
+    // Nothing partial is visible: no image, no layer tree, no leftovers after gc.
+    assert!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(env.dir().join("store/layers")).unwrap().count(), 0);
+    env.ok(&["image", "gc"]);
+    assert_eq!(std::fs::read_dir(env.dir().join("store/tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(env.dir().join("store/blobs/sha256")).unwrap().count(), 0);
+}
+
+#[test]
+fn verify_reports_a_damaged_tree() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let layers: Vec<_> = std::fs::read_dir(env.dir().join("store/layers")).unwrap().flatten().collect();
+    std::fs::write(layers[0].path().join("rootfs/etc/passwd"), b"evil::0:0::/:/bin/sh\n").unwrap();
+    let o = env.husk(&["image", "verify"]);
+    assert_eq!(o.status.code(), Some(123));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED layer tree"), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn kill_9_during_fetch_leaves_nothing_partial() {
+    let env = Env::new();
+    for delay_ms in [5u64, 20, 60, 120] {
+        let mut child = env.cmd().args(["fetch", "-q", &format!("oci:{}", images_dir().join("big").display())]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever is visible is complete and verified.
+        env.ok(&["image", "verify"]);
+    }
+    env.ok(&["fetch", "-q", &format!("oci:{}", images_dir().join("big").display())]);
+    env.ok(&["image", "verify"]);
+    env.ok(&["image", "gc"]);
+    assert_eq!(std::fs::read_dir(env.dir().join("store/tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn concurrent_fetches_of_the_same_image_all_succeed() {
+    let env = Env::new();
+    let children: Vec<_> = (0..4).map(|_| env.cmd().args(["fetch", "-q", &image("big")]).spawn().unwrap()).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    env.ok(&["image", "verify"]);
+    assert_eq!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rm_and_gc_free_the_store() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox"), &image("big")]);
+    env.ok(&["image", "rm", &image("big")]);
+    env.ok(&["image", "gc"]);
+    assert_eq!(std::fs::read_dir(env.dir().join("store/layers")).unwrap().count(), 1, "only busybox's layer stays");
+    let m = env.json(&["image", "cat-manifest", &image("busybox")]);
+    assert_eq!(m["schemaVersion"], 2);
+}

@@ -1,0 +1,253 @@
+//! Pods on the ns stage1, driven through the real binary; assertions on what the test workload
+//! reports from inside and on the host's state afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{image, mounts_under, pod_cgroups, Env};
+
+fn report(env: &Env, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["run", "-q"];
+    args.extend_from_slice(extra);
+    let out = env.ok(&args);
+    serde_json::from_str(out.lines().last().unwrap()).unwrap_or_else(|e| panic!("workload output is not JSON ({e}): {out}"))
+}
+
+fn env_has(r: &serde_json::Value, kv: &str) -> bool {
+    r["env"].as_array().unwrap().iter().any(|e| e == kv)
+}
+
+#[test]
+fn pod_is_isolated_with_default_privileges() {
+    let env = Env::new();
+    let wl = image("workload");
+    let r = report(&env, &[&wl]);
+    for ns in ["mnt", "pid", "uts", "ipc", "net", "cgroup"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
+        assert_ne!(r["namespaces"][ns], host, "{ns} namespace is the host's");
+    }
+    assert_eq!(r["pid"], 2, "the app runs under the pod init (PID 1)");
+    assert_eq!(r["uid"], 0);
+    assert_eq!(r["capeff"], "00000000a80425fb", "default capability set");
+    assert_eq!(r["capbnd"], "00000000a80425fb");
+    assert_eq!(r["nonewprivs"], "1");
+    assert_eq!(r["interfaces"], serde_json::json!(["lo"]));
+    assert!(r["hostname"].as_str().unwrap().starts_with("husk-"));
+    assert_eq!(r["cwd"], "/");
+    assert!(env_has(&r, "WORKLOAD_FROM_IMAGE=yes"));
+    let mounts: Vec<String> = r["mounts"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
+    for want in ["/ overlay", "/proc proc", "/sys sysfs ro", "/dev tmpfs", "/dev/pts devpts", "/dev/shm tmpfs", "/dev/mqueue mqueue"] {
+        assert!(mounts.iter().any(|m| m.starts_with(want)), "missing {want} in {mounts:?}");
+    }
+    // Only stdio is open in the app: no fd of the runtime leaked (runc CVE-2024-21626 class).
+    let fds: Vec<&str> = r["fds"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(fds.iter().all(|f| f.starts_with("0=") || f.starts_with("1=") || f.starts_with("2=") || f.starts_with("3=/proc")), "leaked fds: {fds:?}");
+}
+
+#[test]
+fn app_flags_user_group_env_workdir() {
+    let env = Env::new();
+    let d = env.tmp.path().join("envfile");
+    std::fs::write(&d, "FROM_FILE=1\nOVERRIDE_ME=file\n").unwrap();
+    let wl = image("workload");
+    let r = report(&env, &[&wl, "--user", "app", "--working-dir", "/home/app", "--set-env-file", d.to_str().unwrap(), "--set-env", "OVERRIDE_ME=set", "--environment", "OVERRIDE_ME=cli", "--hostname", "web1"]);
+    assert_eq!((r["uid"].as_u64(), r["gid"].as_u64()), (Some(1000), Some(1000)));
+    assert_eq!(r["groups"], serde_json::json!([2000]), "supplementary groups from the image's /etc/group");
+    assert_eq!(r["capeff"], "0000000000000000", "non-root apps have no effective capabilities");
+    assert_eq!(r["cwd"], "/home/app");
+    assert_eq!(r["hostname"], "web1");
+    assert!(env_has(&r, "OVERRIDE_ME=cli") && env_has(&r, "FROM_FILE=1") && env_has(&r, "HOME=/home/app"));
+    let err = env.fails(&["run", "-q", &wl, "--user", "ghost"], 120);
+    assert!(err.contains("ghost"), "{err}");
+}
+
+#[test]
+fn exit_statuses_and_multi_app_failure() {
+    let env = Env::new();
+    let bb = image("busybox");
+    env.fails(&["run", "-q", &bb, "--", "sh", "-c", "exit 7"], 7);
+    let err = env.fails(&["run", "-q", &bb, "--exec", "/no/such/cmd"], 127);
+    assert!(err.contains("/no/such/cmd"), "{err}");
+    // Two apps: when one fails the other is stopped and run returns the failure.
+    let start = std::time::Instant::now();
+    let o = env.husk(&["run", "-q", &bb, "--name", "slow", "--", "sleep", "60", "---", &bb, "--name", "bad", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let pods = env.json(&["list", "--format", "json"]);
+    let pod = pods.as_array().unwrap().iter().find(|p| p["apps"].as_array().unwrap().len() == 2).unwrap();
+    let slow = pod["apps"].as_array().unwrap().iter().find(|a| a["name"] == "slow").unwrap();
+    assert_eq!(slow["status"]["signal"], 15, "the other app was stopped with SIGTERM");
+    assert_eq!(pod["exit_status"], 5);
+}
+
+#[test]
+fn volumes_host_readonly_and_empty_shared() {
+    let env = Env::new();
+    let host = env.tmp.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("hello"), "from host").unwrap();
+    let bb = image("busybox");
+    let vol = format!("data,kind=host,source={},readOnly=true", host.display());
+    let out = env.ok(&["run", "-q", "--volume", &vol, "--volume", "scratch,kind=empty", &bb, "--mount", "volume=data,target=/data", "--mount", "volume=scratch,target=/scratch", "--", "sh", "-c", "cat /data/hello; echo x > /scratch/f && echo wrote; touch /data/nope 2>/dev/null || echo read-only"]);
+    assert_eq!(out, "from hostwrote\nread-only\n");
+    let err = env.fails(&["run", "-q", &bb, "--mount", "volume=undefined,target=/x"], 120);
+    assert!(err.contains("undefined"), "{err}");
+    // The read-only root option.
+    let out = env.ok(&["run", "-q", &bb, "--readonly-rootfs", "--", "sh", "-c", "touch /x 2>/dev/null || echo ro"]);
+    assert_eq!(out, "ro\n");
+}
+
+#[test]
+fn prepare_run_prepared_status_manifest_rm() {
+    let env = Env::new();
+    let uuid = env.ok(&["prepare", "-q", &image("busybox"), "--", "sh", "-c", "exit 3"]).trim().to_string();
+    let s = env.json(&["status", &uuid[..8], "--format", "json"]);
+    assert_eq!(s["state"], "prepared");
+    let m = env.json(&["cat-manifest", &uuid[..8]]);
+    assert_eq!(m["apps"][0]["exec"], serde_json::json!(["sh", "-c", "exit 3"]));
+    env.fails(&["run-prepared", &uuid[..8]], 3);
+    let s = env.json(&["status", &uuid, "--format", "json"]);
+    assert_eq!((s["state"].as_str(), s["exit_status"].as_i64()), (Some("exited"), Some(3)));
+    env.ok(&["rm", &uuid]);
+    let err = env.fails(&["status", &uuid], 122);
+    assert!(err.contains("no pod matches"), "{err}");
+}
+
+#[test]
+fn detached_pod_logs_enter_stop_gc_leave_nothing() {
+    let env = Env::new();
+    let uuid = env.ok(&["run", "-q", "-d", &image("busybox"), "--user", "app", "--", "sh", "-c", "echo hello; exec sleep 600"]).trim().to_string();
+    assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "running");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.ok(&["logs", &uuid]), "hello\n");
+    // enter: the app's user and namespaces, never more (rkt CVE-2019-10144 class).
+    let out = env.ok(&["enter", &uuid, "--", "sh", "-c", "id -u; grep CapEff /proc/self/status; hostname; ps -o pid,comm | grep -c sleep"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert!(lines[1].ends_with("0000000000000000"), "{out}");
+    assert!(lines[2].starts_with("husk-"));
+    assert_eq!(lines[3], "1", "the pod's processes are visible: same PID namespace");
+    // While it runs, rm refuses and names why.
+    let err = env.fails(&["rm", &uuid], 122);
+    assert!(err.contains("running") || err.contains("using it"), "{err}");
+    env.ok(&["stop", &uuid, "--timeout", "5s"]);
+    let s = env.json(&["status", &uuid, "--format", "json"]);
+    assert_eq!(s["state"], "exited");
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(pod_cgroups(&uuid).is_empty(), "cgroups left: {:?}", pod_cgroups(&uuid));
+    assert!(mounts_under(&env.dir()).is_empty(), "mounts left: {:?}", mounts_under(&env.dir()));
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn kill_9_of_the_supervisor_is_seen_as_exited_and_collected() {
+    let env = Env::new();
+    let uuid = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"]).trim().to_string();
+    let s = env.json(&["status", &uuid, "--format", "json"]);
+    let sup = s["supervisor_pid"].as_i64().unwrap() as i32;
+    let init = s["pid"].as_i64().unwrap();
+    unsafe_free_kill(sup);
+    env.ok(&["status", &uuid, "--wait=10s"]);
+    assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "exited");
+    // The whole pod died with its supervisor.
+    std::thread::sleep(Duration::from_millis(100));
+    let alive = std::fs::read_to_string(format!("/proc/{init}/status")).map(|s| !s.contains("State:\tZ")).unwrap_or(false);
+    assert!(!alive, "pod init survived its supervisor");
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(pod_cgroups(&uuid).is_empty());
+    assert!(mounts_under(&env.dir()).is_empty());
+    assert!(!env.dir().join("pods/run").join(&uuid).exists());
+}
+
+fn unsafe_free_kill(pid: i32) {
+    let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn kill_9_of_husk_during_prepare_is_collected() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    for i in 0..15u64 {
+        let mut c = env.cmd().args(["prepare", "-q", &image("busybox")]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(300 * i));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for p in env.json(&["list", "--format", "json"]).as_array().unwrap() {
+        assert!(["prepared", "aborted-prepare"].contains(&p["state"].as_str().unwrap()), "{p}");
+    }
+    env.ok(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
+    for phase in ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"] {
+        assert_eq!(std::fs::read_dir(env.dir().join("pods").join(phase)).unwrap().count(), 0, "{phase} not empty");
+    }
+}
+
+#[test]
+fn fifty_parallel_runs_all_succeed() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let children: Vec<_> = (0..50).map(|_| env.cmd().args(["run", "-q", &image("busybox"), "--", "true"]).spawn().unwrap()).collect();
+    let failed = children.into_iter().map(|mut c| c.wait().unwrap()).filter(|s| !s.success()).count();
+    assert_eq!(failed, 0);
+    env.ok(&["gc", "--grace-period=0s"]);
+}
+
+#[test]
+fn binary_replaced_while_a_detached_pod_runs() {
+    let env = Env::new();
+    let bin_dir = env.tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let src = Env::bin().parent().unwrap().to_path_buf();
+    for b in ["husk", "husk-stage1-ns", "husk-stage1-fly"] {
+        std::fs::copy(src.join(b), bin_dir.join(b)).unwrap();
+    }
+    let old = bin_dir.join("husk");
+    let o = env.cmd_with(&old).args(["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let uuid = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    // Replace the binary the way a package upgrade does: new file, rename over the old one.
+    std::fs::copy(Env::bin(), bin_dir.join("husk.new")).unwrap();
+    std::fs::rename(bin_dir.join("husk.new"), &old).unwrap();
+    let run = |args: &[&str]| {
+        let o = env.cmd_with(&old).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(run(&["list", "--no-legend"]).contains(&uuid));
+    assert_eq!(run(&["enter", &uuid, "--", "echo", "in"]), "in\n");
+    run(&["stop", &uuid]);
+    run(&["gc", "--grace-period=0s"]);
+    assert!(pod_cgroups(&uuid).is_empty());
+}
+
+#[test]
+fn pod_uuid_errors_and_image_in_use() {
+    let env = Env::new();
+    let err = env.fails(&["status", "ffffffff"], 122);
+    assert!(err.contains("no pod matches") && err.contains("hint:"), "{err}");
+    let uuid = env.ok(&["prepare", "-q", &image("busybox")]).trim().to_string();
+    let err = env.fails(&["image", "rm", &image("busybox")], 121);
+    assert!(err.contains(&uuid), "image rm must name the pod using it: {err}");
+    env.ok(&["rm", &uuid]);
+    env.ok(&["image", "rm", &image("busybox")]);
+}
+
+#[test]
+fn fly_flavor_shares_host_namespaces() {
+    let env = Env::new();
+    let r = report(&env, &["--stage1=fly", &image("workload")]);
+    let host_pid = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    assert_eq!(r["namespaces"]["pid"], host_pid);
+    assert_ne!(r["namespaces"]["mnt"], std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string());
+}
+
+#[test]
+fn dns_and_hosts_entries() {
+    let env = Env::new();
+    let out = env.ok(&["run", "-q", "--dns", "10.1.2.3", "--dns-search", "corp.example", "--hosts-entry", "192.0.2.7=db", &image("busybox"), "--", "sh", "-c", "cat /etc/resolv.conf /etc/hosts"]);
+    assert!(out.contains("nameserver 10.1.2.3") && out.contains("search corp.example"), "{out}");
+    assert!(out.contains("192.0.2.7\tdb"), "{out}");
+}
