@@ -127,10 +127,14 @@ impl FetchError {
     /// A hint to print below the message, when one helps.
     pub fn hint(&self) -> Option<String> {
         match self {
-            FetchError::Unreachable { registry, why, .. } if why.contains("http") || why.contains("tls") || why.contains("certificate") => Some(format!(
-                "if {registry} serves plain HTTP or a self-signed certificate, pass --insecure-options=http,tls \
+            FetchError::Unreachable { registry, why, .. }
+                if why.contains("http") || why.contains("tls") || why.contains("certificate") =>
+            {
+                Some(format!(
+                    "if {registry} serves plain HTTP or a self-signed certificate, pass --insecure-options=http,tls \
                  or set `insecure = [\"http\", \"tls\"]` for it in husk.toml"
-            )),
+                ))
+            }
             FetchError::Unreachable { .. } => Some("check the registry address and that it is running".into()),
             FetchError::Denied { registry, .. } => Some(format!(
                 "log in with `docker login {registry}` (husk reads ~/.docker/config.json) or pass --auth-file"

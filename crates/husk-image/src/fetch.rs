@@ -47,7 +47,8 @@ pub fn stored_name(source: &ImageSource, override_name: Option<&str>) -> String 
     }
     let local = |p: &Path, tag: Option<&str>| {
         let stem = p.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "image".into());
-        let clean: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+        let clean: String =
+            stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
         format!("localhost/{}:{}", clean.trim_matches(|c: char| !c.is_ascii_alphanumeric()), tag.unwrap_or("latest"))
     };
     match source {
@@ -78,7 +79,15 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
         tracing::debug!("could not clean leftovers: {e}");
     }
     let ingest = |bytes: &[u8], digest, blobs: &dyn crate::ingest::BlobSource, image: &str| {
-        Ingest { store, image, manifest_bytes: bytes, manifest_digest: digest, progress: opts.progress, parallel: opts.parallel }.run(blobs)
+        Ingest {
+            store,
+            image,
+            manifest_bytes: bytes,
+            manifest_digest: digest,
+            progress: opts.progress,
+            parallel: opts.parallel,
+        }
+        .run(blobs)
     };
     let (record, cached) = match source {
         ImageSource::Registry(r) => {
@@ -92,7 +101,11 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
             }
             let unchanged = existing.as_ref().is_some_and(|e| e.manifest == digest);
             match (unchanged, existing.as_ref().map(|e| store.read_image(&e.id))) {
-                (true, Some(Ok(rec))) if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) => (rec, true),
+                (true, Some(Ok(rec)))
+                    if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) =>
+                {
+                    (rec, true)
+                }
                 _ => (ingest(&bytes, digest, &reg, &name)?, false),
             }
         }
@@ -109,10 +122,17 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
             let da = docker_archive(store, file, &name)?;
             if opts.name.is_none() {
                 if let Some(t) = &da.repo_tag {
-                    name = stored_name(&ImageSource::Registry(Reference::parse(t).map_err(|e| FetchError::Source { image: name.clone(), why: e.to_string() })?), None);
+                    name = stored_name(
+                        &ImageSource::Registry(
+                            Reference::parse(t)
+                                .map_err(|e| FetchError::Source { image: name.clone(), why: e.to_string() })?,
+                        ),
+                        None,
+                    );
                 }
             }
-            let rec = ingest(&da.manifest, da.digest.clone(), &LayoutBlobs { dir: &da.scratch.path, image: &name }, &name)?;
+            let rec =
+                ingest(&da.manifest, da.digest.clone(), &LayoutBlobs { dir: &da.scratch.path, image: &name }, &name)?;
             (rec, false)
         }
     };

@@ -75,21 +75,31 @@ pub fn host_arch() -> &'static str {
 
 /// Picks the host platform's manifest from an index.
 pub fn select_platform(image: &str, index_bytes: &[u8]) -> Result<(Digest, u64), FetchError> {
-    let idx: ImageIndex = serde_json::from_slice(index_bytes)
-        .map_err(|e| FetchError::Invalid { image: image.to_string(), what: "image index", why: e.to_string() })?;
+    let idx: ImageIndex = serde_json::from_slice(index_bytes).map_err(|e| FetchError::Invalid {
+        image: image.to_string(),
+        what: "image index",
+        why: e.to_string(),
+    })?;
     let mut available = Vec::new();
     for m in idx.manifests() {
         if let Some(p) = m.platform() {
             let (os, arch) = (p.os().to_string(), p.architecture().to_string());
             if os == "linux" && arch == host_arch() {
-                let d = m.digest().to_string().parse::<Digest>()
-                    .map_err(|e| FetchError::Invalid { image: image.to_string(), what: "image index", why: e.to_string() })?;
+                let d = m.digest().to_string().parse::<Digest>().map_err(|e| FetchError::Invalid {
+                    image: image.to_string(),
+                    what: "image index",
+                    why: e.to_string(),
+                })?;
                 return Ok((d, m.size()));
             }
             available.push(format!("{os}/{arch}"));
         }
     }
-    Err(FetchError::NoPlatform { image: image.to_string(), platform: format!("linux/{}", host_arch()), available: available.join(", ") })
+    Err(FetchError::NoPlatform {
+        image: image.to_string(),
+        platform: format!("linux/{}", host_arch()),
+        available: available.join(", "),
+    })
 }
 
 /// Everything needed to ingest one image whose manifest is already known.
@@ -116,27 +126,39 @@ impl Ingest<'_> {
         if media_type != MT_OCI_MANIFEST && media_type != MT_DOCKER_MANIFEST {
             return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type });
         }
-        let manifest: ImageManifest = serde_json::from_slice(self.manifest_bytes)
-            .map_err(|e| FetchError::Invalid { image: image.to_string(), what: "manifest", why: e.to_string() })?;
+        let manifest: ImageManifest = serde_json::from_slice(self.manifest_bytes).map_err(|e| FetchError::Invalid {
+            image: image.to_string(),
+            what: "manifest",
+            why: e.to_string(),
+        })?;
         let cfg_desc = manifest.config();
         let cfg_digest: Digest = parse_digest(image, cfg_desc.digest().as_ref())?;
         let config_bytes = if self.store.has_blob(&cfg_digest) {
             self.store.read_blob(&cfg_digest).map_err(|e| self.store_err(e))?
         } else {
             let mut buf = Vec::new();
-            blobs.open(&cfg_digest, cfg_desc.size())?.read_to_end(&mut buf)
-                .map_err(|e| FetchError::Source { image: image.to_string(), why: format!("reading config {cfg_digest}: {e}") })?;
+            blobs.open(&cfg_digest, cfg_desc.size())?.read_to_end(&mut buf).map_err(|e| FetchError::Source {
+                image: image.to_string(),
+                why: format!("reading config {cfg_digest}: {e}"),
+            })?;
             self.store.put_blob(&buf, Some(&cfg_digest)).map_err(|e| self.store_err(e))?;
             buf
         };
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-            .map_err(|e| FetchError::Invalid { image: image.to_string(), what: "image config", why: e.to_string() })?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| FetchError::Invalid {
+            image: image.to_string(),
+            what: "image config",
+            why: e.to_string(),
+        })?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(FetchError::Invalid {
                 image: image.to_string(),
                 what: "image config",
-                why: format!("{} layers in the manifest but {} diff_ids in the config", manifest.layers().len(), diff_ids.len()),
+                why: format!(
+                    "{} layers in the manifest but {} diff_ids in the config",
+                    manifest.layers().len(),
+                    diff_ids.len()
+                ),
             });
         }
         let mut layers = Vec::new();
@@ -204,10 +226,18 @@ impl Ingest<'_> {
             self.progress.layer_done(&l.digest, true);
             return Ok(());
         }
-        let unpack_err = |source: UnpackError| FetchError::Unpack { image: self.image.to_string(), digest: l.digest.clone(), source };
+        let unpack_err = |source: UnpackError| FetchError::Unpack {
+            image: self.image.to_string(),
+            digest: l.digest.clone(),
+            source,
+        };
 
         // Source: the stored blob when we have it, else the remote one teed into the store.
-        let writer = if have_blob { None } else { Some(store.blob_writer(Some((l.digest.clone(), l.size)), &key).map_err(|e| self.store_err(e))?) };
+        let writer = if have_blob {
+            None
+        } else {
+            Some(store.blob_writer(Some((l.digest.clone(), l.size)), &key).map_err(|e| self.store_err(e))?)
+        };
         let raw: Box<dyn Read + Send + '_> = if have_blob {
             Box::new(store.open_blob(&l.digest).map_err(|e| self.store_err(e))?)
         } else {
@@ -227,16 +257,19 @@ impl Ingest<'_> {
                 std::fs::create_dir(&tree_tmp).map_err(|e| self.store_err(StoreError::io(&tree_tmp, "create", e)))?;
                 let rootfs = tree_tmp.join("rootfs");
                 std::fs::create_dir(&rootfs).map_err(|e| self.store_err(StoreError::io(&rootfs, "create", e)))?;
-                let decompressed = unpack::decompressor(&mut tee).map_err(|e| tee_err(unpack_err(UnpackError::Tar(e))))?;
+                let decompressed =
+                    unpack::decompressor(&mut tee).map_err(|e| tee_err(unpack_err(UnpackError::Tar(e))))?;
                 let mut hashing = HashingReader::new(decompressed);
                 let stats = unpack::unpack(&mut hashing, &rootfs, Mode::Overlay).map_err(|e| tee_err(unpack_err(e)))?;
                 let got = hashing.finish().map_err(|e| tee_err(unpack_err(UnpackError::Tar(e))))?;
                 if got != l.diff_id {
                     return Err(unpack_err(UnpackError::DiffIdMismatch { expected: l.diff_id.clone(), actual: got }));
                 }
-                let (tree_digest, size, files) = unpack::tree_digest(&rootfs).map_err(|e| self.store_err(StoreError::io(&rootfs, "hash", e)))?;
+                let (tree_digest, size, files) =
+                    unpack::tree_digest(&rootfs).map_err(|e| self.store_err(StoreError::io(&rootfs, "hash", e)))?;
                 tracing::debug!("layer {} unpacked: {} entries, {} bytes", l.diff_id, stats.entries, stats.bytes);
-                Store::write_layer_meta(&tree_tmp, &LayerMeta { diff_id: l.diff_id.clone(), tree_digest, size, files }).map_err(|e| self.store_err(e))?;
+                Store::write_layer_meta(&tree_tmp, &LayerMeta { diff_id: l.diff_id.clone(), tree_digest, size, files })
+                    .map_err(|e| self.store_err(e))?;
             }
             // Drain what the decompressor did not need (or the whole blob when only it is missing).
             io::copy(&mut tee, &mut io::sink()).map_err(|e| tee_err(self.source_err(l, e)))?;
@@ -245,8 +278,10 @@ impl Ingest<'_> {
             }
             if !have_tree {
                 let dest = store.layer_dir(&l.diff_id);
-                std::fs::rename(&tree_tmp, &dest).map_err(|e| self.store_err(StoreError::io(&dest, "publish layer", e)))?;
-                husk_sys::fsync_dir(dest.parent().unwrap()).map_err(|e| self.store_err(StoreError::io(&dest, "sync", e)))?;
+                std::fs::rename(&tree_tmp, &dest)
+                    .map_err(|e| self.store_err(StoreError::io(&dest, "publish layer", e)))?;
+                husk_sys::fsync_dir(dest.parent().unwrap())
+                    .map_err(|e| self.store_err(StoreError::io(&dest, "sync", e)))?;
             }
             Ok(())
         })();
@@ -264,7 +299,11 @@ impl Ingest<'_> {
 }
 
 pub fn parse_digest(image: &str, s: &str) -> Result<Digest, FetchError> {
-    s.parse().map_err(|e: husk_types::DigestError| FetchError::Invalid { image: image.to_string(), what: "digest", why: e.to_string() })
+    s.parse().map_err(|e: husk_types::DigestError| FetchError::Invalid {
+        image: image.to_string(),
+        what: "digest",
+        why: e.to_string(),
+    })
 }
 
 enum TeeFailure {
@@ -314,8 +353,10 @@ pub struct LayoutBlobs<'a> {
 impl BlobSource for LayoutBlobs<'_> {
     fn open(&self, digest: &Digest, _size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         let p = self.dir.join("blobs/sha256").join(digest.hex());
-        let f = std::fs::File::open(&p)
-            .map_err(|e| FetchError::Source { image: self.image.to_string(), why: format!("missing blob {}: {e}", p.display()) })?;
+        let f = std::fs::File::open(&p).map_err(|e| FetchError::Source {
+            image: self.image.to_string(),
+            why: format!("missing blob {}: {e}", p.display()),
+        })?;
         Ok(Box::new(f))
     }
 }

@@ -9,7 +9,10 @@ use oci_spec::image::ImageIndex;
 use serde::Deserialize;
 
 use crate::error::{FetchError, StoreError};
-use crate::ingest::{manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER};
+use crate::ingest::{
+    manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX,
+    MT_OCI_LAYER,
+};
 use crate::store::{hash_reader, remove_any, ImageRecord, Store};
 
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -19,19 +22,35 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Vec<u8>, Digest), FetchError> {
     let src_err = |why: String| FetchError::Source { image: image.to_string(), why };
     let index_path = dir.join("index.json");
-    let data = std::fs::read(&index_path).map_err(|e| src_err(format!("{} is not an OCI image layout ({}: {e})", dir.display(), index_path.display())))?;
-    let index: ImageIndex = serde_json::from_slice(&data).map_err(|e| FetchError::Invalid { image: image.to_string(), what: "index.json", why: e.to_string() })?;
+    let data = std::fs::read(&index_path).map_err(|e| {
+        src_err(format!("{} is not an OCI image layout ({}: {e})", dir.display(), index_path.display()))
+    })?;
+    let index: ImageIndex = serde_json::from_slice(&data).map_err(|e| FetchError::Invalid {
+        image: image.to_string(),
+        what: "index.json",
+        why: e.to_string(),
+    })?;
     let entries = index.manifests();
-    let tag_of = |m: &oci_spec::image::Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME_ANNOTATION).cloned());
+    let tag_of =
+        |m: &oci_spec::image::Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME_ANNOTATION).cloned());
     let chosen = match tag {
         Some(t) => entries.iter().find(|m| tag_of(m).as_deref() == Some(t)).ok_or_else(|| {
             let tags: Vec<String> = entries.iter().filter_map(tag_of).collect();
-            src_err(format!("no image tagged {t:?} in {} (tags: {})", dir.display(), if tags.is_empty() { "none".into() } else { tags.join(", ") }))
+            src_err(format!(
+                "no image tagged {t:?} in {} (tags: {})",
+                dir.display(),
+                if tags.is_empty() { "none".into() } else { tags.join(", ") }
+            ))
         })?,
         None if entries.len() == 1 => &entries[0],
         None => {
             let tags: Vec<String> = entries.iter().filter_map(tag_of).collect();
-            return Err(src_err(format!("{} holds {} images; name one as oci:DIR:TAG (tags: {})", dir.display(), entries.len(), tags.join(", "))));
+            return Err(src_err(format!(
+                "{} holds {} images; name one as oci:DIR:TAG (tags: {})",
+                dir.display(),
+                entries.len(),
+                tags.join(", ")
+            )));
         }
     };
     let mut digest = parse_digest(image, chosen.digest().as_ref())?;
@@ -41,7 +60,10 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
         io::Read::read_to_end(&mut blobs.open(&digest, 0)?, &mut bytes).map_err(|e| src_err(e.to_string()))?;
         let (actual, _) = hash_reader(&bytes[..]).expect("memory");
         if actual != digest {
-            return Err(FetchError::Store { image: image.to_string(), source: StoreError::DigestMismatch { expected: digest, actual } });
+            return Err(FetchError::Store {
+                image: image.to_string(),
+                source: StoreError::DigestMismatch { expected: digest, actual },
+            });
         }
         match manifest_kind(&bytes, None).as_deref() {
             Some(MT_OCI_INDEX) | Some(MT_DOCKER_LIST) => digest = select_platform(image, &bytes)?.0,
@@ -53,18 +75,25 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
 
 /// Unpacks an archive (OCI or docker) into a scratch directory of the store.
 pub fn extract_archive(store: &Store, file: &Path, image: &str) -> Result<ScratchDir, FetchError> {
-    let f = File::open(file).map_err(|e| FetchError::Source { image: image.to_string(), why: format!("cannot open {}: {e}", file.display()) })?;
+    let f = File::open(file).map_err(|e| FetchError::Source {
+        image: image.to_string(),
+        why: format!("cannot open {}: {e}", file.display()),
+    })?;
     let key = format!("archive-{:016x}", rand::random::<u64>());
     let lock = store.lock_key(&key).map_err(|e| FetchError::Store { image: image.to_string(), source: e })?;
     let dir = store.tmp_path(&key);
-    std::fs::create_dir(&dir).map_err(|e| FetchError::Store { image: image.to_string(), source: StoreError::io(&dir, "create", e) })?;
+    std::fs::create_dir(&dir)
+        .map_err(|e| FetchError::Store { image: image.to_string(), source: StoreError::io(&dir, "create", e) })?;
     let scratch = ScratchDir { path: dir, _lock: lock };
     let mut ar = tar::Archive::new(BufReader::new(f));
     ar.set_preserve_permissions(false);
     ar.set_preserve_ownerships(false);
     // The archive is a container of blobs, not a root filesystem: tar's unpacker (which refuses
     // entries leaving the directory) is enough here.
-    ar.unpack(&scratch.path).map_err(|e| FetchError::Source { image: image.to_string(), why: format!("{} is not a readable tar archive: {e}", file.display()) })?;
+    ar.unpack(&scratch.path).map_err(|e| FetchError::Source {
+        image: image.to_string(),
+        why: format!("{} is not a readable tar archive: {e}", file.display()),
+    })?;
     Ok(scratch)
 }
 
@@ -102,8 +131,13 @@ pub fn docker_archive(store: &Store, file: &Path, image: &str) -> Result<DockerA
     let scratch = extract_archive(store, file, image)?;
     let src_err = |why: String| FetchError::Source { image: image.to_string(), why };
     let mpath = scratch.path.join("manifest.json");
-    let data = std::fs::read(&mpath).map_err(|e| src_err(format!("{} is not a docker archive (no manifest.json: {e})", file.display())))?;
-    let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&data).map_err(|e| FetchError::Invalid { image: image.to_string(), what: "docker archive manifest.json", why: e.to_string() })?;
+    let data = std::fs::read(&mpath)
+        .map_err(|e| src_err(format!("{} is not a docker archive (no manifest.json: {e})", file.display())))?;
+    let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&data).map_err(|e| FetchError::Invalid {
+        image: image.to_string(),
+        what: "docker archive manifest.json",
+        why: e.to_string(),
+    })?;
     let entry = match entries.as_slice() {
         [one] => one,
         [] => return Err(src_err("the archive holds no image".into())),
@@ -121,7 +155,9 @@ pub fn docker_archive(store: &Store, file: &Path, image: &str) -> Result<DockerA
         let (d, n) = hash_reader(BufReader::new(f)).map_err(|e| src_err(e.to_string()))?;
         let dest = blob_dir.join(d.hex());
         if !dest.exists() {
-            std::fs::hard_link(&p, &dest).or_else(|_| std::fs::copy(&p, &dest).map(|_| ())).map_err(|e| src_err(e.to_string()))?;
+            std::fs::hard_link(&p, &dest)
+                .or_else(|_| std::fs::copy(&p, &dest).map(|_| ()))
+                .map_err(|e| src_err(e.to_string()))?;
         }
         Ok((d, n))
     };
@@ -152,20 +188,26 @@ pub fn docker_archive(store: &Store, file: &Path, image: &str) -> Result<DockerA
 
 /// Writes an image as an OCI archive (a tar of an OCI layout) that podman, skopeo and husk load.
 pub fn export_oci_archive(store: &Store, rec: &ImageRecord, name: Option<&str>, out: &Path) -> Result<(), StoreError> {
-    let tmp = out.with_file_name(format!(".{}.husk-tmp", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let tmp = out.with_file_name(format!(
+        ".{}.husk-tmp",
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
     let f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, "create", e))?;
     let result = (|| -> Result<(), StoreError> {
         let mut b = tar::Builder::new(io::BufWriter::new(f));
-        let add_bytes = |b: &mut tar::Builder<io::BufWriter<File>>, path: &str, data: &[u8]| -> Result<(), StoreError> {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, path, data).map_err(|e| StoreError::io(out, "write", e))
-        };
+        let add_bytes =
+            |b: &mut tar::Builder<io::BufWriter<File>>, path: &str, data: &[u8]| -> Result<(), StoreError> {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, path, data).map_err(|e| StoreError::io(out, "write", e))
+            };
         add_bytes(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        let manifest_size = std::fs::metadata(store.blob_path(&rec.manifest)).map_err(|e| StoreError::io(&store.blob_path(&rec.manifest), "read", e))?.len();
+        let manifest_size = std::fs::metadata(store.blob_path(&rec.manifest))
+            .map_err(|e| StoreError::io(&store.blob_path(&rec.manifest), "read", e))?
+            .len();
         let mut desc = serde_json::json!({"mediaType": rec.manifest_media_type, "digest": rec.manifest.to_string(), "size": manifest_size});
         if let Some(n) = name {
             let tag = husk_types::Reference::parse(n).ok().and_then(|r| r.tag).unwrap_or_else(|| "latest".into());

@@ -24,7 +24,14 @@ pub enum Removed {
 pub fn remove(store: &Store, what: &str, pods_using: &dyn Fn(&Digest) -> Vec<String>) -> Result<Removed, StoreError> {
     let rec = store.resolve(what)?;
     let names = store.names_of(&rec.id)?;
-    let by_name = names.iter().find(|n| n.as_str() == what || husk_types::Reference::parse(what).map(|r| r.normalized().to_string()).ok().as_deref() == Some(n.as_str())).cloned();
+    let by_name = names
+        .iter()
+        .find(|n| {
+            n.as_str() == what
+                || husk_types::Reference::parse(what).map(|r| r.normalized().to_string()).ok().as_deref()
+                    == Some(n.as_str())
+        })
+        .cloned();
     if let (Some(n), true) = (&by_name, names.len() > 1) {
         store.remove_ref(n)?;
         return Ok(Removed::Untagged(n.clone()));
@@ -99,7 +106,8 @@ pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
     let mut damage = Vec::new();
     let mut checked = 0;
     let blob_dir = store.root().join("blobs/sha256");
-    let mut names: Vec<_> = std::fs::read_dir(&blob_dir).map_err(|e| StoreError::io(&blob_dir, "list", e))?.flatten().collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(&blob_dir).map_err(|e| StoreError::io(&blob_dir, "list", e))?.flatten().collect();
     names.sort_by_key(|e| e.file_name());
     for e in names {
         checked += 1;
@@ -107,23 +115,36 @@ pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
         let f = std::fs::File::open(e.path()).map_err(|err| StoreError::io(&e.path(), "open", err))?;
         let (d, _) = hash_reader(std::io::BufReader::new(f)).map_err(|err| StoreError::io(&e.path(), "read", err))?;
         if d.hex() != name {
-            damage.push(Damage { what: format!("blob sha256:{name}"), path: e.path(), problem: format!("content hashes to {d}") });
+            damage.push(Damage {
+                what: format!("blob sha256:{name}"),
+                path: e.path(),
+                problem: format!("content hashes to {d}"),
+            });
         }
     }
     for img in store.images()? {
         for l in &img.layers {
             if !store.has_blob(&l.digest) {
-                damage.push(Damage { what: format!("blob {}", l.digest), path: store.blob_path(&l.digest), problem: format!("missing (used by image {})", img.id.short()) });
+                damage.push(Damage {
+                    what: format!("blob {}", l.digest),
+                    path: store.blob_path(&l.digest),
+                    problem: format!("missing (used by image {})", img.id.short()),
+                });
             }
         }
         for d in [&img.manifest, &img.config] {
             if !store.has_blob(d) {
-                damage.push(Damage { what: format!("blob {d}"), path: store.blob_path(d), problem: format!("missing (used by image {})", img.id.short()) });
+                damage.push(Damage {
+                    what: format!("blob {d}"),
+                    path: store.blob_path(d),
+                    problem: format!("missing (used by image {})", img.id.short()),
+                });
             }
         }
     }
     let layer_dir = store.root().join("layers");
-    let mut layers: Vec<_> = std::fs::read_dir(&layer_dir).map_err(|e| StoreError::io(&layer_dir, "list", e))?.flatten().collect();
+    let mut layers: Vec<_> =
+        std::fs::read_dir(&layer_dir).map_err(|e| StoreError::io(&layer_dir, "list", e))?.flatten().collect();
     layers.sort_by_key(|e| e.file_name());
     for e in layers {
         checked += 1;
@@ -134,7 +155,11 @@ pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
             Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
             Ok(meta) => match unpack::tree_digest(&store.layer_rootfs(&diff)) {
                 Ok((t, _, _)) if t == meta.tree_digest => {}
-                Ok((t, _, _)) => damage.push(Damage { what, path: e.path(), problem: format!("tree changed: recorded {}, now {}", meta.tree_digest, t) }),
+                Ok((t, _, _)) => damage.push(Damage {
+                    what,
+                    path: e.path(),
+                    problem: format!("tree changed: recorded {}, now {}", meta.tree_digest, t),
+                }),
                 Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
             },
         }
@@ -168,8 +193,10 @@ pub fn render(store: &Store, rec: &ImageRecord, dest: &Path) -> Result<(), Rende
     }
     for l in &rec.layers {
         let f = store.open_blob(&l.digest)?;
-        let r = unpack::decompressor(std::io::BufReader::new(f)).map_err(|e| RenderError::Unpack { digest: l.digest.clone(), source: UnpackError::Tar(e) })?;
-        unpack::unpack(r, dest, Mode::Apply).map_err(|source| RenderError::Unpack { digest: l.digest.clone(), source })?;
+        let r = unpack::decompressor(std::io::BufReader::new(f))
+            .map_err(|e| RenderError::Unpack { digest: l.digest.clone(), source: UnpackError::Tar(e) })?;
+        unpack::unpack(r, dest, Mode::Apply)
+            .map_err(|source| RenderError::Unpack { digest: l.digest.clone(), source })?;
     }
     Ok(())
 }

@@ -40,11 +40,9 @@ pub struct Registry {
 impl Registry {
     pub fn new(r: &Reference, opts: &RegistryOptions) -> Result<Registry, FetchError> {
         let image = r.to_string();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| FetchError::Source { image: image.clone(), why: format!("cannot start the I/O runtime: {e}") })?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+            FetchError::Source { image: image.clone(), why: format!("cannot start the I/O runtime: {e}") }
+        })?;
         let protocol = if opts.all_http {
             ClientProtocol::Http
         } else if opts.http.is_empty() {
@@ -63,7 +61,11 @@ impl Registry {
         let client = oci_client::Client::new(config);
         let reference = match (&r.tag, &r.digest) {
             (_, Some(d)) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
-            (t, None) => oci_client::Reference::with_tag(r.registry.clone(), r.repository.clone(), t.clone().unwrap_or_else(|| "latest".into())),
+            (t, None) => oci_client::Reference::with_tag(
+                r.registry.clone(),
+                r.repository.clone(),
+                t.clone().unwrap_or_else(|| "latest".into()),
+            ),
         };
         Ok(Registry { rt, client, auth: credentials(&r.registry), reference, image, registry: r.registry.clone() })
     }
@@ -82,7 +84,10 @@ impl Registry {
             .rt
             .block_on(self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES))
             .map_err(|e| self.map_err(e))?;
-        let digest: Digest = digest.parse().map_err(|e: husk_types::DigestError| FetchError::Registry { image: self.image.clone(), why: e.to_string() })?;
+        let digest: Digest = digest.parse().map_err(|e: husk_types::DigestError| FetchError::Registry {
+            image: self.image.clone(),
+            why: e.to_string(),
+        })?;
         // oci-client checked the bytes against the registry's digest header; check them against
         // the digest we will file them under, too.
         let (actual, _) = crate::store::hash_reader(&bytes[..]).expect("hashing memory cannot fail");
@@ -99,10 +104,8 @@ impl Registry {
 impl BlobSource for Registry {
     fn open(&self, digest: &Digest, _size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         let d = digest.to_string();
-        let stream = self
-            .rt
-            .block_on(self.client.pull_blob_stream(&self.reference, d.as_str()))
-            .map_err(|e| self.map_err(e))?;
+        let stream =
+            self.rt.block_on(self.client.pull_blob_stream(&self.reference, d.as_str())).map_err(|e| self.map_err(e))?;
         let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(8);
         self.rt.spawn(async move {
             let mut s = stream.stream;
@@ -163,7 +166,9 @@ fn map_oci_error(image: &str, registry: &str, e: OciDistributionError) -> FetchE
     let image = image.to_string();
     let registry = registry.to_string();
     match e {
-        OciDistributionError::UnauthorizedError { url } => FetchError::Denied { image, registry, status: 401, why: format!("unauthorized for {url}") },
+        OciDistributionError::UnauthorizedError { url } => {
+            FetchError::Denied { image, registry, status: 401, why: format!("unauthorized for {url}") }
+        }
         OciDistributionError::AuthenticationFailure(why) => FetchError::Denied { image, registry, status: 401, why },
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}", e.code)).collect();
@@ -177,11 +182,19 @@ fn map_oci_error(image: &str, registry: &str, e: OciDistributionError) -> FetchE
             }
         }
         OciDistributionError::ServerError { code: 404, .. } => FetchError::NotFound { image, registry },
-        OciDistributionError::ServerError { code: c @ (401 | 403), message, .. } => FetchError::Denied { image, registry, status: c, why: message },
-        OciDistributionError::ServerError { code, message, .. } => FetchError::Registry { image, why: format!("HTTP {code}: {}", message.trim()) },
+        OciDistributionError::ServerError { code: c @ (401 | 403), message, .. } => {
+            FetchError::Denied { image, registry, status: c, why: message }
+        }
+        OciDistributionError::ServerError { code, message, .. } => {
+            FetchError::Registry { image, why: format!("HTTP {code}: {}", message.trim()) }
+        }
         OciDistributionError::ImageManifestNotFoundError(_) => FetchError::NotFound { image, registry },
-        OciDistributionError::UnsupportedMediaTypeError(mt) => FetchError::UnsupportedMediaType { image, media_type: mt },
-        OciDistributionError::UnsupportedSchemaVersionError(v) => FetchError::UnsupportedMediaType { image, media_type: format!("docker schema {v} manifest") },
+        OciDistributionError::UnsupportedMediaTypeError(mt) => {
+            FetchError::UnsupportedMediaType { image, media_type: mt }
+        }
+        OciDistributionError::UnsupportedSchemaVersionError(v) => {
+            FetchError::UnsupportedMediaType { image, media_type: format!("docker schema {v} manifest") }
+        }
         OciDistributionError::RequestError(e) => {
             let mut why = e.to_string();
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);

@@ -131,14 +131,14 @@ impl Store {
     /// Locks one key (a digest, a reference) for the duration of work on it.
     pub fn lock_key(&self, key: &str) -> Result<Lock, StoreError> {
         let p = self.root.join("locks").join(format!("{key}.lock"));
-        Lock::lock(&p, LockKind::Exclusive, || tracing::debug!("waiting for {key}, another husk holds it"))
+        Lock::acquire(&p, LockKind::Exclusive, || tracing::debug!("waiting for {key}, another husk holds it"))
             .map_err(StoreError::Lock)
     }
 
     /// The store-wide lock: shared for fetches and pod preparation, exclusive for `image gc`.
     pub fn lock_store(&self, kind: LockKind) -> Result<Lock, StoreError> {
         let p = self.root.join("locks/store.lock");
-        Lock::lock(&p, kind, || {
+        Lock::acquire(&p, kind, || {
             if kind == LockKind::Exclusive {
                 tracing::info!("waiting for running fetches to finish before collecting garbage");
             } else {
@@ -220,7 +220,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.fetched.cmp(&b.fetched));
+        out.sort_by_key(|a| a.fetched);
         Ok(out)
     }
 
@@ -229,7 +229,12 @@ impl Store {
     }
 
     pub fn write_ref(&self, name: &str, rec: &ImageRecord) -> Result<(), StoreError> {
-        let r = RefRecord { name: name.to_string(), id: rec.id.clone(), manifest: rec.manifest.clone(), updated: chrono::Utc::now() };
+        let r = RefRecord {
+            name: name.to_string(),
+            id: rec.id.clone(),
+            manifest: rec.manifest.clone(),
+            updated: chrono::Utc::now(),
+        };
         let p = self.ref_path(name);
         atomic_write(&p, &serde_json::to_vec_pretty(&r).expect("ref serializes"), 0o644)
             .map_err(|e| StoreError::io(&p, "write reference", e))
@@ -238,7 +243,9 @@ impl Store {
     pub fn read_ref(&self, name: &str) -> Result<Option<RefRecord>, StoreError> {
         let p = self.ref_path(name);
         match fs::read(&p) {
-            Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() }),
+            Ok(d) => {
+                serde_json::from_slice(&d).map(Some).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io(&p, "read reference", e)),
         }
@@ -260,7 +267,8 @@ impl Store {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
                 if let Ok(d) = fs::read(&p) {
-                    let r: RefRecord = serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt { path: p.clone(), why: e.to_string() })?;
+                    let r: RefRecord = serde_json::from_slice(&d)
+                        .map_err(|e| StoreError::Corrupt { path: p.clone(), why: e.to_string() })?;
                     out.push(r);
                 }
             }

@@ -138,20 +138,26 @@ impl Unpacker {
             self.stats.bytes += n;
             apply_fd_meta(&f, &meta, &xattrs, &shown)?;
         } else if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| UnpackError::UnsupportedType { entry: shown.clone(), kind: "symlink without target".into() })?;
+            let target = entry.link_name_bytes().ok_or_else(|| UnpackError::UnsupportedType {
+                entry: shown.clone(),
+                kind: "symlink without target".into(),
+            })?;
             rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, leaf)
                 .map_err(|e| UnpackError::io(&path, "create symlink", errno_io(e)))?;
             self.set_meta(&path, &meta, &xattrs, false, &shown)?;
         } else if kind.is_hard_link() {
-            let target_raw = entry
-                .link_name_bytes()
-                .ok_or_else(|| UnpackError::UnsupportedType { entry: shown.clone(), kind: "hard link without target".into() })?;
-            let bad = || UnpackError::BadHardlink { entry: shown.clone(), target: String::from_utf8_lossy(&target_raw).into_owned() };
+            let target_raw = entry.link_name_bytes().ok_or_else(|| UnpackError::UnsupportedType {
+                entry: shown.clone(),
+                kind: "hard link without target".into(),
+            })?;
+            let bad = || UnpackError::BadHardlink {
+                entry: shown.clone(),
+                target: String::from_utf8_lossy(&target_raw).into_owned(),
+            };
             let target = sanitize_link_target(&target_raw).map_err(|_| bad())?;
             // Resolve the target safely, then link that exact inode (AT_EMPTY_PATH).
-            let tfd = open_beneath(&self.root, &target, OFlags::PATH | OFlags::NOFOLLOW, FsMode::empty()).map_err(|_| bad())?;
+            let tfd = open_beneath(&self.root, &target, OFlags::PATH | OFlags::NOFOLLOW, FsMode::empty())
+                .map_err(|_| bad())?;
             let st = rustix::fs::fstat(&tfd).map_err(|_| bad())?;
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 return Err(bad());
@@ -173,7 +179,13 @@ impl Unpacker {
             rustix::fs::mknodat(&parent, leaf, ft, FsMode::from_raw_mode(meta.mode), dev)
                 .map_err(|e| UnpackError::io(&path, "create device node", errno_io(e)))?;
             self.set_meta(&path, &meta, &xattrs, false, &shown)?;
-        } else if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink) {
+        } else if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
             return Ok(());
         } else {
             return Err(UnpackError::UnsupportedType { entry: shown, kind: format!("{kind:?}") });
@@ -224,8 +236,14 @@ impl Unpacker {
         match self.mode {
             Mode::Overlay => {
                 self.remove(&parent, leaf, shown)?;
-                rustix::fs::mknodat(&parent, leaf, FileType::CharacterDevice, FsMode::empty(), rustix::fs::makedev(0, 0))
-                    .map_err(|e| UnpackError::io(path, "create whiteout", errno_io(e)))
+                rustix::fs::mknodat(
+                    &parent,
+                    leaf,
+                    FileType::CharacterDevice,
+                    FsMode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|e| UnpackError::io(path, "create whiteout", errno_io(e)))
             }
             Mode::Apply => {
                 if self.created.contains(path) {
@@ -255,11 +273,25 @@ impl Unpacker {
         }
     }
 
-    fn set_meta(&mut self, path: &Path, meta: &Meta, xattrs: &[(String, Vec<u8>)], is_dir: bool, shown: &str) -> Result<(), UnpackError> {
+    fn set_meta(
+        &mut self,
+        path: &Path,
+        meta: &Meta,
+        xattrs: &[(String, Vec<u8>)],
+        is_dir: bool,
+        shown: &str,
+    ) -> Result<(), UnpackError> {
         let p = rel_or_dot(path);
-        rustix::fs::chownat(&self.root, p, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| UnpackError::io(path, "set owner of", errno_io(e)))?;
-        let st = rustix::fs::statat(&self.root, p, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| UnpackError::io(path, "inspect", errno_io(e)))?;
+        rustix::fs::chownat(
+            &self.root,
+            p,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| UnpackError::io(path, "set owner of", errno_io(e)))?;
+        let st = rustix::fs::statat(&self.root, p, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| UnpackError::io(path, "inspect", errno_io(e)))?;
         let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
         if !is_link {
             rustix::fs::chmodat(&self.root, p, FsMode::from_raw_mode(meta.mode), AtFlags::empty())
@@ -286,7 +318,8 @@ fn apply_fd_meta(f: &File, meta: &Meta, xattrs: &[(String, Vec<u8>)], shown: &st
     rustix::fs::fchown(f, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
         .map_err(|e| UnpackError::io(p, "set owner of", errno_io(e)))?;
     // chmod after chown: chown clears set-uid/set-gid bits.
-    rustix::fs::fchmod(f, FsMode::from_raw_mode(meta.mode)).map_err(|e| UnpackError::io(p, "set mode of", errno_io(e)))?;
+    rustix::fs::fchmod(f, FsMode::from_raw_mode(meta.mode))
+        .map_err(|e| UnpackError::io(p, "set mode of", errno_io(e)))?;
     for (k, v) in xattrs {
         set_xattr_tolerant(|| rustix::fs::fsetxattr(f, k.as_str(), v, XattrFlags::empty()), k, shown)?;
     }
@@ -307,7 +340,8 @@ fn set_xattr_tolerant(f: impl FnOnce() -> rustix::io::Result<()>, name: &str, sh
 }
 
 fn mkdir(parent: &OwnedFd, leaf: &OsStr, shown: &str) -> Result<(), UnpackError> {
-    rustix::fs::mkdirat(parent, leaf, FsMode::from_raw_mode(0o700)).map_err(|e| UnpackError::io(Path::new(shown), "create directory", errno_io(e)))
+    rustix::fs::mkdirat(parent, leaf, FsMode::from_raw_mode(0o700))
+        .map_err(|e| UnpackError::io(Path::new(shown), "create directory", errno_io(e)))
 }
 
 fn libc_enoent() -> i32 {
@@ -337,7 +371,8 @@ struct Meta {
 
 impl Meta {
     fn from_header(h: &tar::Header, shown: &str) -> Result<Meta, UnpackError> {
-        let bad = |what: &str| UnpackError::UnsupportedType { entry: shown.to_string(), kind: format!("unreadable {what}") };
+        let bad =
+            |what: &str| UnpackError::UnsupportedType { entry: shown.to_string(), kind: format!("unreadable {what}") };
         Ok(Meta {
             mode: h.mode().map_err(|_| bad("mode"))? & 0o7777,
             uid: u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?,

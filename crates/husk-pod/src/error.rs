@@ -43,8 +43,12 @@ impl PodError {
         match self {
             PodError::Unknown(_) => Some("list pods with `husk list`".into()),
             PodError::WrongPhase { phase, .. } if phase == "running" => Some("stop it first with `husk stop`".into()),
-            PodError::Stage1 { .. } => Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into()),
-            PodError::Io { source, .. } if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES) => {
+            PodError::Stage1 { .. } => {
+                Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into())
+            }
+            PodError::Io { source, .. }
+                if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES) =>
+            {
                 Some("pods need root: run husk as root".into())
             }
             _ => None,

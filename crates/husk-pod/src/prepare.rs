@@ -105,14 +105,24 @@ pub fn parse_group(data: &str) -> Vec<(String, u32, Vec<String>)> {
 }
 
 /// Resolves `user[:group]` (names or numbers) against the image's passwd and group files.
-pub fn resolve_user(spec: &str, group: Option<&str>, passwd: &[PasswdEntry], groups: &[(String, u32, Vec<String>)]) -> Result<(AppUser, Option<String>), String> {
+pub fn resolve_user(
+    spec: &str,
+    group: Option<&str>,
+    passwd: &[PasswdEntry],
+    groups: &[(String, u32, Vec<String>)],
+) -> Result<(AppUser, Option<String>), String> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     let g = group.or(g);
     let entry = match u.parse::<u32>() {
-        Ok(uid) => passwd.iter().find(|p| p.uid == uid).cloned().or(Some(PasswdEntry { name: String::new(), uid, gid: 0, home: "/".into() })),
+        Ok(uid) => passwd.iter().find(|p| p.uid == uid).cloned().or(Some(PasswdEntry {
+            name: String::new(),
+            uid,
+            gid: 0,
+            home: "/".into(),
+        })),
         Err(_) => passwd.iter().find(|p| p.name == u).cloned(),
     }
     .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd; use a numeric uid"))?;
@@ -120,10 +130,18 @@ pub fn resolve_user(spec: &str, group: Option<&str>, passwd: &[PasswdEntry], gro
         None => entry.gid,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => groups.iter().find(|(n, _, _)| n == g).map(|(_, id, _)| *id).ok_or_else(|| format!("group {g:?} is not in the image's /etc/group; use a numeric gid"))?,
+            Err(_) => groups
+                .iter()
+                .find(|(n, _, _)| n == g)
+                .map(|(_, id, _)| *id)
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group; use a numeric gid"))?,
         },
     };
-    let mut additional: Vec<u32> = if entry.name.is_empty() { vec![] } else { groups.iter().filter(|(_, _, m)| m.contains(&entry.name)).map(|(_, id, _)| *id).collect() };
+    let mut additional: Vec<u32> = if entry.name.is_empty() {
+        vec![]
+    } else {
+        groups.iter().filter(|(_, _, m)| m.contains(&entry.name)).map(|(_, id, _)| *id).collect()
+    };
     additional.retain(|x| *x != gid);
     additional.dedup();
     let home = if entry.home.is_empty() { None } else { Some(entry.home.clone()) };
@@ -149,23 +167,40 @@ pub fn read_image_file(store: &Store, rec: &ImageRecord, rel: &str) -> Option<Ve
 pub fn default_app_name(image: &str) -> String {
     let base = image.rsplit('/').next().unwrap_or(image);
     let base = base.split(['@', ':']).next().unwrap_or(base);
-    let clean: String = base.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let clean: String =
+        base.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     let clean = clean.trim_matches('-').to_string();
-    if clean.is_empty() { "app".into() } else { clean }
+    if clean.is_empty() {
+        "app".into()
+    } else {
+        clean
+    }
 }
 
 /// Builds one app of the pod manifest.
-pub fn build_app(store: &Store, image_name: &str, rec: &ImageRecord, spec: &AppSpec, name: String) -> Result<App, PodError> {
+pub fn build_app(
+    store: &Store,
+    image_name: &str,
+    rec: &ImageRecord,
+    spec: &AppSpec,
+    name: String,
+) -> Result<App, PodError> {
     let app_err = |why: String| PodError::App { app: name.clone(), why };
     let cfg_bytes = store.read_blob(&rec.config)?;
-    let cfg: ImageConfiguration = serde_json::from_slice(&cfg_bytes).map_err(|e| app_err(format!("image config of {image_name} is invalid: {e}")))?;
+    let cfg: ImageConfiguration = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| app_err(format!("image config of {image_name} is invalid: {e}")))?;
     let img = ImageDefaults::from_config(&cfg);
     let exec = compute_exec(&img, spec.exec.as_deref(), &spec.args);
     if exec.is_empty() {
-        return Err(app_err(format!("image {image_name} has no entrypoint or command; give one with --exec or after --")));
+        return Err(app_err(format!(
+            "image {image_name} has no entrypoint or command; give one with --exec or after --"
+        )));
     }
-    let passwd = read_image_file(store, rec, "etc/passwd").map(|d| parse_passwd(&String::from_utf8_lossy(&d))).unwrap_or_default();
-    let groups = read_image_file(store, rec, "etc/group").map(|d| parse_group(&String::from_utf8_lossy(&d))).unwrap_or_default();
+    let passwd = read_image_file(store, rec, "etc/passwd")
+        .map(|d| parse_passwd(&String::from_utf8_lossy(&d)))
+        .unwrap_or_default();
+    let groups =
+        read_image_file(store, rec, "etc/group").map(|d| parse_group(&String::from_utf8_lossy(&d))).unwrap_or_default();
     let user_spec = spec.user.clone().or(img.user.clone()).unwrap_or_else(|| "0".into());
     let (mut user, home) = resolve_user(&user_spec, spec.group.as_deref(), &passwd, &groups).map_err(app_err)?;
     for g in &spec.supplementary_gids {
@@ -205,7 +240,10 @@ pub fn parse_env_file(path: &Path) -> Result<Vec<(String, String)>, PodError> {
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        let kv = split_env(l).ok_or_else(|| PodError::Invalid { uuid: "-".into(), why: format!("{}:{}: expected KEY=VALUE, got {l:?}", path.display(), i + 1) })?;
+        let kv = split_env(l).ok_or_else(|| PodError::Invalid {
+            uuid: "-".into(),
+            why: format!("{}:{}: expected KEY=VALUE, got {l:?}", path.display(), i + 1),
+        })?;
         out.push(kv);
     }
     Ok(out)
@@ -233,7 +271,10 @@ mod tests {
         let pw = parse_passwd("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n");
         let gr = parse_group("root:x:0:\napp:x:1000:\nextra:x:2000:app,other\n");
         let (u, home) = resolve_user("app", None, &pw, &gr).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids.clone(), home.as_deref()), (1000, 1000, vec![2000], Some("/home/app")));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone(), home.as_deref()),
+            (1000, 1000, vec![2000], Some("/home/app"))
+        );
         let (u, _) = resolve_user("1000:extra", None, &pw, &gr).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 2000));
         let (u, _) = resolve_user("4242", Some("77"), &pw, &gr).unwrap();

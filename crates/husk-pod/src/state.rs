@@ -85,13 +85,22 @@ impl PodInfo {
         if statuses.len() != self.apps.len() {
             return None;
         }
-        Some(statuses.iter().filter(|s| s.shell_status() != 0).min_by_key(|s| s.finished).map(|s| s.shell_status()).unwrap_or(0))
+        Some(
+            statuses
+                .iter()
+                .filter(|s| s.shell_status() != 0)
+                .min_by_key(|s| s.finished)
+                .map(|s| s.shell_status())
+                .unwrap_or(0),
+        )
     }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, PodError> {
     match fs::read(p) {
-        Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| PodError::Corrupt { path: p.to_path_buf(), why: e.to_string() }),
+        Ok(d) => serde_json::from_slice(&d)
+            .map(Some)
+            .map_err(|e| PodError::Corrupt { path: p.to_path_buf(), why: e.to_string() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(PodError::io(p, "read", e)),
     }
@@ -128,11 +137,20 @@ impl Pods {
         Ok(pod)
     }
 
-    /// Renames a locked pod into another phase directory.
+    /// Renames a locked pod into another phase directory. Only a move to `prepared` is made
+    /// durable: a pod in any other phase is garbage after a reboot anyway, and `gc` finds it in
+    /// whichever directory the crash left it.
     pub fn transition(&self, pod: &mut LockedPod, to: &str) -> Result<(), PodError> {
         let dest = self.root.join(to).join(&pod.uuid);
+        if to == "prepared" {
+            fs::File::open(pod.dir.join("pod.json"))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| PodError::io(&pod.dir, "sync", e))?;
+        }
         fs::rename(&pod.dir, &dest).map_err(|e| PodError::io(&dest, "move pod", e))?;
-        husk_sys::fsync_dir(&self.root.join(to)).map_err(|e| PodError::io(&dest, "sync", e))?;
+        if to == "prepared" {
+            husk_sys::fsync_dir(&self.root.join(to)).map_err(|e| PodError::io(&dest, "sync", e))?;
+        }
         pod.dir = dest;
         Ok(())
     }
@@ -200,7 +218,11 @@ impl Pods {
         match matches.len() {
             0 => Err(PodError::Unknown(prefix.to_string())),
             1 => Ok(matches.into_iter().next().unwrap()),
-            n => Err(PodError::Ambiguous { prefix: prefix.to_string(), count: n, examples: matches.iter().take(3).cloned().collect::<Vec<_>>().join(", ") }),
+            n => Err(PodError::Ambiguous {
+                prefix: prefix.to_string(),
+                count: n,
+                examples: matches.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            }),
         }
     }
 
@@ -246,7 +268,7 @@ impl Pods {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|a| a.created);
         Ok(out)
     }
 
@@ -258,12 +280,14 @@ impl Pods {
                 for e in rd.flatten() {
                     let m: Option<PodManifest> = read_json(&e.path().join("pod.json")).ok().flatten();
                     match m {
-                        Some(m) if m.apps.iter().any(|a| &a.image.id == id) => out.push(e.file_name().to_string_lossy().into_owned()),
+                        Some(m) if m.apps.iter().any(|a| &a.image.id == id) => {
+                            out.push(e.file_name().to_string_lossy().into_owned())
+                        }
                         // A pod still being prepared has no manifest yet: be safe.
-                        None if d == "embryo" || d == "prepare" => {
-                            if Lock::try_lock(&e.path(), LockKind::Shared).ok().flatten().is_none() {
-                                out.push(e.file_name().to_string_lossy().into_owned());
-                            }
+                        None if (d == "embryo" || d == "prepare")
+                            && Lock::try_lock(&e.path(), LockKind::Shared).ok().flatten().is_none() =>
+                        {
+                            out.push(e.file_name().to_string_lossy().into_owned());
                         }
                         _ => {}
                     }
@@ -281,11 +305,16 @@ impl Pods {
                 Some(lock) if lock.still_at(&dir) => return Ok(LockedPod { uuid: uuid.to_string(), dir, lock }),
                 Some(_) => continue,
                 None => {
+                    let why = if phase == Phase::Running {
+                        "it must be stopped first"
+                    } else {
+                        "another husk command is using it"
+                    };
                     return Err(PodError::WrongPhase {
                         uuid: uuid.to_string(),
                         phase: phase.as_str().to_string(),
-                        why: "another husk command is using it".into(),
-                    })
+                        why: why.into(),
+                    });
                 }
             }
         }
@@ -293,7 +322,11 @@ impl Pods {
     }
 
     /// Removes a locked pod: stage1 cleanup (`gc_hook`), then `garbage/`, then gone.
-    pub fn remove_locked(&self, mut pod: LockedPod, gc_hook: &dyn Fn(&Path) -> Result<(), PodError>) -> Result<(), PodError> {
+    pub fn remove_locked(
+        &self,
+        mut pod: LockedPod,
+        gc_hook: &dyn Fn(&Path) -> Result<(), PodError>,
+    ) -> Result<(), PodError> {
         gc_hook(&pod.dir)?;
         if !pod.dir.starts_with(self.root.join("garbage")) {
             self.transition(&mut pod, "garbage")?;
@@ -304,11 +337,22 @@ impl Pods {
 
     /// Collects garbage: exited pods move to exited-garbage (after stage1 cleanup); those older
     /// than `grace` and aborted ones are removed; prepared pods older than `expire_prepared` too.
-    pub fn gc(&self, grace: Duration, expire_prepared: Duration, gc_hook: &dyn Fn(&Path) -> Result<(), PodError>) -> Result<GcReport, PodError> {
+    pub fn gc(
+        &self,
+        grace: Duration,
+        expire_prepared: Duration,
+        gc_hook: &dyn Fn(&Path) -> Result<(), PodError>,
+    ) -> Result<GcReport, PodError> {
         let mut report = GcReport::default();
         for uuid in self.all_uuids() {
             let Ok((phase, dir)) = self.observe(&uuid) else { continue };
-            let age = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok()).unwrap_or_default();
+            let age = |p: &Path| {
+                fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default()
+            };
             let result = match phase {
                 Phase::Exited => self.lock_pod(&uuid).and_then(|mut pod| {
                     gc_hook(&pod.dir)?;

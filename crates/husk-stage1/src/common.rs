@@ -30,13 +30,19 @@ pub fn read_manifest(pod_dir: &Path) -> Result<PodManifest, Fail> {
     let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
     let m: PodManifest = serde_json::from_slice(&data).ctx(|| format!("invalid pod manifest {}", p.display()))?;
     if m.abi_version > ABI_VERSION {
-        return Err(Fail(format!("pod manifest has stage1 ABI version {}, this stage1 knows up to {ABI_VERSION}; use a newer stage1", m.abi_version)));
+        return Err(Fail(format!(
+            "pod manifest has stage1 ABI version {}, this stage1 knows up to {ABI_VERSION}; use a newer stage1",
+            m.abi_version
+        )));
     }
     Ok(m)
 }
 
+/// Writes a runtime state file of a running pod (atomic, not fsynced: see
+/// `atomic_write_volatile`).
 pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
-    husk_sys::atomic_write(path, &serde_json::to_vec_pretty(v).expect("serializable"), 0o644).ctx(|| format!("cannot write {}", path.display()))
+    husk_sys::atomic_write_volatile(path, &serde_json::to_vec_pretty(v).expect("serializable"), 0o644)
+        .ctx(|| format!("cannot write {}", path.display()))
 }
 
 pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {

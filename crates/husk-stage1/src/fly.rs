@@ -16,7 +16,9 @@ pub fn main(args: Vec<String>) -> i32 {
     let r = match args.get(1).map(String::as_str) {
         Some("run") => run(),
         Some("gc") => Ok(0),
-        Some("enter") => Err(Fail("the fly flavor shares the host's namespaces; use the host's own tools instead of enter".into())),
+        Some("enter") => {
+            Err(Fail("the fly flavor shares the host's namespaces; use the host's own tools instead of enter".into()))
+        }
         _ => Err(Fail("usage: husk-stage1-fly run|gc … (see docs/stage1-abi.md)".into())),
     };
     r.unwrap_or_else(|Fail(msg)| {
@@ -31,7 +33,10 @@ fn run() -> Result<i32, Fail> {
     let [app] = m.apps.as_slice() else {
         return Err(Fail(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
-    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD").ok().and_then(|v| v.parse().ok()).ok_or_else(|| Fail("HUSK_LOCK_FD is not set".into()))?;
+    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set".into()))?;
     let _lock = husk_sys::proc::adopt_fd(lock_fd).ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not open"))?;
     let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
         Some(fd) => Some(std::fs::File::from(husk_sys::proc::adopt_fd(fd).ctx(|| "HUSK_READY_FD is not open".into())?)),
@@ -45,7 +50,14 @@ fn run() -> Result<i32, Fail> {
             let r = (|| {
                 let setup = |e: Fail| (exit::STAGE1_FAILED, e);
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(e.to_string())))?;
-                nix::mount::mount::<str, str, str, str>(None, "/", None, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None).map_err(|e| setup(Fail(e.to_string())))?;
+                nix::mount::mount::<str, str, str, str>(
+                    None,
+                    "/",
+                    None,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                    None,
+                )
+                .map_err(|e| setup(Fail(e.to_string())))?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
                 wire_stdio(&dir, &m, app).map_err(setup)?;
                 nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;
@@ -64,7 +76,17 @@ fn run() -> Result<i32, Fail> {
     let me = nix::unistd::getpid().as_raw();
     let mut app_pids = std::collections::BTreeMap::new();
     app_pids.insert(app.name.clone(), child.as_raw());
-    write_json(&dir.join("stage1.json"), &Stage1State { abi_version: ABI_VERSION, supervisor_pid: me, init_pid: child.as_raw(), started, cgroup: None, app_pids })?;
+    write_json(
+        &dir.join("stage1.json"),
+        &Stage1State {
+            abi_version: ABI_VERSION,
+            supervisor_pid: me,
+            init_pid: child.as_raw(),
+            started,
+            cgroup: None,
+            app_pids,
+        },
+    )?;
     if let Some(r) = ready.as_mut() {
         let _ = writeln!(r, "ok");
     }

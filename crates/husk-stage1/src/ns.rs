@@ -15,7 +15,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::cgroup::{self, Layout};
-use crate::common::{debug_enabled, flag_value, lookup_path, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail};
+use crate::common::{
+    debug_enabled, flag_value, lookup_path, pod_dir, read_manifest, read_stage1_state, write_json, write_status,
+    Context, Fail,
+};
 use crate::rootfs;
 
 /// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
@@ -24,7 +27,22 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The default capability set (the appc / Docker default).
 pub const DEFAULT_CAPS: [caps::Capability; 14] = {
     use caps::Capability::*;
-    [CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_MKNOD, CAP_AUDIT_WRITE, CAP_SETFCAP]
+    [
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_KILL,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_SETPCAP,
+        CAP_NET_BIND_SERVICE,
+        CAP_NET_RAW,
+        CAP_SYS_CHROOT,
+        CAP_MKNOD,
+        CAP_AUDIT_WRITE,
+        CAP_SETFCAP,
+    ]
 };
 
 pub fn main(args: Vec<String>) -> i32 {
@@ -46,7 +64,16 @@ pub fn main(args: Vec<String>) -> i32 {
 
 fn signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM] {
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+    ] {
         s.add(sig);
     }
     s
@@ -63,10 +90,16 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
         return Err(Fail(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
-    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD").ok().and_then(|v| v.parse().ok()).ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let lock = husk_sys::Lock::from_raw_inherited(lock_fd, dir.clone()).ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not an open fd"))?;
+    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
+    let lock = husk_sys::Lock::from_raw_inherited(lock_fd, dir.clone())
+        .ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not an open fd"))?;
     let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
-        Some(fd) => Some(std::fs::File::from(husk_sys::proc::adopt_fd(fd).ctx(|| format!("HUSK_READY_FD {fd} is not an open fd"))?)),
+        Some(fd) => Some(std::fs::File::from(
+            husk_sys::proc::adopt_fd(fd).ctx(|| format!("HUSK_READY_FD {fd} is not an open fd"))?,
+        )),
         None => None,
     };
     // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
@@ -91,15 +124,13 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
     let sigs = signals();
     sigs.thread_block().ctx(|| "cannot block signals".into())?;
 
-    let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "cannot create the pod's PID namespace".into())?;
     let supervisor = nix::unistd::getpid();
     let init = match fork().ctx(|| "cannot fork the pod init".into())? {
         ForkResult::Child => {
-            drop(go_w);
             drop(rep_r);
-            let code = match pod_init(dir, m, &layout, supervisor, go_r, rep_w) {
+            let code = match pod_init(dir, m, &layout, supervisor, rep_w) {
                 Ok(c) => c,
                 Err(Fail(msg)) => {
                     eprintln!("husk stage1 (pod init): {msg}");
@@ -110,22 +141,12 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
         }
         ForkResult::Parent { child } => child,
     };
-    drop(go_r);
     drop(rep_w);
     let cleanup = |layout: &Layout| {
         if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
             eprintln!("husk stage1: {e}");
         }
     };
-    if let Err(e) = layout.join(&m.uuid, "init", init.as_raw()) {
-        let _ = kill(init, Signal::SIGKILL);
-        let _ = waitpid(init, None);
-        cleanup(&layout);
-        return Err(e);
-    }
-    let mut go = std::fs::File::from(go_w);
-    let _ = go.write_all(b"go\n");
-    drop(go);
 
     // The pod init reports each app's PID (in the pod's namespace), then "ready" or "error".
     let mut app_ns_pids = BTreeMap::new();
@@ -144,7 +165,14 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
         }
     }
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
-    let state = Stage1State { abi_version: ABI_VERSION, supervisor_pid: supervisor.as_raw(), init_pid: init.as_raw(), started: chrono::Utc::now(), cgroup: Some(format!("husk/{}", m.uuid)), app_pids };
+    let state = Stage1State {
+        abi_version: ABI_VERSION,
+        supervisor_pid: supervisor.as_raw(),
+        init_pid: init.as_raw(),
+        started: chrono::Utc::now(),
+        cgroup: Some(format!("husk/{}", m.uuid)),
+        app_pids,
+    };
     write_json(&dir.join("stage1.json"), &state)?;
     if debug {
         eprintln!("husk stage1: pod {} running, init pid {}", m.uuid, init);
@@ -156,6 +184,9 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
         };
     }
     *ready = None;
+
+    // From here on the supervisor only waits: give back the memory setup needed.
+    husk_sys::proc::release_startup_memory();
 
     // Supervise: forward signals to the pod init until it exits.
     let code = loop {
@@ -180,7 +211,11 @@ fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32
     let mut out = BTreeMap::new();
     for host in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
         let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
-        let ns_pid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse::<i32>().ok());
+        let ns_pid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse::<i32>().ok());
         if let Some(np) = ns_pid {
             if let Some((name, _)) = ns_pids.iter().find(|(_, p)| **p == np) {
                 out.insert(name.clone(), host);
@@ -192,7 +227,7 @@ fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32
 
 /// PID 1 of the pod: sets up the pod's namespaces, starts the apps, reaps, forwards signals,
 /// records each app's exit status.
-fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: OwnedFd, report: OwnedFd) -> Result<i32, Fail> {
+fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, report: OwnedFd) -> Result<i32, Fail> {
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "cannot set the parent-death signal".into())?;
     // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
@@ -200,8 +235,6 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: O
     if !Path::new(&format!("/proc/{}", supervisor.as_raw())).exists() {
         return Ok(exit::STAGE1_FAILED);
     }
-    let mut buf = [0u8; 3];
-    let _ = std::fs::File::from(go).read(&mut buf);
     let mut report = std::fs::File::from(report);
 
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
@@ -213,7 +246,14 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: O
     }
     nix::sched::unshare(flags).ctx(|| "cannot create the pod's namespaces".into())?;
     // Mounts made in the pod never propagate back to the host.
-    nix::mount::mount::<str, str, str, str>(None, "/", None, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None).ctx(|| "cannot make / a slave mount".into())?;
+    nix::mount::mount::<str, str, str, str>(
+        None,
+        "/",
+        None,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None,
+    )
+    .ctx(|| "cannot make / a slave mount".into())?;
     nix::unistd::sethostname(&m.hostname).ctx(|| format!("cannot set hostname {}", m.hostname))?;
     if m.net == NetMode::None {
         husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
@@ -227,7 +267,17 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: O
                 live.insert(pid.as_raw(), (app.name.clone(), chrono::Utc::now()));
             }
             Err((code, Fail(msg))) => {
-                let _ = write_status(dir, &app.name, &AppStatus { exit_code: Some(code), signal: None, error: Some(msg.clone()), started: None, finished: chrono::Utc::now() });
+                let _ = write_status(
+                    dir,
+                    &app.name,
+                    &AppStatus {
+                        exit_code: Some(code),
+                        signal: None,
+                        error: Some(msg.clone()),
+                        started: None,
+                        finished: chrono::Utc::now(),
+                    },
+                );
                 eprintln!("husk: app {}: {msg}", app.name);
                 let _ = writeln!(report, "error app {}: {msg}", app.name);
                 for pid in live.keys() {
@@ -244,6 +294,7 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, go: O
     let _ = writeln!(report, "ready");
     drop(report);
 
+    husk_sys::proc::release_startup_memory();
     let sigs = signals();
     let mut first_failure: Option<i32> = None;
     let mut stopping = false;
@@ -335,18 +386,21 @@ pub enum Never {}
 fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail(e.to_string())))?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
     wire_stdio(dir, m, app).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
     rootfs::pivot(&root).map_err(setup)?;
     become_app_user(app).map_err(setup)?;
     exec_in_root(app, &app.exec)
 }
 
 pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
+    let null =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
     match m.stdio {
         Stdio::Interactive => {}
         Stdio::Inherit => dup_to(&null, 0)?,
@@ -354,7 +408,11 @@ pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
             let logs = dir.join("logs");
             std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
             let p = logs.join(format!("{}.log", app.name));
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&p).ctx(|| format!("cannot open {}", p.display()))?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .ctx(|| format!("cannot open {}", p.display()))?;
             dup_to(&null, 0)?;
             dup_to(&f, 1)?;
             dup_to(&f, 2)?;
@@ -366,7 +424,8 @@ pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
 fn dup_to(f: &impl AsRawFd, target: i32) -> Result<(), Fail> {
     // SAFETY-free: dup2 over a standard stream number through rustix's owned API.
     let mut t = unsafe_std_fd(target);
-    rustix::io::dup2(rustix::fd::BorrowedFd::borrow_raw_checked(f.as_raw_fd())?, &mut t).ctx(|| format!("cannot redirect fd {target}"))?;
+    rustix::io::dup2(rustix::fd::BorrowedFd::borrow_raw_checked(f.as_raw_fd())?, &mut t)
+        .ctx(|| format!("cannot redirect fd {target}"))?;
     std::mem::forget(t);
     Ok(())
 }
@@ -415,14 +474,19 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
 /// chdir to the working dir and exec argv with the app's environment. Never returns on success.
 pub fn exec_in_root(app: &App, argv: &[String]) -> Result<Never, (i32, Fail)> {
     let env = app.environment();
-    std::env::set_current_dir(&app.working_dir).map_err(|e| (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display()))))?;
+    std::env::set_current_dir(&app.working_dir).map_err(|e| {
+        (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display())))
+    })?;
     let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(husk_types_default_path());
     let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail("empty command".into())))?;
     let Some(prog) = lookup_path(cmd, path_var) else {
         return Err((exit::NOT_FOUND, Fail(format!("{cmd}: not found in the app's PATH ({path_var})"))));
     };
-    let c = |s: &str| CString::new(s).map_err(|_| (exit::STAGE1_FAILED, Fail(format!("argument {s:?} contains a NUL byte"))));
-    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| (exit::STAGE1_FAILED, Fail(format!("argument {s:?} contains a NUL byte"))))
+    };
+    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
+        .map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
     let argv_c: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
     let env_c: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
     husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
@@ -444,7 +508,9 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
     let app = m.apps.iter().find(|a| a.name == name).ok_or_else(|| Fail(format!("pod has no app {name:?}")))?.clone();
     let pid: i32 = match flag_value(args, "pid") {
         Some(p) => p.parse().ctx(|| format!("bad --pid {p:?}"))?,
-        None => *read_stage1_state(&dir)?.app_pids.get(&name).ok_or_else(|| Fail(format!("app {name} is not running")))?,
+        None => {
+            *read_stage1_state(&dir)?.app_pids.get(&name).ok_or_else(|| Fail(format!("app {name} is not running")))?
+        }
     };
     let cmd: Vec<String> = match args.iter().position(|a| a == "--") {
         Some(i) if i + 1 < args.len() => args[i + 1..].to_vec(),
@@ -452,9 +518,19 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
     };
     let layout = cgroup::detect()?;
     layout.join(&m.uuid, &app.name, 0)?;
-    let ns = |n: &str| -> Result<std::fs::File, Fail> { std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone")) };
-    let order = [("cgroup", CloneFlags::CLONE_NEWCGROUP), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS), ("net", CloneFlags::CLONE_NEWNET), ("pid", CloneFlags::CLONE_NEWPID), ("mnt", CloneFlags::CLONE_NEWNS)];
-    let files: Vec<(std::fs::File, CloneFlags)> = order.iter().map(|(n, f)| ns(n).map(|file| (file, *f))).collect::<Result<_, _>>()?;
+    let ns = |n: &str| -> Result<std::fs::File, Fail> {
+        std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone"))
+    };
+    let order = [
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let files: Vec<(std::fs::File, CloneFlags)> =
+        order.iter().map(|(n, f)| ns(n).map(|file| (file, *f))).collect::<Result<_, _>>()?;
     for (f, flag) in &files {
         nix::sched::setns(f, *flag).ctx(|| format!("cannot join the {flag:?} namespace of app {name}"))?;
     }

@@ -42,7 +42,11 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
     }
 
     for mp in &app.mounts {
-        let vol = m.volumes.iter().find(|v| v.name == mp.volume).ok_or_else(|| Fail(format!("app {}: mount of unknown volume {:?}", app.name, mp.volume)))?;
+        let vol = m
+            .volumes
+            .iter()
+            .find(|v| v.name == mp.volume)
+            .ok_or_else(|| Fail(format!("app {}: mount of unknown volume {:?}", app.name, mp.volume)))?;
         let (src, ro) = match &vol.kind {
             VolumeKind::Host { source, read_only } => (source.clone(), *read_only || mp.read_only),
             VolumeKind::Empty => (pod_dir.join("volumes").join(&vol.name), mp.read_only),
@@ -58,8 +62,14 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
         dir_target(&rootfd, &wd)?;
     }
     if app.readonly_rootfs {
-        mount::<str, Path, str, str>(None, &root, None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None)
-            .ctx(|| format!("cannot make {} read-only", root.display()))?;
+        mount::<str, Path, str, str>(
+            None,
+            &root,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )
+        .ctx(|| format!("cannot make {} read-only", root.display()))?;
     }
     Ok(root)
 }
@@ -69,7 +79,9 @@ fn mount_overlay(app: &App, app_dir: &Path, root: &Path) -> Result<(), Fail> {
     // directory, so mounting from there with relative lower dirs fits about 55 layers instead of
     // 35 with absolute paths.
     let base = app.layers.first().and_then(|l| l.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
-    let rel: Option<Vec<String>> = base.as_ref().and_then(|b| app.layers.iter().rev().map(|l| l.strip_prefix(b).ok().map(|p| p.display().to_string())).collect());
+    let rel: Option<Vec<String>> = base.as_ref().and_then(|b| {
+        app.layers.iter().rev().map(|l| l.strip_prefix(b).ok().map(|p| p.display().to_string())).collect()
+    });
     let lower = match (&base, rel) {
         (Some(b), Some(r)) => {
             std::env::set_current_dir(b).ctx(|| format!("cannot enter {}", b.display()))?;
@@ -80,37 +92,79 @@ fn mount_overlay(app: &App, app_dir: &Path, root: &Path) -> Result<(), Fail> {
     if app.layers.is_empty() {
         return Err(Fail(format!("app {} has no layers", app.name)));
     }
-    let opts = format!("lowerdir={lower},upperdir={},workdir={}", app_dir.join("upper").display(), app_dir.join("work").display());
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        app_dir.join("upper").display(),
+        app_dir.join("work").display()
+    );
     if opts.len() > 4000 {
         return Err(Fail(format!("app {}: {} layers are too many for one overlay mount", app.name, app.layers.len())));
     }
-    mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).ctx(|| format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))
+    mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+        .ctx(|| format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))
 }
 
 fn setup_dev(rootfd: &OwnedFd, m: &PodManifest) -> Result<(), Fail> {
     let dev = dir_target(rootfd, "dev")?;
-    mount_at(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
-    let devfd = open_in_root(rootfd, Path::new("dev"), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).ctx(|| "cannot open /dev".into())?;
+    mount_at(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    let devfd = open_in_root(rootfd, Path::new("dev"), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+        .ctx(|| "cannot open /dev".into())?;
     // The standard pseudo devices (what runc and crun create).
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        rustix::fs::mknodat(&devfd, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(major, minor)).ctx(|| format!("cannot create /dev/{name}"))?;
-        rustix::fs::chmodat(&devfd, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty()).ctx(|| format!("cannot chmod /dev/{name}"))?;
+    for (name, major, minor) in
+        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    {
+        rustix::fs::mknodat(
+            &devfd,
+            name,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .ctx(|| format!("cannot create /dev/{name}"))?;
+        rustix::fs::chmodat(&devfd, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
+            .ctx(|| format!("cannot chmod /dev/{name}"))?;
     }
-    for (name, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")] {
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
         rustix::fs::symlinkat(target, &devfd, name).ctx(|| format!("cannot create /dev/{name}"))?;
     }
     for d in ["pts", "shm", "mqueue"] {
         rustix::fs::mkdirat(&devfd, d, Mode::from_raw_mode(0o755)).ctx(|| format!("cannot create /dev/{d}"))?;
     }
     let t = dir_target(rootfd, "dev/pts")?;
-    mount_at(Some("devpts"), &t, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    mount_at(
+        Some("devpts"),
+        &t,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
     let t = dir_target(rootfd, "dev/shm")?;
-    mount_at(Some("shm"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))?;
+    mount_at(
+        Some("shm"),
+        &t,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
     let t = dir_target(rootfd, "dev/mqueue")?;
     mount_at(Some("mqueue"), &t, Some("mqueue"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
     if m.stdio == Stdio::Interactive {
         if let Ok(tty) = nix::unistd::ttyname(std::io::stdin()) {
-            rustix::fs::mknodat(&devfd, "console", FileType::RegularFile, Mode::from_raw_mode(0o600), 0).ctx(|| "cannot create /dev/console".into())?;
+            rustix::fs::mknodat(&devfd, "console", FileType::RegularFile, Mode::from_raw_mode(0o600), 0)
+                .ctx(|| "cannot create /dev/console".into())?;
             let t = file_target(rootfd, "dev/console")?;
             bind(&tty, &t, false)?;
         }
@@ -125,7 +179,9 @@ pub fn rel_in_root(p: &Path) -> Result<String, Fail> {
         match c {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => return Err(Fail(format!("path {} must not contain '..'", p.display()))),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Fail(format!("path {} must not contain '..'", p.display())))
+            }
         }
     }
     Ok(out.display().to_string())
@@ -138,45 +194,64 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     let mut cur = PathBuf::new();
     for comp in Path::new(rel).components() {
         let Component::Normal(name) = comp else { continue };
-        let parent = open_in_root(rootfd, &cur, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).ctx(|| format!("cannot open /{} in the app root", cur.display()))?;
+        let parent = open_in_root(rootfd, &cur, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+            .ctx(|| format!("cannot open /{} in the app root", cur.display()))?;
         match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(Fail(format!("cannot create /{} in the app root: {e}", cur.join(name).display()))),
         }
-        let st = rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("cannot inspect /{}", cur.join(name).display()))?;
+        let st = rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .ctx(|| format!("cannot inspect /{}", cur.join(name).display()))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         let is_last = cur.join(name) == Path::new(rel);
         if is_last && ft != FileType::Directory {
-            return Err(Fail(format!("/{rel} in the image is a {} where a directory is needed; refusing to mount over it", kind(ft))));
+            return Err(Fail(format!(
+                "/{rel} in the image is a {} where a directory is needed; refusing to mount over it",
+                kind(ft)
+            )));
         }
         cur.push(name);
     }
-    open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty()).ctx(|| format!("cannot open /{rel} in the app root"))
+    open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())
+        .ctx(|| format!("cannot open /{rel} in the app root"))
 }
 
 /// Opens (creating as needed) a file mount target inside the root.
 fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     let p = Path::new(rel);
     let parent_rel = p.parent().map(|x| x.display().to_string()).unwrap_or_default();
-    let parent = if parent_rel.is_empty() { open_in_root(rootfd, Path::new(""), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).ctx(|| "cannot open the app root".into())? } else {
+    let parent = if parent_rel.is_empty() {
+        open_in_root(rootfd, Path::new(""), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+            .ctx(|| "cannot open the app root".into())?
+    } else {
         dir_target(rootfd, &parent_rel)?;
-        open_in_root(rootfd, Path::new(&parent_rel), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).ctx(|| format!("cannot open /{parent_rel}"))?
+        open_in_root(rootfd, Path::new(&parent_rel), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+            .ctx(|| format!("cannot open /{parent_rel}"))?
     };
     let name = p.file_name().unwrap_or(OsStr::new("."));
-    match rustix::fs::openat(&parent, name, OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o644)) {
+    match rustix::fs::openat(
+        &parent,
+        name,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
         Ok(_) => {}
         Err(rustix::io::Errno::ISDIR) => {}
-        Err(rustix::io::Errno::LOOP) => return Err(Fail(format!("/{rel} in the image is a symlink; refusing to mount over it"))),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(Fail(format!("/{rel} in the image is a symlink; refusing to mount over it")))
+        }
         Err(e) => return Err(Fail(format!("cannot create /{rel} in the app root: {e}"))),
     }
-    rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ctx(|| format!("cannot open /{rel}"))
+    rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .ctx(|| format!("cannot open /{rel}"))
 }
 
 fn replace_symlink(dir: &OwnedFd, name: &str) -> Result<(), Fail> {
     if let Ok(st) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
             let d = open_dir(&proc_fd_path(dir)).ctx(|| "cannot open /etc".into())?;
-            rustix::fs::unlinkat(&d, name, rustix::fs::AtFlags::empty()).ctx(|| format!("cannot replace the symlink /etc/{name}"))?;
+            rustix::fs::unlinkat(&d, name, rustix::fs::AtFlags::empty())
+                .ctx(|| format!("cannot replace the symlink /etc/{name}"))?;
         }
     }
     Ok(())
@@ -190,19 +265,35 @@ fn kind(ft: FileType) -> &'static str {
     }
 }
 
-fn mount_at(src: Option<&str>, target: &impl AsFd, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), Fail> {
+fn mount_at(
+    src: Option<&str>,
+    target: &impl AsFd,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Fail> {
     let t = proc_fd_path(&target.as_fd());
-    mount(src, &t, fstype, flags, data).ctx(|| format!("cannot mount {} ({})", fstype.unwrap_or("?"), src.unwrap_or("")))
+    mount(src, &t, fstype, flags, data)
+        .ctx(|| format!("cannot mount {} ({})", fstype.unwrap_or("?"), src.unwrap_or("")))
 }
 
 fn bind(src: &Path, target: &impl AsFd, read_only: bool) -> Result<(), Fail> {
     let t = proc_fd_path(&target.as_fd());
-    mount::<Path, Path, str, str>(Some(src), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).ctx(|| format!("cannot bind {}", src.display()))?;
+    mount::<Path, Path, str, str>(Some(src), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+        .ctx(|| format!("cannot bind {}", src.display()))?;
     if read_only {
         // The fd names the inode under the new mount, so remount through the path the kernel
         // resolved for it. Nothing runs in the app root yet, so nothing can swap it meanwhile.
-        let resolved = std::fs::read_link(&t).ctx(|| format!("cannot resolve the mount target of {}", src.display()))?;
-        mount::<str, Path, str, str>(None, &resolved, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None).ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
+        let resolved =
+            std::fs::read_link(&t).ctx(|| format!("cannot resolve the mount target of {}", src.display()))?;
+        mount::<str, Path, str, str>(
+            None,
+            &resolved,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+        )
+        .ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
     }
     Ok(())
 }
@@ -219,17 +310,19 @@ pub fn pivot(root: &Path) -> Result<(), Fail> {
 pub fn write_etc(pod_dir: &Path, m: &PodManifest) -> Result<(), Fail> {
     let etc = pod_dir.join("etc");
     std::fs::create_dir_all(&etc).ctx(|| format!("cannot create {}", etc.display()))?;
-    husk_sys::atomic_write(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644).ctx(|| "cannot write hostname".into())?;
+    husk_sys::atomic_write_volatile(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644)
+        .ctx(|| "cannot write hostname".into())?;
     let hosts = if m.hosts_from_host {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
-        let mut h = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", m.hostname);
+        let mut h =
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", m.hostname);
         for (ip, name) in &m.hosts_entries {
             h.push_str(&format!("{ip}\t{name}\n"));
         }
         h
     };
-    husk_sys::atomic_write(&etc.join("hosts"), hosts.as_bytes(), 0o644).ctx(|| "cannot write hosts".into())?;
+    husk_sys::atomic_write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644).ctx(|| "cannot write hosts".into())?;
     if !m.dns.none {
         let resolv = if m.dns.host || m.dns.servers.is_empty() {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
@@ -249,7 +342,8 @@ pub fn write_etc(pod_dir: &Path, m: &PodManifest) -> Result<(), Fail> {
             }
             r
         };
-        husk_sys::atomic_write(&etc.join("resolv.conf"), resolv.as_bytes(), 0o644).ctx(|| "cannot write resolv.conf".into())?;
+        husk_sys::atomic_write_volatile(&etc.join("resolv.conf"), resolv.as_bytes(), 0o644)
+            .ctx(|| "cannot write resolv.conf".into())?;
     }
     Ok(())
 }

@@ -9,6 +9,17 @@ use std::path::Path;
 /// target, fsync the directory. Readers see the old content or the new one, never a mix, and a
 /// crash leaves at most a `.tmp-` file that [`is_temp_name`] recognises for cleanup.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replace(path, data, mode, true)
+}
+
+/// Like [`atomic_write`] (readers never see a partial file) but without the fsyncs: for runtime
+/// state that is meaningless after a reboot (a running pod's files), where durability buys
+/// nothing and each fsync costs a fraction of a millisecond on the pod's start path.
+pub fn atomic_write_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replace(path, data, mode, false)
+}
+
+fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -17,20 +28,19 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        if durable {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Writes a serializable value as pretty JSON, atomically. Generic over a closure to keep serde
-/// out of this crate's dependencies.
-pub fn atomic_write_with(path: &Path, mode: u32, render: impl FnOnce() -> Vec<u8>) -> io::Result<()> {
-    atomic_write(path, &render(), mode)
 }
 
 /// fsyncs a directory so that a rename or create inside it is durable.

@@ -8,5 +8,5 @@ pub mod lock;
 pub mod proc;
 pub mod resolve;
 
-pub use fsutil::{atomic_write, fsync_dir};
+pub use fsutil::{atomic_write, atomic_write_volatile, fsync_dir};
 pub use lock::{Lock, LockError, LockKind};

@@ -78,7 +78,7 @@ impl Lock {
     }
 
     /// Locks, waiting as long as it takes. `on_busy` runs once if the lock is not free at once.
-    pub fn lock(path: &Path, kind: LockKind, on_busy: impl FnOnce()) -> Result<Lock, LockError> {
+    pub fn acquire(path: &Path, kind: LockKind, on_busy: impl FnOnce()) -> Result<Lock, LockError> {
         if let Some(l) = Self::try_lock(path, kind)? {
             return Ok(l);
         }
@@ -98,7 +98,7 @@ impl Lock {
         on_busy: impl FnOnce(),
     ) -> Result<Lock, LockError> {
         let Some(timeout) = timeout else {
-            return Self::lock(path, kind, on_busy);
+            return Self::acquire(path, kind, on_busy);
         };
         if let Some(l) = Self::try_lock(path, kind)? {
             return Ok(l);

@@ -114,3 +114,36 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     let sig = nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(io::Error::from)
 }
+
+/// Drops this process's page-table entries for its own executable code (`MADV_DONTNEED` on the
+/// `r-xp` mappings of /proc/self/exe) and trims the heap. For a long-lived, mostly idle process
+/// (the pod supervisor and pod init) whose resident set is dominated by code it ran once at
+/// startup: the code stays in the page cache, shared, and the few pages still used fault back
+/// in. Only never-written text is dropped: for a private file mapping, DONTNEED repopulates
+/// from the file, which is exact for text but would undo relocations in the read-only data
+/// segment, so that one is left alone. Best effort: errors are ignored.
+pub fn release_startup_memory() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let path = f.nth(3).unwrap_or("");
+        if path != exe.as_os_str() || perms != "r-xp" {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
+        // SAFETY: the range is the private, read-only, executable file mapping of our own
+        // binary, which is never written (PIE text has no relocations). MADV_DONTNEED on it
+        // only drops page-table entries; later accesses repopulate the identical contents from
+        // the file, so no code or data the process relies on changes.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+    // SAFETY: malloc_trim only returns free heap memory to the kernel; no pointer is affected.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -13,13 +13,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-fn openat2_retry(
-    dir: impl AsFd,
-    path: &Path,
-    flags: OFlags,
-    mode: Mode,
-    resolve: ResolveFlags,
-) -> io::Result<OwnedFd> {
+fn openat2_retry(dir: impl AsFd, path: &Path, flags: OFlags, mode: Mode, resolve: ResolveFlags) -> io::Result<OwnedFd> {
     loop {
         match rustix::fs::openat2(dir.as_fd(), path, flags | OFlags::CLOEXEC, mode, resolve) {
             // openat2 returns EAGAIN when a concurrent rename raced the lookup; retrying is the
@@ -70,8 +64,8 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         symlink(outside.path(), d.path().join("link")).unwrap();
         let root = open_dir(d.path()).unwrap();
-        let err = open_beneath(&root, Path::new("link/x"), OFlags::CREATE | OFlags::WRONLY, Mode::from(0o644))
-            .unwrap_err();
+        let err =
+            open_beneath(&root, Path::new("link/x"), OFlags::CREATE | OFlags::WRONLY, Mode::from(0o644)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
         assert!(!outside.path().join("x").exists());
         assert!(open_beneath(&root, Path::new("../x"), OFlags::RDONLY, Mode::empty()).is_err());

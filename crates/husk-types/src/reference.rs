@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn docker_hub_short_names_get_library_prefix() {
         let x = r("busybox");
-        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()), ("docker.io", "library/busybox", None));
+        assert_eq!(
+            (x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()),
+            ("docker.io", "library/busybox", None)
+        );
         assert_eq!(r("busybox").normalized().to_string(), "docker.io/library/busybox:latest");
         assert_eq!(r("user/app:1.0").to_string(), "docker.io/user/app:1.0");
     }

@@ -44,13 +44,21 @@ fn report() -> String {
     fields.push(("pid".into(), std::process::id().to_string()));
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     fields.push(("env".into(), arr(&env)));
-    fields.push(("cwd".into(), json_str(&std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default())));
-    fields.push(("hostname".into(), json_str(fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim())));
-    let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let fstype = l.split(" - ").nth(1).and_then(|p| p.split(' ').next()).unwrap_or("");
-        format!("{} {} {}", f.get(4).unwrap_or(&""), fstype, f.get(5).unwrap_or(&""))
-    }).collect();
+    fields
+        .push(("cwd".into(), json_str(&std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default())));
+    fields.push((
+        "hostname".into(),
+        json_str(fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim()),
+    ));
+    let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = l.split(" - ").nth(1).and_then(|p| p.split(' ').next()).unwrap_or("");
+            format!("{} {} {}", f.get(4).unwrap_or(&""), fstype, f.get(5).unwrap_or(&""))
+        })
+        .collect();
     fields.push(("mounts".into(), arr(&mounts)));
     let mut ns = Vec::new();
     for n in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
@@ -58,15 +66,27 @@ fn report() -> String {
         ns.push(format!("{}:{}", json_str(n), json_str(&v)));
     }
     fields.push(("namespaces".into(), format!("{{{}}}", ns.join(","))));
-    let cg: Vec<String> = fs::read_to_string("/proc/self/cgroup").unwrap_or_default().lines().map(String::from).collect();
+    let cg: Vec<String> =
+        fs::read_to_string("/proc/self/cgroup").unwrap_or_default().lines().map(String::from).collect();
     fields.push(("cgroup".into(), arr(&cg)));
-    let mut ifs: Vec<String> = fs::read_to_string("/proc/net/dev").unwrap_or_default().lines().skip(2).filter_map(|l| l.split(':').next().map(|s| s.trim().to_string())).collect();
+    let mut ifs: Vec<String> = fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_string()))
+        .collect();
     ifs.sort();
     fields.push(("interfaces".into(), arr(&ifs)));
-    let fds: Vec<String> = fs::read_dir("/proc/self/fd").map(|d| d.flatten().map(|e| {
-        let t = fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
-        format!("{}={}", e.file_name().to_string_lossy(), t)
-    }).collect()).unwrap_or_default();
+    let fds: Vec<String> = fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let t = fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+                    format!("{}={}", e.file_name().to_string_lossy(), t)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     fields.push(("fds".into(), arr(&fds)));
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{}", json_str(k), v)).collect();
     format!("{{{}}}", body.join(","))
@@ -77,7 +97,9 @@ fn main() {
     match args.first().map(String::as_str) {
         None | Some("report") => println!("{}", report()),
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
-        Some("sleep") => std::thread::sleep(std::time::Duration::from_secs_f64(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3600.0))),
+        Some("sleep") => std::thread::sleep(std::time::Duration::from_secs_f64(
+            args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3600.0),
+        )),
         Some("write") => {
             if let Err(e) = fs::write(&args[1], args.get(2).map(String::as_str).unwrap_or("")) {
                 eprintln!("write {}: {e}", args[1]);

@@ -44,7 +44,9 @@ fn parse_insecure(s: &str) -> Result<Insecure, String> {
         "paths" => Insecure::Paths,
         "all-run" => Insecure::AllRun,
         "image" | "ondisk" => return Err(format!("{s:?} is not supported: husk always verifies images")),
-        other => return Err(format!("unknown insecure option {other:?} (http, tls, capabilities, seccomp, paths, all-run)")),
+        other => {
+            return Err(format!("unknown insecure option {other:?} (http, tls, capabilities, seccomp, paths, all-run)"))
+        }
     })
 }
 
@@ -254,7 +256,23 @@ mod tests {
     fn help_mentions_every_command() {
         use clap::CommandFactory;
         let help = Cli::command().render_help().to_string();
-        for c in ["fetch", "image", "run", "prepare", "run-prepared", "list", "status", "enter", "stop", "rm", "gc", "logs", "cat-manifest", "version", "completion"] {
+        for c in [
+            "fetch",
+            "image",
+            "run",
+            "prepare",
+            "run-prepared",
+            "list",
+            "status",
+            "enter",
+            "stop",
+            "rm",
+            "gc",
+            "logs",
+            "cat-manifest",
+            "version",
+            "completion",
+        ] {
             assert!(help.contains(c), "{c} missing from --help");
         }
     }

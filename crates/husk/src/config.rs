@@ -36,11 +36,15 @@ impl Config {
         let p = dir.join("husk.toml");
         match std::fs::read_to_string(&p) {
             Ok(s) => {
-                let c: Config = toml::from_str(&s).with_context(|| format!("invalid configuration file {}", p.display()))?;
+                let c: Config =
+                    toml::from_str(&s).with_context(|| format!("invalid configuration file {}", p.display()))?;
                 for (name, r) in &c.registries {
                     for i in &r.insecure {
                         if i != "http" && i != "tls" {
-                            anyhow::bail!("{}: registry {name}: unknown insecure option {i:?} (use \"http\" or \"tls\")", p.display());
+                            anyhow::bail!(
+                                "{}: registry {name}: unknown insecure option {i:?} (use \"http\" or \"tls\")",
+                                p.display()
+                            );
                         }
                     }
                 }

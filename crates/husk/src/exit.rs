@@ -45,7 +45,14 @@ impl From<husk_image::FetchError> for Failure {
     fn from(e: husk_image::FetchError) -> Self {
         let hint = e.hint();
         let code = match &e {
-            husk_image::FetchError::Store { source, .. } if !matches!(source, husk_image::StoreError::DigestMismatch { .. } | husk_image::StoreError::SizeMismatch { .. }) => ENGINE,
+            husk_image::FetchError::Store { source, .. }
+                if !matches!(
+                    source,
+                    husk_image::StoreError::DigestMismatch { .. } | husk_image::StoreError::SizeMismatch { .. }
+                ) =>
+            {
+                ENGINE
+            }
             _ => IMAGE,
         };
         Failure { code, error: e.into(), hint }
@@ -56,11 +63,15 @@ impl From<husk_image::StoreError> for Failure {
     fn from(e: husk_image::StoreError) -> Self {
         use husk_image::StoreError as S;
         let (code, hint) = match &e {
-            S::UnknownImage { .. } => (IMAGE, Some("list images with `husk image list`, or fetch it with `husk fetch`".to_string())),
+            S::UnknownImage { .. } => {
+                (IMAGE, Some("list images with `husk image list`, or fetch it with `husk fetch`".to_string()))
+            }
             S::Ambiguous { .. } => (IMAGE, None),
             S::InUse { .. } => (IMAGE, None),
             S::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
-            _ if e.is_disk_full() => (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into())),
+            _ if e.is_disk_full() => {
+                (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into()))
+            }
             _ => (ENGINE, None),
         };
         Failure { code, error: e.into(), hint }

@@ -29,7 +29,13 @@ pub fn registry_options(ctx: &Ctx) -> RegistryOptions {
     o
 }
 
-fn options_for<'a>(ctx: &Ctx, source: &ImageSource, progress: &'a dyn husk_image::Progress, policy: husk_image::PullPolicy, name: Option<String>) -> FetchOptions<'a> {
+fn options_for<'a>(
+    ctx: &Ctx,
+    source: &ImageSource,
+    progress: &'a dyn husk_image::Progress,
+    policy: husk_image::PullPolicy,
+    name: Option<String>,
+) -> FetchOptions<'a> {
     let mut reg = registry_options(ctx);
     if let ImageSource::Registry(r) = source {
         if ctx.config.registries.get(&r.registry).is_some_and(|c| c.insecure.iter().any(|i| i == "tls")) {
@@ -40,8 +46,19 @@ fn options_for<'a>(ctx: &Ctx, source: &ImageSource, progress: &'a dyn husk_image
 }
 
 /// Fetches one image (used by `fetch` and by `run`/`prepare`).
-pub fn fetch_one(ctx: &Ctx, store: &Store, what: &str, policy: husk_image::PullPolicy, quiet: bool, name: Option<String>) -> Result<husk_image::Fetched, Failure> {
-    let source = ImageSource::parse(what).map_err(|e| Failure::new(exit::IMAGE, e).hint("image references look like docker://HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE"))?;
+pub fn fetch_one(
+    ctx: &Ctx,
+    store: &Store,
+    what: &str,
+    policy: husk_image::PullPolicy,
+    quiet: bool,
+    name: Option<String>,
+) -> Result<husk_image::Fetched, Failure> {
+    let source = ImageSource::parse(what).map_err(|e| {
+        Failure::new(exit::IMAGE, e).hint(
+            "image references look like docker://HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE",
+        )
+    })?;
     let bars = crate::progress::Bars::new(quiet);
     let progress: &dyn husk_image::Progress = match &bars {
         Some(b) => b,
@@ -118,7 +135,13 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
         }
         ImageCommand::Gc => {
             let r = husk_image::maintenance::gc(&store)?;
-            eprintln!("removed {} blobs, {} layer trees, {} leftovers ({} freed)", r.blobs, r.layers, r.leftovers, human_size(r.bytes));
+            eprintln!(
+                "removed {} blobs, {} layer trees, {} leftovers ({} freed)",
+                r.blobs,
+                r.layers,
+                r.leftovers,
+                human_size(r.bytes)
+            );
             Ok(0)
         }
         ImageCommand::CatManifest { image, config } => {
@@ -141,7 +164,11 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             let rec = store.resolve(image)?;
             let names = store.names_of(&rec.id)?;
             husk_image::layout::export_oci_archive(&store, &rec, names.first().map(String::as_str), output)?;
-            eprintln!("exported {} to {}", names.first().cloned().unwrap_or_else(|| rec.id.to_string()), output.display());
+            eprintln!(
+                "exported {} to {}",
+                names.first().cloned().unwrap_or_else(|| rec.id.to_string()),
+                output.display()
+            );
             Ok(0)
         }
         ImageCommand::Render { image, dest } => {
@@ -155,7 +182,8 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             husk_image::maintenance::render(&store, &rec, &rootfs).map_err(|e| Failure::new(exit::ENGINE, e))?;
             if !rootfs_only {
                 for (name, d) in [("manifest.json", &rec.manifest), ("config.json", &rec.config)] {
-                    husk_sys::atomic_write(&dir.join(name), &store.read_blob(d)?, 0o644).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+                    husk_sys::atomic_write(&dir.join(name), &store.read_blob(d)?, 0o644)
+                        .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
                 }
             }
             Ok(0)
@@ -163,7 +191,10 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
         ImageCommand::Verify { format } => {
             let (checked, damage) = husk_image::maintenance::verify(&store)?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"checked": checked, "damaged": damage})).unwrap()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"checked": checked, "damaged": damage})).unwrap()
+                ),
                 Format::Table => {
                     let mut out = std::io::stdout().lock();
                     for d in &damage {

@@ -47,11 +47,15 @@ impl Ctx {
         let dir = match (std::env::var_os("HUSK_STAGE1_DIR"), &self.config.paths.stage1_dir) {
             (Some(d), _) => PathBuf::from(d),
             (None, Some(d)) => d.clone(),
-            (None, None) => std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/usr/lib/husk")),
+            (None, None) => std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/usr/lib/husk")),
         };
         let p = dir.join(&name);
         if !p.is_file() {
-            return Err(Failure::new(exit::ENGINE, anyhow::anyhow!("stage1 {} not found", p.display())).hint("install the stage1 binaries next to husk, or set paths.stage1_dir in husk.toml"));
+            return Err(Failure::new(exit::ENGINE, anyhow::anyhow!("stage1 {} not found", p.display()))
+                .hint("install the stage1 binaries next to husk, or set paths.stage1_dir in husk.toml"));
         }
         Ok(p)
     }
@@ -74,12 +78,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let filter = match cli.verbose {
-        0 => "warn,husk=info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG").unwrap_or_else(|_| filter.into())).without_time().with_target(false).init();
+    init_logging(cli.verbose);
     let code = match run(cli, rest) {
         Ok(c) => c,
         Err(f) => {
@@ -90,13 +89,33 @@ fn main() {
     std::process::exit(code);
 }
 
+/// One subscriber, on stderr. `HUSK_LOG` takes `tracing` directives; otherwise a plain level
+/// filter, which (unlike parsing directives) costs nothing on the start path of every command.
+fn init_logging(verbose: u8) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().with_target(false);
+    match std::env::var("HUSK_LOG") {
+        Ok(directives) => builder.with_env_filter(tracing_subscriber::EnvFilter::new(directives)).init(),
+        Err(_) => {
+            let level = match verbose {
+                0 => tracing::Level::INFO,
+                1 => tracing::Level::DEBUG,
+                _ => tracing::Level::TRACE,
+            };
+            builder.with_max_level(level).init()
+        }
+    }
+}
+
 fn run(cli: Cli, more_apps: Vec<Vec<String>>) -> Result<i32, Failure> {
     if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
         return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
     }
     let segments: Vec<pod_cli::AppSegment> = more_apps
         .iter()
-        .map(|s| pod_cli::AppSegment::try_parse_from(s).map_err(|e| Failure::usage(format!("in an app after `---`: {}", e.render().to_string().trim()))))
+        .map(|s| {
+            pod_cli::AppSegment::try_parse_from(s)
+                .map_err(|e| Failure::usage(format!("in an app after `---`: {}", e.render().to_string().trim())))
+        })
         .collect::<Result<_, _>>()?;
     let config = config::Config::load(&cli.config_dir).map_err(|e| Failure::new(exit::USAGE, e))?;
     let ctx = Ctx { dir: cli.dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
@@ -133,7 +152,10 @@ mod tests {
 
     #[test]
     fn apps_split_at_triple_dash_even_after_double_dash() {
-        let args: Vec<String> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (first, rest) = split_apps(args);
         assert_eq!(first, vec!["husk", "run", "a", "--", "x"]);
         assert_eq!(rest, vec![vec!["b".to_string(), "--name".into(), "n".into()], vec!["c".to_string()]]);

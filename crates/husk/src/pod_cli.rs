@@ -221,7 +221,9 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
         "none" => Ok(NetMode::None),
         "host" => Ok(NetMode::Host),
-        other => Err(format!("unknown network {other:?}: this version supports none and host (CNI networks are not available yet)")),
+        other => Err(format!(
+            "unknown network {other:?}: this version supports none and host (CNI networks are not available yet)"
+        )),
     }
 }
 
@@ -254,7 +256,9 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_volume(s: &str) -> Result<Volume, String> {
-    let (name, rest) = s.split_once(',').ok_or_else(|| format!("volume {s:?}: expected NAME,kind=host,source=PATH or NAME,kind=empty"))?;
+    let (name, rest) = s
+        .split_once(',')
+        .ok_or_else(|| format!("volume {s:?}: expected NAME,kind=host,source=PATH or NAME,kind=empty"))?;
     if !husk_types::pod::valid_name(name) {
         return Err(format!("volume name {name:?} must be lower-case letters, digits, '-', '_' or '.'"));
     }
@@ -284,7 +288,11 @@ fn parse_mount(s: &str) -> Result<MountPoint, String> {
     if !target.is_absolute() {
         return Err(format!("mount target {} must be absolute", target.display()));
     }
-    Ok(MountPoint { volume: volume.to_string(), target, read_only: get("readOnly").map(parse_bool).transpose()?.unwrap_or(false) })
+    Ok(MountPoint {
+        volume: volume.to_string(),
+        target,
+        read_only: get("readOnly").map(parse_bool).transpose()?.unwrap_or(false),
+    })
 }
 
 impl PodRef {
@@ -296,7 +304,10 @@ impl PodRef {
 fn uuid_arg(uuid: Option<&str>, file: Option<&Path>) -> Result<String, Failure> {
     match (uuid, file) {
         (Some(u), None) => Ok(u.to_string()),
-        (None, Some(f)) => Ok(std::fs::read_to_string(f).with_context(|| format!("cannot read UUID file {}", f.display()))?.trim().to_string()),
+        (None, Some(f)) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read UUID file {}", f.display()))?
+            .trim()
+            .to_string()),
         (Some(_), Some(_)) => Err(Failure::usage("give a UUID or --uuid-file, not both")),
         (None, None) => Err(Failure::usage("give a pod UUID (or --uuid-file)")),
     }
@@ -356,7 +367,9 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         for (s, f) in specs.iter().zip(&fetched) {
             let base = s.name.clone().unwrap_or_else(|| default_app_name(&f.name));
             if !husk_types::pod::valid_name(&base) {
-                return Err(Failure::usage(format!("app name {base:?} must be lower-case letters, digits, '-', '_' or '.'")));
+                return Err(Failure::usage(format!(
+                    "app name {base:?} must be lower-case letters, digits, '-', '_' or '.'"
+                )));
             }
             let mut name = base.clone();
             let mut n = 2;
@@ -370,7 +383,10 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             let app = build_app(&store, &f.name, &f.record, s, name)?;
             for mp in &app.mounts {
                 if !a.volume.iter().any(|v| v.name == mp.volume) {
-                    return Err(Failure::usage(format!("app {}: --mount names volume {:?}, which no --volume defines", app.name, mp.volume)));
+                    return Err(Failure::usage(format!(
+                        "app {}: --mount names volume {:?}, which no --volume defines",
+                        app.name, mp.volume
+                    )));
                 }
             }
             apps.push(app);
@@ -378,11 +394,20 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         for v in &a.volume {
             if let VolumeKind::Host { source, .. } = &v.kind {
                 if !source.exists() {
-                    return Err(Failure::usage(format!("volume {}: source {} does not exist", v.name, source.display())));
+                    return Err(Failure::usage(format!(
+                        "volume {}: source {} does not exist",
+                        v.name,
+                        source.display()
+                    )));
                 }
             }
         }
-        let mut dns = Dns { search: a.dns_search.clone(), options: a.dns_opt.clone(), domain: a.dns_domain.clone(), ..Default::default() };
+        let mut dns = Dns {
+            search: a.dns_search.clone(),
+            options: a.dns_opt.clone(),
+            domain: a.dns_domain.clone(),
+            ..Default::default()
+        };
         for d in &a.dns {
             match d.as_str() {
                 "host" => dns.host = true,
@@ -397,8 +422,11 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             if h == "host" {
                 hosts_from_host = true;
             } else {
-                let (ip, name) = h.split_once('=').ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
-                ip.parse::<std::net::IpAddr>().map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
+                let (ip, name) = h
+                    .split_once('=')
+                    .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
                 hosts_entries.push((ip.to_string(), name.to_string()));
             }
         }
@@ -406,7 +434,13 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         if hostname.is_empty() || hostname.len() > 64 {
             return Err(Failure::usage(format!("hostname {hostname:?} must be 1 to 64 characters")));
         }
-        let stdio = if a.detach { Stdio::Log } else if a.interactive { Stdio::Interactive } else { Stdio::Inherit };
+        let stdio = if a.detach {
+            Stdio::Log
+        } else if a.interactive {
+            Stdio::Interactive
+        } else {
+            Stdio::Inherit
+        };
         let m = PodManifest {
             abi_version: ABI_VERSION,
             uuid: pod.uuid.clone(),
@@ -436,7 +470,8 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         }
     };
     if let Some(p) = &a.uuid_file_save {
-        husk_sys::atomic_write(p, format!("{}\n", m.uuid).as_bytes(), 0o644).with_context(|| format!("cannot write UUID file {}", p.display()))?;
+        husk_sys::atomic_write(p, format!("{}\n", m.uuid).as_bytes(), 0o644)
+            .with_context(|| format!("cannot write UUID file {}", p.display()))?;
     }
     if prepare_only {
         pods.transition(&mut pod, "prepared")?;
@@ -460,7 +495,9 @@ fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), Failure> {
             std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
         }
     }
-    husk_sys::atomic_write(&dir.join("pod.json"), &serde_json::to_vec_pretty(m).unwrap(), 0o644).with_context(|| format!("cannot write {}", dir.join("pod.json").display()))?;
+    // Made durable by the transition to `prepared` when the pod is only prepared.
+    husk_sys::atomic_write_volatile(&dir.join("pod.json"), &serde_json::to_vec_pretty(m).unwrap(), 0o644)
+        .with_context(|| format!("cannot write {}", dir.join("pod.json").display()))?;
     Ok(())
 }
 
@@ -481,7 +518,10 @@ fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Resu
     }
     let (ready_r, ready_w) = husk_sys::proc::ready_pipe().context("cannot create the readiness pipe")?;
     let log = std::fs::File::create(pod.dir.join("stage1.log")).context("cannot create stage1.log")?;
-    cmd.env("HUSK_READY_FD", ready_w.as_raw_fd().to_string()).stdin(std::process::Stdio::null()).stdout(log.try_clone().context("dup")?).stderr(log);
+    cmd.env("HUSK_READY_FD", ready_w.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().context("dup")?)
+        .stderr(log);
     husk_sys::proc::spawn_detached(&mut cmd).map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
     drop(ready_w);
     drop(pod);
@@ -493,8 +533,15 @@ fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Resu
             Ok(0)
         }
         other => {
-            let msg = other.strip_prefix("error ").map(str::to_string).unwrap_or_else(|| "stage1 exited before the pod started".to_string());
-            Err(Failure::new(exit::ENGINE, anyhow::anyhow!("pod {} failed to start: {msg}", m.uuid)).hint(format!("see `husk status {}` and `husk logs {}`", &m.uuid[..8], &m.uuid[..8])))
+            let msg = other
+                .strip_prefix("error ")
+                .map(str::to_string)
+                .unwrap_or_else(|| "stage1 exited before the pod started".to_string());
+            Err(Failure::new(exit::ENGINE, anyhow::anyhow!("pod {} failed to start: {msg}", m.uuid)).hint(format!(
+                "see `husk status {}` and `husk logs {}`",
+                &m.uuid[..8],
+                &m.uuid[..8]
+            )))
         }
     }
 }
@@ -506,11 +553,25 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
     let (phase, _) = (Phase::Prepared, ());
     if !pod.dir.starts_with(pods.phase_dir("prepared")) {
         let (p, _) = pods.observe(&uuid).unwrap_or((phase, PathBuf::new()));
-        return Err(PodError::WrongPhase { uuid, phase: p.as_str().into(), why: "only prepared pods can be run with run-prepared".into() }.into());
+        return Err(PodError::WrongPhase {
+            uuid,
+            phase: p.as_str().into(),
+            why: "only prepared pods can be run with run-prepared".into(),
+        }
+        .into());
     }
-    let mut m: PodManifest = serde_json::from_slice(&std::fs::read(pod.dir.join("pod.json")).context("cannot read pod.json")?).context("invalid pod.json")?;
-    m.stdio = if a.detach { Stdio::Log } else if a.interactive { Stdio::Interactive } else { Stdio::Inherit };
-    husk_sys::atomic_write(&pod.dir.join("pod.json"), &serde_json::to_vec_pretty(&m).unwrap(), 0o644).context("cannot write pod.json")?;
+    let mut m: PodManifest =
+        serde_json::from_slice(&std::fs::read(pod.dir.join("pod.json")).context("cannot read pod.json")?)
+            .context("invalid pod.json")?;
+    m.stdio = if a.detach {
+        Stdio::Log
+    } else if a.interactive {
+        Stdio::Interactive
+    } else {
+        Stdio::Inherit
+    };
+    husk_sys::atomic_write(&pod.dir.join("pod.json"), &serde_json::to_vec_pretty(&m).unwrap(), 0o644)
+        .context("cannot write pod.json")?;
     pods.transition(&mut pod, "run")?;
     exec_stage1(ctx, pod, &m, a.detach)
 }
@@ -547,7 +608,9 @@ fn pod_json(i: &PodInfo) -> serde_json::Value {
 pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Result<i32, Failure> {
     let pods = ctx.pods()?.list()?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&pods.iter().map(pod_json).collect::<Vec<_>>()).unwrap()),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&pods.iter().map(pod_json).collect::<Vec<_>>()).unwrap())
+        }
         Format::Table if no_legend => {
             for p in &pods {
                 println!("{}", p.uuid);
@@ -558,9 +621,18 @@ pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Resul
             for p in &pods {
                 let m = p.manifest.as_ref();
                 let uuid = if full { p.uuid.clone() } else { p.uuid[..8].to_string() };
-                let apps = m.map(|m| m.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "-".into());
-                let images = m.map(|m| m.apps.iter().map(|a| a.image.name.clone()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "-".into());
-                let nets = m.map(|m| match m.net { NetMode::None => "none", NetMode::Host => "host" }).unwrap_or("-");
+                let apps = m
+                    .map(|m| m.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "-".into());
+                let images = m
+                    .map(|m| m.apps.iter().map(|a| a.image.name.clone()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "-".into());
+                let nets = m
+                    .map(|m| match m.net {
+                        NetMode::None => "none",
+                        NetMode::Host => "host",
+                    })
+                    .unwrap_or("-");
                 let state = match p.exit_status() {
                     Some(c) => format!("{} ({c})", p.phase.as_str()),
                     None => p.phase.as_str().to_string(),
@@ -582,9 +654,13 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
         let (phase, dir) = pods.observe(&uuid)?;
         if matches!(phase, Phase::Running | Phase::Preparing | Phase::Embryo | Phase::Prepared) {
             // Block on the pod lock: it is released the moment the supervisor exits.
-            let _l = husk_sys::Lock::lock_timeout(&dir, husk_sys::LockKind::Shared, timeout, || {}).map_err(PodError::from)?;
+            let _l = husk_sys::Lock::lock_timeout(&dir, husk_sys::LockKind::Shared, timeout, || {})
+                .map_err(PodError::from)?;
             if phase == Phase::Prepared {
-                return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is prepared, not running; start it with run-prepared")));
+                return Err(Failure::new(
+                    exit::POD,
+                    anyhow::anyhow!("pod {uuid} is prepared, not running; start it with run-prepared"),
+                ));
             }
         }
     }
@@ -595,7 +671,13 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
             println!("state={}", i.phase.as_str());
             if let Some(m) = &i.manifest {
                 println!("flavor={}", m.flavor.as_str());
-                println!("networks={}", match m.net { NetMode::None => "none", NetMode::Host => "host" });
+                println!(
+                    "networks={}",
+                    match m.net {
+                        NetMode::None => "none",
+                        NetMode::Host => "host",
+                    }
+                );
             }
             if let (Some(s), Phase::Running) = (&i.stage1, i.phase) {
                 println!("pid={}", s.init_pid);
@@ -621,7 +703,9 @@ pub fn cmd_cat_manifest(ctx: &Ctx, r: &PodRef) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let uuid = r.resolve(&pods)?;
     let i = pods.info(&uuid)?;
-    let m = i.manifest.ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet ({})", i.phase.as_str())))?;
+    let m = i.manifest.ok_or_else(|| {
+        Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet ({})", i.phase.as_str()))
+    })?;
     println!("{}", serde_json::to_string_pretty(&m).unwrap());
     Ok(0)
 }
@@ -630,13 +714,28 @@ pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let uuid = a.pod.resolve(&pods)?;
     let i = pods.info(&uuid)?;
-    let m = i.manifest.as_ref().ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet")))?;
+    let m = i
+        .manifest
+        .as_ref()
+        .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet")))?;
     if m.stdio != Stdio::Log {
-        return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} ran in the foreground: its apps wrote to the terminal that started it")).hint("start pods with --detach to keep their output in `husk logs`"));
+        return Err(Failure::new(
+            exit::POD,
+            anyhow::anyhow!("pod {uuid} ran in the foreground: its apps wrote to the terminal that started it"),
+        )
+        .hint("start pods with --detach to keep their output in `husk logs`"));
     }
     let apps: Vec<&str> = match &a.app {
         Some(n) if m.apps.iter().any(|x| &x.name == n) => vec![n.as_str()],
-        Some(n) => return Err(Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no app {n:?} (apps: {})", m.apps.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))),
+        Some(n) => {
+            return Err(Failure::new(
+                exit::POD,
+                anyhow::anyhow!(
+                    "pod {uuid} has no app {n:?} (apps: {})",
+                    m.apps.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
         None => m.apps.iter().map(|x| x.name.as_str()).collect(),
     };
     let mut offsets = vec![0u64; apps.len()];
@@ -674,16 +773,30 @@ pub fn cmd_enter(ctx: &Ctx, a: &EnterArgs) -> Result<i32, Failure> {
     let uuid = a.pod.resolve(&pods)?;
     let i = pods.info(&uuid)?;
     if i.phase != Phase::Running {
-        return Err(PodError::WrongPhase { uuid, phase: i.phase.as_str().into(), why: "only running pods can be entered".into() }.into());
+        return Err(PodError::WrongPhase {
+            uuid,
+            phase: i.phase.as_str().into(),
+            why: "only running pods can be entered".into(),
+        }
+        .into());
     }
     let m = i.manifest.as_ref().expect("running pods have a manifest");
     let app = match (&a.app, m.apps.as_slice()) {
         (Some(n), _) => n.clone(),
         (None, [one]) => one.name.clone(),
-        (None, many) => return Err(Failure::usage(format!("pod {uuid} has several apps; choose one with --app ({})", many.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))),
+        (None, many) => {
+            return Err(Failure::usage(format!(
+                "pod {uuid} has several apps; choose one with --app ({})",
+                many.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+            )))
+        }
     };
-    let st = i.stage1.as_ref().ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting")))?;
-    let pid = st.app_pids.get(&app).ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no running app {app:?}")))?;
+    let st =
+        i.stage1.as_ref().ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting")))?;
+    let pid = st
+        .app_pids
+        .get(&app)
+        .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no running app {app:?}")))?;
     let stage1 = ctx.stage1_path(&m.flavor)?;
     let mut cmd = std::process::Command::new(&stage1);
     cmd.arg("enter").arg(format!("--pid={pid}")).arg(format!("--app={app}")).arg("--").args(&a.cmd).current_dir(&i.dir);
@@ -708,13 +821,21 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
         let r = (|| -> Result<(), Failure> {
             let i = pods.info(&uuid)?;
             if i.phase != Phase::Running {
-                return Err(PodError::WrongPhase { uuid: uuid.clone(), phase: i.phase.as_str().into(), why: "only running pods can be stopped".into() }.into());
+                return Err(PodError::WrongPhase {
+                    uuid: uuid.clone(),
+                    phase: i.phase.as_str().into(),
+                    why: "only running pods can be stopped".into(),
+                }
+                .into());
             }
-            let st = i.stage1.ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting; try again")))?;
+            let st = i
+                .stage1
+                .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting; try again")))?;
             let kill = |pid: i32, sig: i32| {
-                // SAFETY-free: kill(2) through libc's safe-to-call wrapper is not available in
-                // std; use the rustix process API.
-                let _ = husk_sys_kill(pid, sig);
+                // A pid of 0 or 1 would be a corrupt stage1.json; never signal those.
+                if pid > 1 {
+                    let _ = husk_sys::proc::kill(pid, sig);
+                }
             };
             if a.force {
                 kill(st.init_pid, libc::SIGKILL);
@@ -739,26 +860,25 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
     Ok(code)
 }
 
-fn husk_sys_kill(pid: i32, sig: i32) -> std::io::Result<()> {
-    let p = rustix_pid(pid)?;
-    husk_sys::proc::kill(p, sig)
-}
-
-fn rustix_pid(pid: i32) -> std::io::Result<i32> {
-    if pid <= 1 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}")));
-    }
-    Ok(pid)
-}
-
 /// stage1's `gc` entrypoint for one pod dir: releases what stage1 created outside it.
 pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
     let Ok(data) = std::fs::read(dir.join("pod.json")) else { return Ok(()) };
     let Ok(m) = serde_json::from_slice::<PodManifest>(&data) else { return Ok(()) };
-    let stage1 = ctx.stage1_path(&m.flavor).map_err(|_| PodError::Stage1 { path: PathBuf::from(format!("husk-stage1-{}", m.flavor.as_str())), source: std::io::Error::from(std::io::ErrorKind::NotFound) })?;
-    let out = std::process::Command::new(&stage1).arg("gc").arg(&m.uuid).current_dir(dir).output().map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
+    let stage1 = ctx.stage1_path(&m.flavor).map_err(|_| PodError::Stage1 {
+        path: PathBuf::from(format!("husk-stage1-{}", m.flavor.as_str())),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    let out = std::process::Command::new(&stage1)
+        .arg("gc")
+        .arg(&m.uuid)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
     if !out.status.success() {
-        return Err(PodError::Invalid { uuid: m.uuid, why: format!("stage1 gc failed: {}", String::from_utf8_lossy(&out.stderr).trim()) });
+        return Err(PodError::Invalid {
+            uuid: m.uuid,
+            why: format!("stage1 gc failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
     }
     Ok(())
 }
@@ -767,14 +887,7 @@ pub fn cmd_rm(ctx: &Ctx, a: &RmArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let mut code = 0;
     for uuid in uuids_of(&pods, &a.uuids, a.uuid_file.as_deref())? {
-        let r = pods.lock_pod(&uuid).and_then(|pod| {
-            let (phase, _) = pods.observe(&uuid).unwrap_or((Phase::Garbage, PathBuf::new()));
-            let _ = phase;
-            if pod.dir.starts_with(pods.phase_dir("run")) {
-                // Locked by us means the supervisor is gone: the pod exited.
-            }
-            pods.remove_locked(pod, &|d| stage1_gc(ctx, d))
-        });
+        let r = pods.lock_pod(&uuid).and_then(|pod| pods.remove_locked(pod, &|d| stage1_gc(ctx, d)));
         match r {
             Ok(()) => println!("{uuid}"),
             Err(e) => {

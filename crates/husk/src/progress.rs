@@ -22,7 +22,12 @@ impl Bars {
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let total = multi.add(ProgressBar::new(0));
-        total.set_style(ProgressStyle::with_template("total  {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12} {elapsed:>4}").unwrap());
+        total.set_style(
+            ProgressStyle::with_template(
+                "total  {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12} {elapsed:>4}",
+            )
+            .unwrap(),
+        );
         Some(Bars { multi, total, layers: Mutex::new(HashMap::new()) })
     }
 }
@@ -31,9 +36,11 @@ impl Progress for Bars {
     fn layer_start(&self, digest: &Digest, size: u64) {
         let bar = self.multi.insert_before(&self.total, ProgressBar::new(size));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12}")
-                .unwrap()
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
         );
         bar.set_prefix(digest.short().to_string());
         self.total.inc_length(size);

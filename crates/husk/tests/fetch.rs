@@ -14,7 +14,12 @@ fn fetch_from_registry_lists_verifies_and_is_cached() {
     let out = env.ok(&["fetch", "--quiet", &image("busybox"), &image("big")]);
     assert_eq!(out.lines().count(), 2, "one ID per image: {out}");
     let list = env.json(&["image", "list", "--format", "json"]);
-    let names: Vec<String> = list.as_array().unwrap().iter().flat_map(|i| i["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string())).collect();
+    let names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()))
+        .collect();
     assert!(names.contains(&image("busybox")) && names.contains(&image("big")), "{names:?}");
     // big shares its first layer with busybox: 5 layers, 4 distinct unpacked trees... plus configs.
     let trees = std::fs::read_dir(env.dir().join("store/layers")).unwrap().count();
@@ -51,7 +56,11 @@ fn unpacked_layers_are_exact() {
     // extract also writes manifest and config.
     let ex = env.tmp.path().join("extract");
     env.ok(&["image", "extract", &image("busybox"), ex.to_str().unwrap()]);
-    assert!(ex.join("rootfs/bin/busybox").is_file() && ex.join("manifest.json").is_file() && ex.join("config.json").is_file());
+    assert!(
+        ex.join("rootfs/bin/busybox").is_file()
+            && ex.join("manifest.json").is_file()
+            && ex.join("config.json").is_file()
+    );
 }
 
 #[test]
@@ -67,7 +76,15 @@ fn local_sources_and_export_round_trip() {
     let id2 = env2.ok(&["fetch", "-q", &format!("oci-archive:{}", archive.display())]);
     assert_eq!(id2.trim(), id);
     let docker = env.tmp.path().join("docker.tar");
-    let st = Command::new("skopeo").args(["copy", "-q", &format!("oci-archive:{}", archive.display()), &format!("docker-archive:{}:husk/bb:v1", docker.display())]).status().unwrap();
+    let st = Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker-archive:{}:husk/bb:v1", docker.display()),
+        ])
+        .status()
+        .unwrap();
     assert!(st.success(), "skopeo could not read husk's export");
     let env3 = Env::new();
     env3.ok(&["fetch", "-q", &format!("docker-archive:{}", docker.display())]);
@@ -85,9 +102,16 @@ fn registry_errors_are_named_and_leave_the_store_unchanged() {
     assert!(err.contains("cannot reach registry 127.0.0.1:1"), "{err}");
     assert!(err.contains("hint:"), "{err}");
     // Without the insecure setting the registry is spoken to over HTTPS, which it does not serve.
-    let o = Command::new(Env::bin()).args(["--dir", env.dir().to_str().unwrap(), "--config-dir", "/nonexistent", "fetch", "-q", &image("busybox")]).output().unwrap();
+    let o = Command::new(Env::bin())
+        .args(["--dir", env.dir().to_str().unwrap(), "--config-dir", "/nonexistent", "fetch", "-q", &image("busybox")])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(121));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--insecure-options=http"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--insecure-options=http"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let err = env.fails(&["fetch", "-q", "--pull-policy=never", &image("busybox")], 121);
     assert!(err.contains("pull policy"), "{err}");
     assert!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().is_empty());
@@ -105,7 +129,8 @@ fn copy_layout(src: &Path, dst: &Path) {
 fn layer_blob(layout: &Path) -> std::path::PathBuf {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap()).unwrap();
     let l = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
     layout.join("blobs/sha256").join(l)
 }
@@ -141,14 +166,19 @@ fn verify_reports_a_damaged_tree() {
     std::fs::write(layers[0].path().join("rootfs/etc/passwd"), b"evil::0:0::/:/bin/sh\n").unwrap();
     let o = env.husk(&["image", "verify"]);
     assert_eq!(o.status.code(), Some(123));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED layer tree"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("DAMAGED layer tree"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
 fn kill_9_during_fetch_leaves_nothing_partial() {
     let env = Env::new();
     for delay_ms in [5u64, 20, 60, 120] {
-        let mut child = env.cmd().args(["fetch", "-q", &format!("oci:{}", images_dir().join("big").display())]).spawn().unwrap();
+        let mut child =
+            env.cmd().args(["fetch", "-q", &format!("oci:{}", images_dir().join("big").display())]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();

@@ -11,7 +11,8 @@ fn report(env: &Env, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["run", "-q"];
     args.extend_from_slice(extra);
     let out = env.ok(&args);
-    serde_json::from_str(out.lines().last().unwrap()).unwrap_or_else(|e| panic!("workload output is not JSON ({e}): {out}"))
+    serde_json::from_str(out.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("workload output is not JSON ({e}): {out}"))
 }
 
 fn env_has(r: &serde_json::Value, kv: &str) -> bool {
@@ -37,12 +38,24 @@ fn pod_is_isolated_with_default_privileges() {
     assert_eq!(r["cwd"], "/");
     assert!(env_has(&r, "WORKLOAD_FROM_IMAGE=yes"));
     let mounts: Vec<String> = r["mounts"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
-    for want in ["/ overlay", "/proc proc", "/sys sysfs ro", "/dev tmpfs", "/dev/pts devpts", "/dev/shm tmpfs", "/dev/mqueue mqueue"] {
+    for want in [
+        "/ overlay",
+        "/proc proc",
+        "/sys sysfs ro",
+        "/dev tmpfs",
+        "/dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/dev/mqueue mqueue",
+    ] {
         assert!(mounts.iter().any(|m| m.starts_with(want)), "missing {want} in {mounts:?}");
     }
     // Only stdio is open in the app: no fd of the runtime leaked (runc CVE-2024-21626 class).
     let fds: Vec<&str> = r["fds"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert!(fds.iter().all(|f| f.starts_with("0=") || f.starts_with("1=") || f.starts_with("2=") || f.starts_with("3=/proc")), "leaked fds: {fds:?}");
+    assert!(
+        fds.iter()
+            .all(|f| f.starts_with("0=") || f.starts_with("1=") || f.starts_with("2=") || f.starts_with("3=/proc")),
+        "leaked fds: {fds:?}"
+    );
 }
 
 #[test]
@@ -51,7 +64,24 @@ fn app_flags_user_group_env_workdir() {
     let d = env.tmp.path().join("envfile");
     std::fs::write(&d, "FROM_FILE=1\nOVERRIDE_ME=file\n").unwrap();
     let wl = image("workload");
-    let r = report(&env, &[&wl, "--user", "app", "--working-dir", "/home/app", "--set-env-file", d.to_str().unwrap(), "--set-env", "OVERRIDE_ME=set", "--environment", "OVERRIDE_ME=cli", "--hostname", "web1"]);
+    let r = report(
+        &env,
+        &[
+            &wl,
+            "--user",
+            "app",
+            "--working-dir",
+            "/home/app",
+            "--set-env-file",
+            d.to_str().unwrap(),
+            "--set-env",
+            "OVERRIDE_ME=set",
+            "--environment",
+            "OVERRIDE_ME=cli",
+            "--hostname",
+            "web1",
+        ],
+    );
     assert_eq!((r["uid"].as_u64(), r["gid"].as_u64()), (Some(1000), Some(1000)));
     assert_eq!(r["groups"], serde_json::json!([2000]), "supplementary groups from the image's /etc/group");
     assert_eq!(r["capeff"], "0000000000000000", "non-root apps have no effective capabilities");
@@ -71,7 +101,10 @@ fn exit_statuses_and_multi_app_failure() {
     assert!(err.contains("/no/such/cmd"), "{err}");
     // Two apps: when one fails the other is stopped and run returns the failure.
     let start = std::time::Instant::now();
-    let o = env.husk(&["run", "-q", &bb, "--name", "slow", "--", "sleep", "60", "---", &bb, "--name", "bad", "--", "sh", "-c", "exit 5"]);
+    let o = env.husk(&[
+        "run", "-q", &bb, "--name", "slow", "--", "sleep", "60", "---", &bb, "--name", "bad", "--", "sh", "-c",
+        "exit 5",
+    ]);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(start.elapsed() < Duration::from_secs(30));
     let pods = env.json(&["list", "--format", "json"]);
@@ -89,7 +122,23 @@ fn volumes_host_readonly_and_empty_shared() {
     std::fs::write(host.join("hello"), "from host").unwrap();
     let bb = image("busybox");
     let vol = format!("data,kind=host,source={},readOnly=true", host.display());
-    let out = env.ok(&["run", "-q", "--volume", &vol, "--volume", "scratch,kind=empty", &bb, "--mount", "volume=data,target=/data", "--mount", "volume=scratch,target=/scratch", "--", "sh", "-c", "cat /data/hello; echo x > /scratch/f && echo wrote; touch /data/nope 2>/dev/null || echo read-only"]);
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--volume",
+        &vol,
+        "--volume",
+        "scratch,kind=empty",
+        &bb,
+        "--mount",
+        "volume=data,target=/data",
+        "--mount",
+        "volume=scratch,target=/scratch",
+        "--",
+        "sh",
+        "-c",
+        "cat /data/hello; echo x > /scratch/f && echo wrote; touch /data/nope 2>/dev/null || echo read-only",
+    ]);
     assert_eq!(out, "from hostwrote\nread-only\n");
     let err = env.fails(&["run", "-q", &bb, "--mount", "volume=undefined,target=/x"], 120);
     assert!(err.contains("undefined"), "{err}");
@@ -117,12 +166,22 @@ fn prepare_run_prepared_status_manifest_rm() {
 #[test]
 fn detached_pod_logs_enter_stop_gc_leave_nothing() {
     let env = Env::new();
-    let uuid = env.ok(&["run", "-q", "-d", &image("busybox"), "--user", "app", "--", "sh", "-c", "echo hello; exec sleep 600"]).trim().to_string();
+    let uuid = env
+        .ok(&["run", "-q", "-d", &image("busybox"), "--user", "app", "--", "sh", "-c", "echo hello; exec sleep 600"])
+        .trim()
+        .to_string();
     assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "running");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(env.ok(&["logs", &uuid]), "hello\n");
     // enter: the app's user and namespaces, never more (rkt CVE-2019-10144 class).
-    let out = env.ok(&["enter", &uuid, "--", "sh", "-c", "id -u; grep CapEff /proc/self/status; hostname; ps -o pid,comm | grep -c sleep"]);
+    let out = env.ok(&[
+        "enter",
+        &uuid,
+        "--",
+        "sh",
+        "-c",
+        "id -u; grep CapEff /proc/self/status; hostname; ps -o pid,comm | grep -c sleep",
+    ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1000");
     assert!(lines[1].ends_with("0000000000000000"), "{out}");
@@ -152,7 +211,8 @@ fn kill_9_of_the_supervisor_is_seen_as_exited_and_collected() {
     assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "exited");
     // The whole pod died with its supervisor.
     std::thread::sleep(Duration::from_millis(100));
-    let alive = std::fs::read_to_string(format!("/proc/{init}/status")).map(|s| !s.contains("State:\tZ")).unwrap_or(false);
+    let alive =
+        std::fs::read_to_string(format!("/proc/{init}/status")).map(|s| !s.contains("State:\tZ")).unwrap_or(false);
     assert!(!alive, "pod init survived its supervisor");
     env.ok(&["gc", "--grace-period=0s"]);
     assert!(pod_cgroups(&uuid).is_empty());
@@ -170,7 +230,8 @@ fn kill_9_of_husk_during_prepare_is_collected() {
     let env = Env::new();
     env.ok(&["fetch", "-q", &image("busybox")]);
     for i in 0..15u64 {
-        let mut c = env.cmd().args(["prepare", "-q", &image("busybox")]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut c =
+            env.cmd().args(["prepare", "-q", &image("busybox")]).stdout(std::process::Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_micros(300 * i));
         let _ = c.kill();
         let _ = c.wait();
@@ -189,7 +250,8 @@ fn kill_9_of_husk_during_prepare_is_collected() {
 fn fifty_parallel_runs_all_succeed() {
     let env = Env::new();
     env.ok(&["fetch", "-q", &image("busybox")]);
-    let children: Vec<_> = (0..50).map(|_| env.cmd().args(["run", "-q", &image("busybox"), "--", "true"]).spawn().unwrap()).collect();
+    let children: Vec<_> =
+        (0..50).map(|_| env.cmd().args(["run", "-q", &image("busybox"), "--", "true"]).spawn().unwrap()).collect();
     let failed = children.into_iter().map(|mut c| c.wait().unwrap()).filter(|s| !s.success()).count();
     assert_eq!(failed, 0);
     env.ok(&["gc", "--grace-period=0s"]);
@@ -201,18 +263,26 @@ fn binary_replaced_while_a_detached_pod_runs() {
     let bin_dir = env.tmp.path().join("bin");
     std::fs::create_dir(&bin_dir).unwrap();
     let src = Env::bin().parent().unwrap().to_path_buf();
-    for b in ["husk", "husk-stage1-ns", "husk-stage1-fly"] {
-        std::fs::copy(src.join(b), bin_dir.join(b)).unwrap();
+    let stage1 = std::env::var_os("HUSK_STAGE1_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| src.clone());
+    std::fs::copy(Env::bin(), bin_dir.join("husk")).unwrap();
+    for b in ["husk-stage1-ns", "husk-stage1-fly"] {
+        std::fs::copy(stage1.join(b), bin_dir.join(b)).unwrap();
     }
     let old = bin_dir.join("husk");
-    let o = env.cmd_with(&old).args(["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"]).output().unwrap();
+    // The copies run from their own directory, as an installed husk does.
+    let o = env
+        .cmd_with(&old)
+        .env_remove("HUSK_STAGE1_DIR")
+        .args(["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let uuid = String::from_utf8(o.stdout).unwrap().trim().to_string();
     // Replace the binary the way a package upgrade does: new file, rename over the old one.
     std::fs::copy(Env::bin(), bin_dir.join("husk.new")).unwrap();
     std::fs::rename(bin_dir.join("husk.new"), &old).unwrap();
     let run = |args: &[&str]| {
-        let o = env.cmd_with(&old).args(args).output().unwrap();
+        let o = env.cmd_with(&old).env_remove("HUSK_STAGE1_DIR").args(args).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -247,7 +317,21 @@ fn fly_flavor_shares_host_namespaces() {
 #[test]
 fn dns_and_hosts_entries() {
     let env = Env::new();
-    let out = env.ok(&["run", "-q", "--dns", "10.1.2.3", "--dns-search", "corp.example", "--hosts-entry", "192.0.2.7=db", &image("busybox"), "--", "sh", "-c", "cat /etc/resolv.conf /etc/hosts"]);
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--dns",
+        "10.1.2.3",
+        "--dns-search",
+        "corp.example",
+        "--hosts-entry",
+        "192.0.2.7=db",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf /etc/hosts",
+    ]);
     assert!(out.contains("nameserver 10.1.2.3") && out.contains("search corp.example"), "{out}");
     assert!(out.contains("192.0.2.7\tdb"), "{out}");
 }

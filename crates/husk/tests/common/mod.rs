@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn registry() -> String {
-    std::env::var("HUSK_TEST_REGISTRY").expect("HUSK_TEST_REGISTRY is not set: run the tests with scripts/test.sh (it starts the loopback registry)")
+    std::env::var("HUSK_TEST_REGISTRY")
+        .expect("HUSK_TEST_REGISTRY is not set: run the tests with scripts/test.sh (it starts the loopback registry)")
 }
 
 pub fn images_dir() -> PathBuf {
-    let p = PathBuf::from(std::env::var("HUSK_TEST_IMAGES").expect("HUSK_TEST_IMAGES is not set: run the tests with scripts/test.sh (it builds the test images)"));
+    let p = PathBuf::from(
+        std::env::var("HUSK_TEST_IMAGES")
+            .expect("HUSK_TEST_IMAGES is not set: run the tests with scripts/test.sh (it builds the test images)"),
+    );
     assert!(p.join("busybox/index.json").is_file(), "{} has no test images: run scripts/test.sh", p.display());
     p
 }
@@ -25,7 +29,12 @@ pub fn require_root() {
 }
 
 fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")).unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        .unwrap_or(false)
 }
 
 /// One data dir and config dir per test.
@@ -36,9 +45,16 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         require_root();
-        let tmp = tempfile::Builder::new().prefix("husk-test-").tempdir_in(std::env::var("HUSK_TEST_TMP").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("husk-test-")
+            .tempdir_in(std::env::var("HUSK_TEST_TMP").unwrap_or_else(|_| "/var/tmp".into()))
+            .unwrap();
         std::fs::create_dir_all(tmp.path().join("etc")).unwrap();
-        std::fs::write(tmp.path().join("etc/husk.toml"), format!("[registries.\"{}\"]\ninsecure = [\"http\"]\n", registry())).unwrap();
+        std::fs::write(
+            tmp.path().join("etc/husk.toml"),
+            format!("[registries.\"{}\"]\ninsecure = [\"http\"]\n", registry()),
+        )
+        .unwrap();
         Env { tmp }
     }
 
@@ -68,7 +84,13 @@ impl Env {
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.husk(args);
-        assert!(o.status.success(), "husk {args:?} failed ({:?}):\nstdout: {}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "husk {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -76,7 +98,12 @@ impl Env {
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let o = self.husk(args);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(code), "husk {args:?}: expected exit {code}\nstdout: {}\nstderr: {err}", String::from_utf8_lossy(&o.stdout));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "husk {args:?}: expected exit {code}\nstdout: {}\nstderr: {err}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         err
     }
 
@@ -88,7 +115,12 @@ impl Env {
 /// Lines of /proc/self/mountinfo mentioning `path`.
 pub fn mounts_under(path: &Path) -> Vec<String> {
     let p = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&p)).map(String::from).collect()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&p))
+        .map(String::from)
+        .collect()
 }
 
 /// cgroup directories of a pod in any hierarchy.

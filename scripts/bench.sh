@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Benchmarks husk against crun, runc, podman and skopeo on this machine, side by side, and
+# prints medians and ratios (hyperfine alternates nothing, but runs every command in the same
+# session; compare ratios, not absolute times, on shared machines).
+#   scripts/bench.sh [--runs N] [--out FILE.md]
+# Needs root; installs hyperfine, crun, runc, podman, skopeo from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=15; out=""
+while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; --out) out=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+for p in hyperfine crun runc podman skopeo; do command -v $p >/dev/null || need="${need:-} $p"; done
+[ -n "${need:-}" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+cargo build --release --locked -q
+export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
+scripts/build-images.sh >/dev/null
+scripts/registry.sh start >/dev/null
+scripts/registry.sh push build/images >/dev/null
+# crun refuses a hybrid cgroup layout whose v2 tree holds a controller; mount hugetlb as v1
+# the way a systemd host does (see shared BENCHMARKING.md).
+if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && [ ! -d /sys/fs/cgroup/hugetlb ]; then
+  mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+fi
+reg=127.0.0.1:5000
+w=$(mktemp -d /var/tmp/husk-bench.XXXXXX)
+trap 'rm -rf "$w"' EXIT
+H="$PWD/target/release/husk --dir $w/husk --insecure-options=http"
+P="podman --root $w/podman/root --runroot $w/podman/run --tmpdir $w/podman/tmp --cgroup-manager=cgroupfs --events-backend=file"
+PR="--ulimit nofile=16384:16384 --ulimit nproc=16384:16384"
+json=$w/json; mkdir -p $json
+hf() { local name=$1; shift; hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null 2>&1 || hyperfine --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null; }
+
+echo "== fetch from the loopback registry (fresh store each run)" >&2
+for img in busybox big; do
+  hf "fetch-$img" \
+    --prepare "rm -rf $w/husk $w/podman $w/oci" \
+    -n "husk fetch $img" "$H fetch -q $reg/husk/$img" \
+    -n "podman pull $img" "$P pull -q --tls-verify=false $reg/husk/$img" \
+    -n "skopeo copy $img (no unpack)" "skopeo copy -q --src-tls-verify=false docker://$reg/husk/$img oci:$w/oci:x"
+done
+
+echo "== run busybox true" >&2
+rm -rf "$w/husk" "$w/podman"
+$H fetch -q $reg/husk/busybox >/dev/null
+$P pull -q --tls-verify=false $reg/husk/busybox >/dev/null
+mkdir -p $w/bundle && $H image render $reg/husk/busybox $w/bundle/rootfs
+(cd $w/bundle && crun spec && python3 - <<'PY'
+import json
+s = json.load(open("config.json"))
+s["process"]["terminal"] = False
+s["process"]["args"] = ["/bin/true"]
+s["linux"]["namespaces"] = [n for n in s["linux"]["namespaces"] if n["type"] != "user"]
+json.dump(s, open("config.json", "w"))
+PY
+)
+i=0
+hf run \
+  -n "husk run --net=none" "$H run -q --net=none $reg/husk/busybox -- /bin/true" \
+  -n "crun run" "crun run --bundle $w/bundle c-bench" \
+  -n "runc run" "runc run --bundle $w/bundle r-bench" \
+  -n "podman run --rm --net=none" "$P run --rm --net=none $PR $reg/husk/busybox true"
+$H gc --grace-period=0s >/dev/null 2>&1
+
+echo "== 50 runs, sequential and 8 in parallel" >&2
+hf batch \
+  -n "husk 50 sequential" "bash -c 'for i in \$(seq 50); do $H run -q $reg/husk/busybox -- /bin/true; done'" \
+  -n "crun 50 sequential" "bash -c 'for i in \$(seq 50); do crun run --bundle $w/bundle c\$i; done'" \
+  -n "husk 50, 8 parallel" "bash -c 'seq 50 | xargs -P8 -I{} $H run -q $reg/husk/busybox -- /bin/true'" \
+  -n "crun 50, 8 parallel" "bash -c 'seq 50 | xargs -P8 -I{} crun run --bundle $w/bundle c{}'"
+$H gc --grace-period=0s >/dev/null 2>&1
+
+echo "== memory of a detached pod's supervisor" >&2
+u=$($H run -q -d $reg/husk/busybox -- sleep 60)
+sup=$($H status "$u" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["supervisor_pid"])')
+init=$($H status "$u" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+rss() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
+pss() { awk '/^Pss:/ {s+=$2} END {print s}' /proc/$1/smaps_rollup; }
+mem="supervisor RSS $(rss $sup) KiB (PSS $(pss $sup) KiB); pod init RSS $(rss $init) KiB (PSS $(pss $init) KiB)"
+$H stop "$u" >/dev/null; $H gc --grace-period=0s >/dev/null 2>&1
+
+python3 - "$json" "$mem" "$runs" <<'PY' | tee ${out:-/dev/null}
+import json, os, sys, platform, subprocess
+d, mem, runs = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(n): return json.load(open(os.path.join(d, n + ".json")))["results"]
+print(f"Measured by scripts/bench.sh on {platform.node()} ({os.cpu_count()} cores, kernel {platform.release()}), {runs} runs each, medians.\n")
+for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("batch", "50 pods")]:
+    res = load(name)
+    base = res[0]["median"]
+    print(f"### {title}\n\n| command | median | ratio to husk |\n|---|---|---|")
+    for r in res:
+        print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/base:.2f}x |")
+    print()
+print(f"### Footprint\n\n{mem}\n")
+PY

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs husk's whole test suite, as root: builds the workspace and the static test workload,
+# builds the test images offline, starts the loopback registry and pushes them, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the tests need root (namespaces, mounts, cgroups)" >&2; exit 1; }
+scripts/build-images.sh
+scripts/registry.sh start
+scripts/registry.sh push build/images
+export HUSK_TEST_REGISTRY=127.0.0.1:${HUSK_TEST_REGISTRY_PORT:-5000}
+export HUSK_TEST_IMAGES=$PWD/build/images
+# Test the static stage1 that is shipped.
+export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
+cargo test --workspace --locked
