@@ -28,7 +28,10 @@ H="$PWD/target/release/husk --dir $w/husk --insecure-options=http"
 P="podman --root $w/podman/root --runroot $w/podman/run --tmpdir $w/podman/tmp --cgroup-manager=cgroupfs --events-backend=file"
 PR="--ulimit nofile=16384:16384 --ulimit nproc=16384:16384"
 json=$w/json; mkdir -p $json
-hf() { local name=$1; shift; hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null 2>&1 || hyperfine --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null; }
+# Each group starts from a quiet disk: the fetch groups write about a gigabyte, whose writeback
+# would otherwise slow the metadata operations of the groups after them.
+settle() { sync; sleep 3; }
+hf() { local name=$1; shift; settle; hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null 2>&1 || hyperfine --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null; }
 
 echo "== fetch from the loopback registry (fresh store each run)" >&2
 for img in busybox big; do
