@@ -147,6 +147,24 @@ def big_layers():
     return out
 
 
+def evil_layers():
+    """Layers of images that try to escape (the security tests run them)."""
+    proc = Layer()
+    proc.symlink("proc", "/etc")  # /proc replaced by a symlink to the host's /etc
+    dev = Layer()
+    dev.file("dev", b"not a directory\n")  # /dev replaced by a file
+    esc = Layer()
+    esc.symlink("escape", "/var/tmp/husk-escape-target")  # an absolute path on the host
+    esc.dir("var/tmp")
+    esc.dir("var/tmp/husk-escape-target")  # ... which must resolve to this directory instead
+    esc.symlink("etc/hostname", "/etc/shadow")  # a mount target aimed at a host file
+    esc.dir("etc")
+    t = ti("disk", tarfile.BLKTYPE, 0o666)
+    t.devmajor, t.devminor = 8, 0  # the host's first disk, if the image could use it
+    esc.tar.addfile(t)
+    return proc.finish(), dev.finish(), esc.finish()
+
+
 def main():
     out, binary = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
@@ -156,6 +174,10 @@ def main():
     write_image(out, "workload", [bb, workload_layer(binary)],
                 {"Env": env + ["WORKLOAD_FROM_IMAGE=yes", "OVERRIDE_ME=image"], "Entrypoint": ["/usr/bin/husk-workload"], "WorkingDir": "/"})
     write_image(out, "big", [bb] + big_layers(), {"Env": env, "Cmd": ["sh"]})
+    proc, dev, esc = evil_layers()
+    write_image(out, "evil-proc", [bb, proc], {"Env": env, "Cmd": ["sh"]})
+    write_image(out, "evil-dev", [bb, dev], {"Env": env, "Cmd": ["sh"]})
+    write_image(out, "escape", [bb, esc], {"Env": env, "Cmd": ["sh"]})
 
 
 if __name__ == "__main__":

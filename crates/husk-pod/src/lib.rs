@@ -15,6 +15,7 @@
 //! command, with no daemon to tell them.
 
 pub mod error;
+pub mod idrange;
 pub mod prepare;
 pub mod state;
 

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use husk_image::{ImageRecord, Store};
-use husk_types::pod::{App, AppUser, ImageInfo, MountPoint};
+use husk_types::pod::{App, AppSecurity, AppUser, ImageInfo, MountPoint};
+use husk_types::security::Resources;
 use oci_spec::image::ImageConfiguration;
 
 use crate::error::PodError;
@@ -28,6 +29,8 @@ pub struct AppSpec {
     pub environment: Vec<(String, String)>,
     pub mounts: Vec<MountPoint>,
     pub readonly_rootfs: bool,
+    pub security: AppSecurity,
+    pub resources: Resources,
 }
 
 /// What the image config contributes.
@@ -228,6 +231,8 @@ pub fn build_app(
         working_dir,
         mounts: spec.mounts.clone(),
         readonly_rootfs: spec.readonly_rootfs,
+        security: spec.security.clone(),
+        resources: spec.resources.clone(),
     })
 }
 

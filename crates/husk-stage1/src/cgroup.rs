@@ -9,11 +9,34 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_types::security::Resources;
+
 use crate::common::{Context, Fail};
 
-/// v1 controllers husk puts pods under (when mounted): the ones its limits use. `cpuacct` is
-/// usually co-mounted with `cpu`; when it is not, it is left out (one migration less per app).
-pub const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+/// The CFS period used for `--cpu` quotas.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+fn oom_count(text: &str, key: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// v1 controllers husk puts pods under (when mounted): the ones its limits use, and `devices`
+/// for the device allowlist. `cpuacct` is usually co-mounted with `cpu`; when it is not, it is
+/// left out (one migration less per app).
+pub const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "devices"];
+
+/// Devices an app may use (type, major, minor, access): the pseudo devices of its /dev.
+pub const DEVICE_ALLOWLIST: &[&str] = &[
+    "c 1:3 rwm",   // null
+    "c 1:5 rwm",   // zero
+    "c 1:7 rwm",   // full
+    "c 1:8 rwm",   // random
+    "c 1:9 rwm",   // urandom
+    "c 5:0 rwm",   // tty
+    "c 5:1 rwm",   // console
+    "c 5:2 rwm",   // ptmx
+    "c 136:* rwm", // pts
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -93,7 +116,128 @@ impl Layout {
         Ok(())
     }
 
-    /// Moves process `pid` (0: the caller) into `husk/<uuid>/<leaf>` in every hierarchy.
+    /// The v1 hierarchy holding `controller`, if any.
+    fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
+        match self {
+            Layout::V1(roots) => roots
+                .iter()
+                .find(|r| r.file_name().is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == controller)))
+                .cloned(),
+            Layout::V2(_) => None,
+        }
+    }
+
+    /// The files to write to enforce an app's limits, relative to the hierarchy roots: a pure
+    /// plan, so that both cgroup versions are tested anywhere.
+    pub fn limit_plan(&self, uuid: &str, app: &str, r: &Resources) -> Vec<(PathBuf, String)> {
+        let mut plan = Vec::new();
+        let rel = format!("husk/{uuid}/{app}");
+        match self {
+            Layout::V2(root) => {
+                let d = root.join(&rel);
+                if let Some(m) = r.memory {
+                    plan.push((d.join("memory.max"), m.to_string()));
+                    plan.push((d.join("memory.swap.max"), "0".into()));
+                }
+                if let Some(c) = r.cpu_millis {
+                    plan.push((d.join("cpu.max"), format!("{} {CPU_PERIOD_US}", c * CPU_PERIOD_US / 1000)));
+                }
+                if let Some(sh) = r.cpu_shares {
+                    // The kernel's own conversion from v1 shares to v2 weight.
+                    let w = 1 + (sh.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                    plan.push((d.join("cpu.weight"), w.to_string()));
+                }
+                if let Some(p) = r.pids_limit {
+                    plan.push((d.join("pids.max"), p.to_string()));
+                }
+            }
+            Layout::V1(_) => {
+                let at = |c: &str, f: &str| self.v1_dir(c).map(|h| h.join(&rel).join(f));
+                if let (Some(m), Some(p)) = (r.memory, at("memory", "memory.limit_in_bytes")) {
+                    plan.push((p, m.to_string()));
+                }
+                if let Some(c) = r.cpu_millis {
+                    if let (Some(per), Some(q)) = (at("cpu", "cpu.cfs_period_us"), at("cpu", "cpu.cfs_quota_us")) {
+                        plan.push((per, CPU_PERIOD_US.to_string()));
+                        plan.push((q, (c * CPU_PERIOD_US / 1000).to_string()));
+                    }
+                }
+                if let (Some(sh), Some(p)) = (r.cpu_shares, at("cpu", "cpu.shares")) {
+                    plan.push((p, sh.to_string()));
+                }
+                if let (Some(n), Some(p)) = (r.pids_limit, at("pids", "pids.max")) {
+                    plan.push((p, n.to_string()));
+                }
+                if let Some(d) = self.v1_dir("devices") {
+                    let dir = d.join(&rel);
+                    plan.push((dir.join("devices.deny"), "a".into()));
+                    for dev in DEVICE_ALLOWLIST {
+                        plan.push((dir.join("devices.allow"), dev.to_string()));
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// Applies an app's limits; a limit the kernel refuses is an error naming it.
+    pub fn apply_limits(&self, uuid: &str, app: &str, r: &Resources) -> Result<(), Fail> {
+        let missing = |what: &str| {
+            Fail(format!("app {app}: {what} is requested but its cgroup controller is not available on this host"))
+        };
+        if let Layout::V1(_) = self {
+            if r.memory.is_some() && self.v1_dir("memory").is_none() {
+                return Err(missing("--memory"));
+            }
+            if r.pids_limit.is_some() && self.v1_dir("pids").is_none() {
+                return Err(missing("--pids-limit"));
+            }
+            if (r.cpu_millis.is_some() || r.cpu_shares.is_some()) && self.v1_dir("cpu").is_none() {
+                return Err(missing("--cpu"));
+            }
+        }
+        for (file, value) in self.limit_plan(uuid, app, r) {
+            std::fs::write(&file, &value).ctx(|| format!("app {app}: cannot write {value:?} to {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the app's cgroup.
+    pub fn oom_killed(&self, uuid: &str, app: &str) -> bool {
+        let (file, key) = match self {
+            Layout::V2(root) => (root.join(format!("husk/{uuid}/{app}/memory.events")), "oom_kill"),
+            Layout::V1(_) => match self.v1_dir("memory") {
+                Some(d) => (d.join(format!("husk/{uuid}/{app}/memory.oom_control")), "oom_kill"),
+                None => return false,
+            },
+        };
+        oom_count(&std::fs::read_to_string(file).unwrap_or_default(), key) > 0
+    }
+
+    /// For a pod in its own user namespace: lets the pod's root (host uid `owner`) move its own
+    /// processes into its app cgroups. v2 also checks the common ancestor of source and
+    /// destination, so there the pod init is placed in the pod's `init` leaf first.
+    pub fn delegate(&self, uuid: &str, apps: &[String], owner: u32) -> Result<Vec<PathBuf>, Fail> {
+        let mut files = Vec::new();
+        for root in self.roots() {
+            let pod = root.join("husk").join(uuid);
+            if let Layout::V2(_) = self {
+                std::fs::create_dir_all(pod.join("init"))
+                    .ctx(|| format!("cannot create {}", pod.join("init").display()))?;
+                files.push(pod.join("cgroup.procs"));
+            }
+            for a in apps {
+                files.push(pod.join(a).join("cgroup.procs"));
+                if let Layout::V1(_) = self {
+                    files.push(pod.join(a).join("tasks"));
+                }
+            }
+        }
+        for f in &files {
+            std::os::unix::fs::chown(f, Some(owner), Some(owner)).ctx(|| format!("cannot delegate {}", f.display()))?;
+        }
+        Ok(files)
+    }
     pub fn join(&self, uuid: &str, leaf: &str, pid: i32) -> Result<(), Fail> {
         for p in self.paths(&format!("husk/{uuid}/{leaf}")) {
             let procs = p.join("cgroup.procs");
@@ -211,6 +355,61 @@ mod tests {
         // that the call reports the failure instead of pretending.
         assert!(l.remove_pod("u1").is_err() || !d.join("husk/u1").exists());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn res() -> Resources {
+        Resources {
+            memory: Some(64 << 20),
+            cpu_millis: Some(500),
+            cpu_shares: Some(512),
+            pids_limit: Some(32),
+            oom_score_adj: None,
+        }
+    }
+
+    #[test]
+    fn v1_limits_plan() {
+        let l =
+            Layout::V1(vec!["/cg/cpu,cpuacct".into(), "/cg/memory".into(), "/cg/pids".into(), "/cg/devices".into()]);
+        let plan = l.limit_plan("u", "web", &res());
+        let get = |f: &str| {
+            plan.iter()
+                .filter(|(p, _)| p.ends_with(f))
+                .map(|(p, v)| (p.display().to_string(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            get("memory.limit_in_bytes"),
+            vec![("/cg/memory/husk/u/web/memory.limit_in_bytes".into(), "67108864".into())]
+        );
+        assert_eq!(get("cpu.cfs_quota_us")[0].1, "50000");
+        assert_eq!(get("cpu.shares")[0].1, "512");
+        assert_eq!(get("pids.max")[0], ("/cg/pids/husk/u/web/pids.max".into(), "32".into()));
+        assert_eq!(get("devices.deny")[0].1, "a");
+        assert!(get("devices.allow").iter().any(|(_, v)| v == "c 1:3 rwm"));
+    }
+
+    #[test]
+    fn v2_limits_in_a_fake_cgroupfs() {
+        let d = tempfile_dir().join("v2");
+        std::fs::create_dir_all(d.join("husk/u/web")).unwrap();
+        let l = Layout::V2(d.clone());
+        l.apply_limits("u", "web", &res()).unwrap();
+        let read = |f: &str| std::fs::read_to_string(d.join("husk/u/web").join(f)).unwrap();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("cpu.weight"), "20");
+        assert_eq!(read("pids.max"), "32");
+        std::fs::write(d.join("husk/u/web/memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert!(l.oom_killed("u", "web"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn v1_oom_control_is_read() {
+        assert_eq!(oom_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"), 2);
+        assert_eq!(oom_count("oom_kill_disable 0\n", "oom_kill"), 0);
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -58,6 +58,7 @@ fn run() -> Result<i32, Fail> {
                     None,
                 )
                 .map_err(|e| setup(Fail(e.to_string())))?;
+                crate::rootfs::mount_roots(&dir, &m, None).map_err(setup)?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
                 wire_stdio(&dir, &m, app).map_err(setup)?;
                 nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;

@@ -15,3 +15,4 @@ pub mod common;
 pub mod fly;
 pub mod ns;
 pub mod rootfs;
+pub mod seccomp;

@@ -24,27 +24,6 @@ use crate::rootfs;
 /// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// The default capability set (the appc / Docker default).
-pub const DEFAULT_CAPS: [caps::Capability; 14] = {
-    use caps::Capability::*;
-    [
-        CAP_CHOWN,
-        CAP_DAC_OVERRIDE,
-        CAP_FOWNER,
-        CAP_FSETID,
-        CAP_KILL,
-        CAP_SETGID,
-        CAP_SETUID,
-        CAP_SETPCAP,
-        CAP_NET_BIND_SERVICE,
-        CAP_NET_RAW,
-        CAP_SYS_CHROOT,
-        CAP_MKNOD,
-        CAP_AUDIT_WRITE,
-        CAP_SETFCAP,
-    ]
-};
-
 pub fn main(args: Vec<String>) -> i32 {
     let rest = args.get(2..).unwrap_or(&[]).to_vec();
     let r = match args.get(1).map(String::as_str) {
@@ -121,32 +100,29 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &app_names)?;
-    let sigs = signals();
-    sigs.thread_block().ctx(|| "cannot block signals".into())?;
-
-    let (rep_r, rep_w) = pipe()?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "cannot create the pod's PID namespace".into())?;
-    let supervisor = nix::unistd::getpid();
-    let init = match fork().ctx(|| "cannot fork the pod init".into())? {
-        ForkResult::Child => {
-            drop(rep_r);
-            let code = match pod_init(dir, m, &layout, supervisor, rep_w) {
-                Ok(c) => c,
-                Err(Fail(msg)) => {
-                    eprintln!("husk stage1 (pod init): {msg}");
-                    exit::STAGE1_FAILED
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(rep_w);
     let cleanup = |layout: &Layout| {
         if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
             eprintln!("husk stage1: {e}");
         }
     };
+    let started = (|| -> Result<_, Fail> {
+        for app in &m.apps {
+            layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
+        }
+        if let Some(r) = m.private_users {
+            layout.delegate(&m.uuid, &app_names, r.host_base)?;
+        }
+        start_pod(dir, m, &layout)
+    })();
+    let (init, rep_r) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup(&layout);
+            return Err(e);
+        }
+    };
+    let supervisor = nix::unistd::getpid();
+    let sigs = signals();
 
     // The pod init reports each app's PID (in the pod's namespace), then "ready" or "error".
     let mut app_ns_pids = BTreeMap::new();
@@ -205,6 +181,87 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
     Ok(code)
 }
 
+/// Creates the pod: the supervisor's private mount namespace holding the app roots, and the pod
+/// init cloned into the pod's namespaces. Returns the init and the read end of its report pipe.
+///
+/// The init is created with `clone(CLONE_NEWUSER | CLONE_NEWPID | …)` in one step, so that with
+/// private users its PID namespace belongs to its user namespace (else /proc could not be mounted
+/// inside). Its mount namespace is a copy taken before the roots exist; `<pod>/apps` is a shared
+/// mount, so the roots the supervisor mounts afterwards (through idmapped layers, which need the
+/// init's user namespace to exist first) propagate into it. The init waits for "go".
+fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout) -> Result<(Pid, OwnedFd), Fail> {
+    use nix::mount::{mount, MsFlags};
+    let sigs = signals();
+    sigs.thread_block().ctx(|| "cannot block signals".into())?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create the supervisor's mount namespace".into())?;
+    mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
+        .ctx(|| "cannot make / a slave mount".into())?;
+    let apps = dir.join("apps");
+    mount::<Path, Path, str, str>(Some(&apps), &apps, None, MsFlags::MS_BIND, None)
+        .ctx(|| format!("cannot bind {}", apps.display()))?;
+    mount::<str, Path, str, str>(None, &apps, None, MsFlags::MS_SHARED, None)
+        .ctx(|| format!("cannot share {}", apps.display()))?;
+
+    let (go_r, go_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    if m.ipc == IpcMode::Private {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if m.net == NetMode::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if m.private_users.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    let supervisor = nix::unistd::getpid();
+    let init = match husk_sys::proc::clone_process(flags).ctx(|| "cannot create the pod's namespaces".into())? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(rep_r);
+            let code = match pod_init(dir, m, layout, supervisor, go_r, rep_w) {
+                Ok(c) => c,
+                Err(Fail(msg)) => {
+                    eprintln!("husk stage1 (pod init): {msg}");
+                    exit::STAGE1_FAILED
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_r);
+    drop(rep_w);
+    let prepared = (|| -> Result<(), Fail> {
+        let userns = match m.private_users {
+            Some(r) => {
+                let map = format!("0 {} {}\n", r.host_base, r.count);
+                std::fs::write(format!("/proc/{init}/uid_map"), &map)
+                    .ctx(|| "cannot write the pod's uid map".into())?;
+                std::fs::write(format!("/proc/{init}/gid_map"), &map)
+                    .ctx(|| "cannot write the pod's gid map".into())?;
+                if let Layout::V2(_) = layout {
+                    layout.join(&m.uuid, "init", init.as_raw())?;
+                }
+                Some(OwnedFd::from(
+                    std::fs::File::open(format!("/proc/{init}/ns/user"))
+                        .ctx(|| "cannot open the pod's user namespace".into())?,
+                ))
+            }
+            None => None,
+        };
+        rootfs::mount_roots(dir, m, userns.as_ref())
+    })();
+    if let Err(e) = prepared {
+        let _ = kill(init, Signal::SIGKILL);
+        let _ = waitpid(init, None);
+        return Err(e);
+    }
+    let mut go = std::fs::File::from(go_w);
+    let _ = go.write_all(b"go\n");
+    Ok((init, rep_r))
+}
+
 /// Maps the apps' PIDs in the pod's namespace to host PIDs, via the init's children and NSpid.
 fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
     let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
@@ -225,9 +282,16 @@ fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32
     out
 }
 
-/// PID 1 of the pod: sets up the pod's namespaces, starts the apps, reaps, forwards signals,
+/// PID 1 of the pod: finishes the pod's namespaces, starts the apps, reaps, forwards signals,
 /// records each app's exit status.
-fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, report: OwnedFd) -> Result<i32, Fail> {
+fn pod_init(
+    dir: &Path,
+    m: &PodManifest,
+    layout: &Layout,
+    supervisor: Pid,
+    go: OwnedFd,
+    report: OwnedFd,
+) -> Result<i32, Fail> {
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "cannot set the parent-death signal".into())?;
     // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
@@ -235,16 +299,22 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, repor
     if !Path::new(&format!("/proc/{}", supervisor.as_raw())).exists() {
         return Ok(exit::STAGE1_FAILED);
     }
+    // Not dumpable: apps cannot open /proc/1/exe (the host's stage1 binary) or ptrace us
+    // (runc CVE-2019-5736, rkt #3999).
+    nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make the pod init non-dumpable".into())?;
+    let mut buf = [0u8; 3];
+    if std::fs::File::from(go).read(&mut buf).unwrap_or(0) == 0 {
+        // The supervisor failed to prepare the pod and said so itself.
+        return Ok(exit::STAGE1_FAILED);
+    }
     let mut report = std::fs::File::from(report);
-
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
-    if m.ipc == IpcMode::Private {
-        flags |= CloneFlags::CLONE_NEWIPC;
+    if m.private_users.is_some() {
+        // The maps are written: become the pod's root.
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .ctx(|| "cannot become gid 0 in the pod".into())?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .ctx(|| "cannot become uid 0 in the pod".into())?;
     }
-    if m.net == NetMode::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    nix::sched::unshare(flags).ctx(|| "cannot create the pod's namespaces".into())?;
     // Mounts made in the pod never propagate back to the host.
     nix::mount::mount::<str, str, str, str>(
         None,
@@ -274,6 +344,7 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, repor
                         exit_code: Some(code),
                         signal: None,
                         error: Some(msg.clone()),
+                        oom_killed: false,
                         started: None,
                         finished: chrono::Utc::now(),
                     },
@@ -308,7 +379,8 @@ fn pod_init(dir: &Path, m: &PodManifest, layout: &Layout, supervisor: Pid, repor
                         let Some(pid) = ws.pid() else { break };
                         // Zombies of re-parented grandchildren are reaped here too.
                         if let Some((name, started)) = live.remove(&pid.as_raw()) {
-                            let st = status_of(Some(ws), Some(started));
+                            let mut st = status_of(Some(ws), Some(started));
+                            st.oom_killed = st.signal == Some(9) && layout.oom_killed(&m.uuid, &name);
                             let code = st.shell_status();
                             write_status(dir, &name, &st)?;
                             if code != 0 && first_failure.is_none() {
@@ -349,7 +421,7 @@ pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    AppStatus { exit_code, signal, error: None, started, finished: chrono::Utc::now() }
+    AppStatus { exit_code, signal, error: None, oom_killed: false, started, finished: chrono::Utc::now() }
 }
 
 /// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
@@ -388,12 +460,27 @@ fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<N
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail(e.to_string())))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
+    // `<pod>/apps` is shared with the supervisor: keep this app's mounts to itself.
+    nix::mount::mount::<str, str, str, str>(
+        None,
+        "/",
+        None,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None,
+    )
+    .map_err(|e| setup(Fail(format!("cannot make / a slave mount: {e}"))))?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
     wire_stdio(dir, m, app).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
+    rootfs::mount_cgroups(&root, layout).map_err(setup)?;
     rootfs::pivot(&root).map_err(setup)?;
+    if let Some(adj) = app.resources.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+            setup(Fail(format!("cannot set oom_score_adj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE, which this host's root may lack)")))
+        })?;
+    }
     become_app_user(app).map_err(setup)?;
     exec_in_root(app, &app.exec)
 }
@@ -447,9 +534,14 @@ fn unsafe_std_fd(n: i32) -> OwnedFd {
 /// `enter` applies too.
 pub fn become_app_user(app: &App) -> Result<(), Fail> {
     use caps::{CapSet, Capability};
-    let keep: Vec<Capability> = DEFAULT_CAPS.to_vec();
+    use std::str::FromStr;
+    let mut keep = caps::CapsHashSet::new();
+    for name in &app.security.capabilities {
+        let c = Capability::from_str(name).ctx(|| format!("unknown capability {name}"))?;
+        keep.insert(c);
+    }
     for c in caps::all() {
-        if !keep.contains(&c) {
+        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
             caps::drop(None, CapSet::Bounding, c).ctx(|| format!("cannot drop {c} from the bounding set"))?;
         }
     }
@@ -459,9 +551,10 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", app.user.gid))?;
     let uid = Uid::from_raw(app.user.uid);
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", app.user.uid))?;
-    let set: caps::CapsHashSet = keep.into_iter().collect();
     if app.user.uid == 0 {
         // Effective first: it must stay a subset of permitted at every step.
+        let have = caps::read(None, CapSet::Permitted).ctx(|| "cannot read capabilities".into())?;
+        let set: caps::CapsHashSet = keep.intersection(&have).copied().collect();
         caps::set(None, CapSet::Effective, &set).ctx(|| "cannot set effective capabilities".into())?;
         caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
     }
@@ -490,6 +583,11 @@ pub fn exec_in_root(app: &App, argv: &[String]) -> Result<Never, (i32, Fail)> {
     let argv_c: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
     let env_c: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
     husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
+    // Last: from here on only execve runs under the filter.
+    if let Some(policy) = &app.security.seccomp {
+        let programs = crate::seccomp::compile(policy).map_err(|e| (exit::STAGE1_FAILED, e))?;
+        crate::seccomp::install(&programs).map_err(|e| (exit::STAGE1_FAILED, e))?;
+    }
     let e = nix::unistd::execve(&prog_c, &argv_c, &env_c).unwrap_err();
     let code = if e == nix::errno::Errno::ENOENT { exit::NOT_FOUND } else { exit::CANNOT_EXEC };
     Err((code, Fail(format!("cannot execute {}: {e}", prog.display()))))
@@ -521,7 +619,9 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
     let ns = |n: &str| -> Result<std::fs::File, Fail> {
         std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone"))
     };
+    // The user namespace first: the others belong to it when the pod has private users.
     let order = [
+        ("user", CloneFlags::CLONE_NEWUSER),
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
@@ -529,14 +629,24 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
-    let files: Vec<(std::fs::File, CloneFlags)> =
-        order.iter().map(|(n, f)| ns(n).map(|file| (file, *f))).collect::<Result<_, _>>()?;
+    let same_as_ours = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}")).ok() == std::fs::read_link(format!("/proc/{pid}/ns/{n}")).ok()
+    };
+    // setns into the user namespace we are already in is an error (EINVAL); skip it then.
+    let files: Vec<(std::fs::File, CloneFlags)> = order
+        .iter()
+        .filter(|(n, _)| *n != "user" || !same_as_ours(n))
+        .map(|(n, f)| ns(n).map(|file| (file, *f)))
+        .collect::<Result<_, _>>()?;
     for (f, flag) in &files {
         nix::sched::setns(f, *flag).ctx(|| format!("cannot join the {flag:?} namespace of app {name}"))?;
     }
     drop(files);
     match fork().ctx(|| "cannot fork".into())? {
         ForkResult::Child => {
+            // Until exec this process runs the host's stage1 binary inside the pod's PID
+            // namespace: keep /proc/<pid>/exe out of the apps' reach.
+            let _ = nix::sys::prctl::set_dumpable(false);
             let r = become_app_user(&app).map_err(|e| (exit::STAGE1_FAILED, e)).and_then(|_| exec_in_root(&app, &cmd));
             let (code, Fail(msg)) = match r {
                 Err(e) => e,

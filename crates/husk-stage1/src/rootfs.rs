@@ -14,18 +14,135 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::common::{Context, Fail};
 
-/// Mounts the app's overlay root at `<pod>/apps/<name>/rootfs` and everything inside it.
+/// Where an app's root is mounted: `<pod>/apps/<app>/rootfs`.
+pub fn root_of(pod_dir: &Path, app: &str) -> PathBuf {
+    pod_dir.join("apps").join(app).join("rootfs")
+}
+
+/// Where a host volume's idmapped clone is attached for a pod with private users.
+fn idmapped_volume(pod_dir: &Path, name: &str) -> PathBuf {
+    pod_dir.join("apps").join(format!(".vol-{name}"))
+}
+
+/// Run by the supervisor (host privileges) in its private mount namespace: mounts every app's
+/// overlay root, `nodev` so that device nodes shipped in an image are inert. With private users
+/// (`userns` given), each layer is first attached as an idmapped clone, the upper and work
+/// directories and empty volumes are given to the pod's root, and host volumes get idmapped
+/// clones too: the store is never chowned.
+pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) -> Result<(), Fail> {
+    let range = m.private_users;
+    for app in &m.apps {
+        let app_dir = pod_dir.join("apps").join(&app.name);
+        if app.layers.is_empty() {
+            return Err(Fail(format!("app {} has no layers", app.name)));
+        }
+        let (base, lowers): (PathBuf, Vec<String>) = match userns {
+            Some(ns) => {
+                let lower = app_dir.join("lower");
+                for (i, layer) in app.layers.iter().enumerate() {
+                    let t = lower.join(i.to_string());
+                    std::fs::create_dir_all(&t).ctx(|| format!("cannot create {}", t.display()))?;
+                    husk_sys::idmap::idmapped_bind(layer, &t, ns).ctx(|| {
+                        format!(
+                            "app {}: cannot create an idmapped mount of layer {} (needs Linux 5.12+ and a filesystem that supports idmapped mounts)",
+                            app.name,
+                            layer.display()
+                        )
+                    })?;
+                }
+                (lower, (0..app.layers.len()).rev().map(|i| i.to_string()).collect())
+            }
+            None => {
+                // Layers all live in the store's layers/ directory: relative lower dirs from
+                // there fit about 55 layers in the one-page option string instead of 35.
+                let base = app.layers[0]
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("/"));
+                let rel: Option<Vec<String>> = app
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(|l| l.strip_prefix(&base).ok().map(|p| p.display().to_string()))
+                    .collect();
+                match rel {
+                    Some(r) => (base, r),
+                    None => (PathBuf::from("/"), app.layers.iter().rev().map(|l| l.display().to_string()).collect()),
+                }
+            }
+        };
+        if let Some(r) = range {
+            // The pod init (the pod's root) writes status.json here, and its apps their logs.
+            let logs = pod_dir.join("logs");
+            std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
+            std::os::unix::fs::chown(&logs, Some(r.host_base), Some(r.host_base))
+                .ctx(|| format!("cannot give {} to the pod's root", logs.display()))?;
+            std::os::unix::fs::chown(&app_dir, Some(r.host_base), Some(r.host_base))
+                .ctx(|| format!("cannot give {} to the pod's root", app_dir.display()))?;
+            for d in ["upper", "work"] {
+                std::os::unix::fs::chown(app_dir.join(d), Some(r.host_base), Some(r.host_base))
+                    .ctx(|| format!("cannot give {} to the pod's root", app_dir.join(d).display()))?;
+            }
+        }
+        std::env::set_current_dir(&base).ctx(|| format!("cannot enter {}", base.display()))?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            app_dir.join("upper").display(),
+            app_dir.join("work").display()
+        );
+        if opts.len() > 4000 {
+            return Err(Fail(format!(
+                "app {}: {} layers are too many for one overlay mount",
+                app.name,
+                app.layers.len()
+            )));
+        }
+        let root = root_of(pod_dir, &app.name);
+        mount(Some("overlay"), &root, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str()))
+            .ctx(|| format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))?;
+    }
+    if let (Some(ns), Some(r)) = (userns, range) {
+        for v in &m.volumes {
+            match &v.kind {
+                VolumeKind::Host { source, .. } if source.is_dir() => {
+                    let t = idmapped_volume(pod_dir, &v.name);
+                    std::fs::create_dir_all(&t).ctx(|| format!("cannot create {}", t.display()))?;
+                    husk_sys::idmap::idmapped_bind(source, &t, ns).ctx(|| {
+                        format!("volume {}: cannot create an idmapped mount of {}", v.name, source.display())
+                    })?;
+                }
+                VolumeKind::Host { .. } => {}
+                VolumeKind::Empty => {
+                    let d = pod_dir.join("volumes").join(&v.name);
+                    std::os::unix::fs::chown(&d, Some(r.host_base), Some(r.host_base))
+                        .ctx(|| format!("cannot give {} to the pod's root", d.display()))?;
+                }
+            }
+        }
+    }
+    std::env::set_current_dir(pod_dir).ctx(|| format!("cannot enter {}", pod_dir.display()))
+}
+
+/// Run in the app's own mount namespace: everything inside the root mounted by [`mount_roots`].
 pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail> {
-    let app_dir = pod_dir.join("apps").join(&app.name);
-    let root = app_dir.join("rootfs");
-    mount_overlay(app, &app_dir, &root)?;
+    let root = root_of(pod_dir, &app.name);
+    let in_userns = m.private_users.is_some();
     let rootfd = open_dir(&root).ctx(|| format!("cannot open {}", root.display()))?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let t = dir_target(&rootfd, "proc")?;
     mount_at(Some("proc"), &t, Some("proc"), nosuid_nodev_noexec, None)?;
     let t = dir_target(&rootfd, "sys")?;
-    mount_at(Some("sysfs"), &t, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None)?;
+    if let Err(e) = mount_at(Some("sysfs"), &t, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None) {
+        // In a user namespace sysfs can only be mounted with a network namespace of its own;
+        // with the host's network, bind the host's /sys read-only instead.
+        if !in_userns {
+            return Err(e);
+        }
+        bind(Path::new("/sys"), &t, true)?;
+    }
     setup_dev(&rootfd, m)?;
 
     // /etc files generated by stage1 in the pod dir. Our overlay upper dir is the pod's own, so
@@ -48,12 +165,19 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
             .find(|v| v.name == mp.volume)
             .ok_or_else(|| Fail(format!("app {}: mount of unknown volume {:?}", app.name, mp.volume)))?;
         let (src, ro) = match &vol.kind {
+            VolumeKind::Host { source, read_only } if in_userns && source.is_dir() => {
+                (idmapped_volume(pod_dir, &vol.name), *read_only || mp.read_only)
+            }
             VolumeKind::Host { source, read_only } => (source.clone(), *read_only || mp.read_only),
             VolumeKind::Empty => (pod_dir.join("volumes").join(&vol.name), mp.read_only),
         };
         let rel = rel_in_root(&mp.target)?;
         let t = if src.is_dir() { dir_target(&rootfd, &rel)? } else { file_target(&rootfd, &rel)? };
         bind(&src, &t, ro).map_err(|e| Fail(format!("volume {} on {}: {}", vol.name, mp.target.display(), e.0)))?;
+    }
+
+    if app.security.masked_paths {
+        mask_paths(&rootfd)?;
     }
 
     // The working directory exists before the root becomes read-only.
@@ -66,7 +190,7 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
             None,
             &root,
             None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
             None,
         )
         .ctx(|| format!("cannot make {} read-only", root.display()))?;
@@ -74,34 +198,34 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
     Ok(root)
 }
 
-fn mount_overlay(app: &App, app_dir: &Path, root: &Path) -> Result<(), Fail> {
-    // The mount option string is limited to one page. Layers all live in the store's layers/
-    // directory, so mounting from there with relative lower dirs fits about 55 layers instead of
-    // 35 with absolute paths.
-    let base = app.layers.first().and_then(|l| l.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
-    let rel: Option<Vec<String>> = base.as_ref().and_then(|b| {
-        app.layers.iter().rev().map(|l| l.strip_prefix(b).ok().map(|p| p.display().to_string())).collect()
-    });
-    let lower = match (&base, rel) {
-        (Some(b), Some(r)) => {
-            std::env::set_current_dir(b).ctx(|| format!("cannot enter {}", b.display()))?;
-            r.join(":")
+/// Hides kernel interfaces apps have no business with, and makes others read-only.
+fn mask_paths(rootfd: &OwnedFd) -> Result<(), Fail> {
+    use husk_types::pod::{MASKED_PATHS, READONLY_PATHS};
+    for rel in MASKED_PATHS {
+        let Ok(fd) = open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) else {
+            continue;
+        };
+        let st = rustix::fs::fstat(&fd).ctx(|| format!("cannot inspect /{rel}"))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            mount_at(
+                Some("tmpfs"),
+                &fd,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0"),
+            )?;
+        } else {
+            bind(Path::new("/dev/null"), &fd, false)?;
         }
-        _ => app.layers.iter().rev().map(|l| l.display().to_string()).collect::<Vec<_>>().join(":"),
-    };
-    if app.layers.is_empty() {
-        return Err(Fail(format!("app {} has no layers", app.name)));
     }
-    let opts = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        app_dir.join("upper").display(),
-        app_dir.join("work").display()
-    );
-    if opts.len() > 4000 {
-        return Err(Fail(format!("app {}: {} layers are too many for one overlay mount", app.name, app.layers.len())));
+    for rel in READONLY_PATHS {
+        let Ok(fd) = open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) else {
+            continue;
+        };
+        let resolved = std::fs::read_link(proc_fd_path(&fd)).ctx(|| format!("cannot resolve /{rel}"))?;
+        bind(&resolved, &fd, true)?;
     }
-    mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .ctx(|| format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))
+    Ok(())
 }
 
 fn setup_dev(rootfd: &OwnedFd, m: &PodManifest) -> Result<(), Fail> {
@@ -115,10 +239,18 @@ fn setup_dev(rootfd: &OwnedFd, m: &PodManifest) -> Result<(), Fail> {
     )?;
     let devfd = open_in_root(rootfd, Path::new("dev"), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
         .ctx(|| "cannot open /dev".into())?;
-    // The standard pseudo devices (what runc and crun create).
+    // The standard pseudo devices (what runc and crun create). In a user namespace mknod is not
+    // allowed: the host's nodes are bind-mounted instead.
     for (name, major, minor) in
         [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
     {
+        if m.private_users.is_some() {
+            rustix::fs::mknodat(&devfd, name, FileType::RegularFile, Mode::from_raw_mode(0o666), 0)
+                .ctx(|| format!("cannot create /dev/{name}"))?;
+            let t = file_target(rootfd, &format!("dev/{name}"))?;
+            bind(&Path::new("/dev").join(name), &t, false)?;
+            continue;
+        }
         rustix::fs::mknodat(
             &devfd,
             name,
@@ -346,6 +478,44 @@ pub fn write_etc(pod_dir: &Path, m: &PodManifest) -> Result<(), Fail> {
             .ctx(|| "cannot write resolv.conf".into())?;
     }
     Ok(())
+}
+
+/// Mounts the app's view of its cgroups read-only at /sys/fs/cgroup (after it entered its
+/// cgroup namespace, so its own cgroup is the root it sees): a tmpfs holding one directory per
+/// v1 hierarchy husk uses, or the unified hierarchy. Apps read their limits there.
+pub fn mount_cgroups(root: &Path, layout: &crate::cgroup::Layout) -> Result<(), Fail> {
+    let rootfd = open_dir(root).ctx(|| format!("cannot open {}", root.display()))?;
+    let Ok(target) = open_in_root(
+        &rootfd,
+        Path::new("sys/fs/cgroup"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return Ok(()); // a kernel without cgroup support in sysfs: nothing to show
+    };
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match layout {
+        crate::cgroup::Layout::V2(_) => mount_at(Some("cgroup2"), &target, Some("cgroup2"), ro, None),
+        crate::cgroup::Layout::V1(dirs) => {
+            mount_at(
+                Some("cgroup"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=755,size=64k"),
+            )?;
+            let base = std::fs::read_link(proc_fd_path(&target)).ctx(|| "cannot resolve /sys/fs/cgroup".into())?;
+            for d in dirs {
+                let Some(name) = d.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+                let sub = base.join(&name);
+                std::fs::create_dir(&sub).ctx(|| format!("cannot create /sys/fs/cgroup/{name}"))?;
+                mount(Some("cgroup"), &sub, Some("cgroup"), ro, Some(name.as_str()))
+                    .ctx(|| format!("cannot mount the {name} cgroup hierarchy"))?;
+            }
+            mount::<str, Path, str, str>(None, &base, None, MsFlags::MS_REMOUNT | ro, Some("mode=755,size=64k"))
+                .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
+        }
+    }
 }
 
 #[cfg(test)]

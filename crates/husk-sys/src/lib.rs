@@ -4,6 +4,7 @@
 //! carry a `// SAFETY:` comment.
 
 pub mod fsutil;
+pub mod idmap;
 pub mod lock;
 pub mod proc;
 pub mod resolve;

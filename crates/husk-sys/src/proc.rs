@@ -147,3 +147,31 @@ pub fn release_startup_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// `clone(2)` with namespace flags and fork-like semantics (no new stack: the child continues
+/// from the call on a copy of the address space), so that the child is created directly in new
+/// namespaces: with `CLONE_NEWUSER | CLONE_NEWPID` the PID namespace is owned by the new user
+/// namespace, which `unshare` then `fork` cannot achieve.
+///
+/// Callers must be single-threaded, as for [`fork`].
+pub fn clone_process(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
+    // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child gets a
+    // copy-on-write copy of the address space and returns here with 0. The caller is
+    // single-threaded (the stage1 supervisor), so no lock can be held by another thread in the
+    // child. Only flags and SIGCHLD are passed; the pointer arguments are null.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() as libc::c_long) | libc::SIGCHLD as libc::c_long,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            0 as libc::c_long,
+        )
+    };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent { child: nix::unistd::Pid::from_raw(pid as i32) }),
+    }
+}

@@ -7,6 +7,7 @@
 pub mod digest;
 pub mod pod;
 pub mod reference;
+pub mod security;
 pub mod syscalls;
 pub mod tarpath;
 

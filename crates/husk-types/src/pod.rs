@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::security::{Resources, SeccompPolicy};
 
 /// Version of the stage1 ABI (pod manifest schema, arguments, files). A stage1 refuses a manifest
 /// of a newer version than it knows.
@@ -127,6 +128,60 @@ pub struct App {
     pub mounts: Vec<MountPoint>,
     #[serde(default)]
     pub readonly_rootfs: bool,
+    #[serde(default)]
+    pub security: AppSecurity,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// What an app runs with, beyond its user. `husk enter` applies exactly the same.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppSecurity {
+    /// Capability names (CAP_*): the bounding set, and for a root app also the permitted and
+    /// effective sets. Non-root apps get no effective capabilities.
+    pub capabilities: Vec<String>,
+    /// None: no filter (`--insecure-options=seccomp`).
+    pub seccomp: Option<SeccompPolicy>,
+    /// Masked and read-only kernel paths (off with `--insecure-options=paths`).
+    pub masked_paths: bool,
+}
+
+impl Default for AppSecurity {
+    fn default() -> Self {
+        AppSecurity {
+            capabilities: crate::security::DEFAULT_CAPS.iter().map(|s| s.to_string()).collect(),
+            seccomp: Some(crate::security::default_policy()),
+            masked_paths: true,
+        }
+    }
+}
+
+/// Paths of /proc and /sys hidden from apps (a file gets /dev/null, a directory an empty
+/// read-only tmpfs).
+pub const MASKED_PATHS: &[&str] = &[
+    "proc/acpi",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "proc/interrupts",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Paths of /proc made read-only for apps.
+pub const READONLY_PATHS: &[&str] =
+    &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger", "proc/asound"];
+
+/// A pod's own range of host uids and gids (`--private-users`): container id N is host id
+/// `host_base + N`, for N below `count`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_base: u32,
+    pub count: u32,
 }
 
 impl App {
@@ -183,6 +238,9 @@ pub struct PodManifest {
     pub apps: Vec<App>,
     /// Stage1's stdio mode for all apps.
     pub stdio: Stdio,
+    /// `--private-users`: the pod's user namespace maps container ids 0..count to this range.
+    #[serde(default)]
+    pub private_users: Option<IdRange>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -197,6 +255,9 @@ pub struct AppStatus {
     /// Set when stage1 could not start the app at all.
     #[serde(default)]
     pub error: Option<String>,
+    /// The kernel's OOM killer ended the app (its cgroup hit its memory limit).
+    #[serde(default)]
+    pub oom_killed: bool,
     pub started: Option<chrono::DateTime<chrono::Utc>>,
     pub finished: chrono::DateTime<chrono::Utc>,
 }
@@ -258,6 +319,8 @@ mod tests {
             working_dir: "/".into(),
             mounts: vec![],
             readonly_rootfs: false,
+            security: AppSecurity::default(),
+            resources: Default::default(),
         };
         assert_eq!(app.environment(), vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
     }
@@ -273,7 +336,14 @@ mod tests {
     #[test]
     fn shell_status() {
         let now = chrono::Utc::now();
-        let s = AppStatus { exit_code: None, signal: Some(9), error: None, started: None, finished: now };
+        let s = AppStatus {
+            exit_code: None,
+            signal: Some(9),
+            error: None,
+            oom_killed: false,
+            started: None,
+            finished: now,
+        };
         assert_eq!(s.shell_status(), 137);
     }
 }

@@ -54,6 +54,31 @@ pub struct AppArgs {
     /// Make the app's root filesystem read-only.
     #[arg(long)]
     pub readonly_rootfs: bool,
+    /// Keep only these capabilities (comma-separated, e.g. CAP_NET_BIND_SERVICE,CHOWN).
+    #[arg(long, value_delimiter = ',')]
+    pub caps_retain: Vec<String>,
+    /// Remove these capabilities from the default set.
+    #[arg(long, value_delimiter = ',')]
+    pub caps_remove: Vec<String>,
+    /// Seccomp: mode=retain|remove[,errno=NAME],SYSCALL|@GROUP,… (groups: @clock @keyring
+    /// @module @mount @reboot @swap @raw-io @debug @obsolete @privileged @default).
+    #[arg(long)]
+    pub seccomp: Option<String>,
+    /// Memory limit (e.g. 256M, 1G).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit: millicores (500m) or CPUs (1.5).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Relative CPU weight (cgroup v1 shares, 2 to 262144; default 1024).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=262144))]
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids_limit: Option<u64>,
+    /// The OOM killer's preference for this app (-1000 to 1000; lowering needs CAP_SYS_RESOURCE).
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// `IMAGE [app flags] [-- ARGS]` after a `---` separator.
@@ -112,6 +137,10 @@ pub struct RunArgs {
     /// IPC namespace: private or parent (the host's).
     #[arg(long, default_value = "private", value_parser = parse_ipc)]
     pub ipc: IpcMode,
+    /// Run the pod in its own user namespace, with its own range of 65536 host uids and gids:
+    /// root in the pod is an unprivileged user on the host.
+    #[arg(long)]
+    pub private_users: bool,
     /// Isolation flavor: ns (namespaces) or fly (chroot, host namespaces, one app).
     #[arg(long, default_value = "ns", value_parser = parse_flavor)]
     pub stage1: Flavor,
@@ -313,7 +342,36 @@ fn uuid_arg(uuid: Option<&str>, file: Option<&Path>) -> Result<String, Failure> 
     }
 }
 
-fn spec_from(image: &str, a: &AppArgs, args: &[String]) -> Result<AppSpec, Failure> {
+/// An app's security settings from its flags and the pod's `--insecure-options`.
+fn security_from(ctx: &Ctx, a: &AppArgs) -> Result<husk_types::pod::AppSecurity, Failure> {
+    use crate::cli::Insecure;
+    use husk_types::security::{capability_set, default_policy, parse_seccomp};
+    let all_run = ctx.insecure(Insecure::AllRun);
+    let caps_off = all_run || ctx.insecure(Insecure::Capabilities);
+    let seccomp_off = all_run || ctx.insecure(Insecure::Seccomp);
+    let paths_off = all_run || ctx.insecure(Insecure::Paths);
+    let capabilities = capability_set(&a.caps_retain, &a.caps_remove, caps_off).map_err(Failure::usage)?;
+    let seccomp = match (&a.seccomp, seccomp_off) {
+        (Some(_), true) => return Err(Failure::usage("--seccomp and --insecure-options=seccomp exclude each other")),
+        (Some(spec), false) => Some(parse_seccomp(spec).map_err(Failure::usage)?),
+        (None, true) => None,
+        (None, false) => Some(default_policy()),
+    };
+    Ok(husk_types::pod::AppSecurity { capabilities, seccomp, masked_paths: !paths_off })
+}
+
+fn resources_from(a: &AppArgs) -> Result<husk_types::security::Resources, Failure> {
+    use husk_types::security::{parse_cpu, parse_size};
+    Ok(husk_types::security::Resources {
+        memory: a.memory.as_deref().map(parse_size).transpose().map_err(Failure::usage)?,
+        cpu_millis: a.cpu.as_deref().map(parse_cpu).transpose().map_err(Failure::usage)?,
+        cpu_shares: a.cpu_shares,
+        pids_limit: a.pids_limit,
+        oom_score_adj: a.oom_score_adj,
+    })
+}
+
+fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[String]) -> Result<AppSpec, Failure> {
     let mut env_files = Vec::new();
     for f in &a.set_env_file {
         env_files.extend(parse_env_file(f)?);
@@ -332,14 +390,19 @@ fn spec_from(image: &str, a: &AppArgs, args: &[String]) -> Result<AppSpec, Failu
         environment: a.environment.clone(),
         mounts: a.mount.clone(),
         readonly_rootfs: a.readonly_rootfs,
+        security: security_from(ctx, a)?,
+        resources: resources_from(a)?,
     })
 }
 
 /// `run` and `prepare`.
 pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
-    let mut specs = vec![spec_from(&a.image, &a.app, &a.args)?];
+    let mut specs = vec![spec_from(ctx, &a.image, &a.app, &a.args)?];
     for seg in more {
-        specs.push(spec_from(&seg.image, &seg.app, &seg.args)?);
+        specs.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
+    }
+    if a.private_users && a.stage1 == Flavor::Fly {
+        return Err(Failure::usage("--private-users needs the ns stage1: fly shares the host's namespaces"));
     }
     if a.stage1 == Flavor::Fly && specs.len() != 1 {
         return Err(Failure::usage("--stage1=fly runs exactly one app"));
@@ -362,6 +425,8 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     // manifest that uses it is written.
     let shared = store.lock_store(husk_sys::LockKind::Shared)?;
     let mut pod = pods.create()?;
+    // Held until the manifest naming the range is written.
+    let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods)?) } else { None };
     let result = (|| -> Result<PodManifest, Failure> {
         let mut apps = Vec::new();
         for (s, f) in specs.iter().zip(&fetched) {
@@ -455,12 +520,14 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             volumes: a.volume.clone(),
             apps,
             stdio,
+            private_users: ids.as_ref().map(|i| i.range),
             annotations: Default::default(),
         };
         write_pod_dirs(&pod.dir, &m)?;
         Ok(m)
     })();
     drop(shared);
+    drop(ids);
     let m = match result {
         Ok(m) => m,
         Err(e) => {
@@ -581,6 +648,7 @@ fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
         None => "-".into(),
         Some(s) => match (&s.error, s.exit_code, s.signal) {
             (Some(e), _, _) => format!("failed to start ({e})"),
+            (None, _, Some(9)) if s.oom_killed => "killed by the OOM killer (memory limit)".into(),
             (None, Some(c), _) => format!("exited {c}"),
             (None, None, Some(sig)) => format!("killed by signal {sig}"),
             _ => "unknown".into(),
@@ -594,10 +662,22 @@ fn pod_json(i: &PodInfo) -> serde_json::Value {
         "state": i.phase.as_str(),
         "apps": i.apps.iter().map(|(n, s)| {
             let app = i.manifest.as_ref().and_then(|m| m.apps.iter().find(|a| &a.name == n));
-            serde_json::json!({"name": n, "image": app.map(|a| &a.image.name), "image_id": app.map(|a| a.image.id.to_string()), "status": s, "pid": i.stage1.as_ref().and_then(|st| st.app_pids.get(n))})
+            serde_json::json!({
+                "name": n, "image": app.map(|a| &a.image.name), "image_id": app.map(|a| a.image.id.to_string()),
+                "status": s, "pid": i.stage1.as_ref().and_then(|st| st.app_pids.get(n)),
+                "security": app.map(|a| serde_json::json!({
+                    "capabilities": a.security.capabilities,
+                    "seccomp": a.security.seccomp.as_ref().map(|p| p.summary.clone()).unwrap_or_else(|| "disabled".into()),
+                    "masked_paths": a.security.masked_paths,
+                    "no_new_privs": true,
+                    "user": a.user,
+                })),
+                "resources": app.map(|a| &a.resources),
+            })
         }).collect::<Vec<_>>(),
         "networks": i.manifest.as_ref().map(|m| match m.net { NetMode::None => vec!["none"], NetMode::Host => vec!["host"] }),
         "flavor": i.manifest.as_ref().map(|m| m.flavor.as_str()),
+        "private_users": i.manifest.as_ref().and_then(|m| m.private_users),
         "created": i.created, "started": i.started, "exited": i.exited,
         "exit_status": i.exit_status(),
         "pid": i.stage1.as_ref().filter(|_| i.phase == Phase::Running).map(|s| s.init_pid),
@@ -688,8 +768,34 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
                     println!("{k}={}", t.to_rfc3339());
                 }
             }
+            if let Some(r) = i.manifest.as_ref().and_then(|m| m.private_users) {
+                println!("private-users={}:{}", r.host_base, r.count);
+            }
             for (name, s) in &i.apps {
                 println!("app-{name}={}", app_status_text(s));
+                if let Some(a) = i.manifest.as_ref().and_then(|m| m.apps.iter().find(|a| &a.name == name)) {
+                    let caps = if a.security.capabilities.len() == husk_types::security::ALL_CAPS.len() {
+                        "all (insecure)".to_string()
+                    } else {
+                        a.security
+                            .capabilities
+                            .iter()
+                            .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let seccomp = a
+                        .security
+                        .seccomp
+                        .as_ref()
+                        .map(|p| p.summary.clone())
+                        .unwrap_or_else(|| "disabled (insecure)".into());
+                    let paths = if a.security.masked_paths { "masked" } else { "unmasked (insecure)" };
+                    println!(
+                        "app-{name}-security=uid:{} caps:{caps} seccomp:{seccomp} paths:{paths} no-new-privs:on",
+                        a.user.uid
+                    );
+                }
             }
             if let Some(c) = i.exit_status() {
                 println!("exit-status={c}");
