@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod idrange;
+pub mod network;
 pub mod prepare;
 pub mod state;
 

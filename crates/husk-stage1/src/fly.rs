@@ -43,7 +43,7 @@ fn run() -> Result<i32, Fail> {
         None => None,
     };
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
-    crate::rootfs::write_etc(&dir, &m)?;
+    crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();
     let child = match fork().ctx(|| "cannot fork".into())? {
         ForkResult::Child => {

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod cni;
 pub mod common;
 pub mod fly;
 pub mod ns;

@@ -15,6 +15,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::cgroup::{self, Layout};
+use crate::cni;
 use crate::common::{
     debug_enabled, flag_value, lookup_path, pod_dir, read_manifest, read_stage1_state, write_json, write_status,
     Context, Fail,
@@ -96,15 +97,25 @@ fn run(args: &[String]) -> Result<i32, Fail> {
 }
 
 fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::fs::File>) -> Result<i32, Fail> {
-    rootfs::write_etc(dir, m)?;
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &app_names)?;
+    let plugin_dirs = match &m.net {
+        NetMode::Cni { plugin_dirs, .. } => plugin_dirs.clone(),
+        _ => vec![],
+    };
+    // Runs in the host's mount namespace (the netns pin lives there).
     let cleanup = |layout: &Layout| {
         if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
             eprintln!("husk stage1: {e}");
         }
+        if matches!(m.net, NetMode::Cni { .. }) {
+            for Fail(e) in cni::teardown(dir, &m.uuid, &plugin_dirs) {
+                eprintln!("husk stage1: {e}; `husk gc` retries");
+            }
+        }
     };
+    let host_mnt = std::fs::File::open("/proc/self/ns/mnt").ctx(|| "cannot open the host's mount namespace".into())?;
     let started = (|| -> Result<_, Fail> {
         for app in &m.apps {
             layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
@@ -112,11 +123,26 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
         if let Some(r) = m.private_users {
             layout.delegate(&m.uuid, &app_names, r.host_base)?;
         }
-        start_pod(dir, m, &layout)
+        let netns = match &m.net {
+            NetMode::Cni { .. } => Some(cni::create_netns(&m.uuid)?),
+            _ => None,
+        };
+        let states = match &netns {
+            Some(ns) => cni::setup(dir, m, ns)?,
+            None => vec![],
+        };
+        rootfs::write_etc(dir, m, cni::dns_from(&states))?;
+        start_pod(dir, m, &layout, netns.as_deref())
     })();
+    let back_home = || {
+        if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
+            eprintln!("husk stage1: cannot return to the host's mount namespace: {e}");
+        }
+    };
     let (init, rep_r) = match started {
         Ok(x) => x,
         Err(e) => {
+            back_home();
             cleanup(&layout);
             return Err(e);
         }
@@ -177,6 +203,7 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
             let _ = kill(init, sig);
         }
     };
+    back_home();
     cleanup(&layout);
     Ok(code)
 }
@@ -189,7 +216,7 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
 /// inside). Its mount namespace is a copy taken before the roots exist; `<pod>/apps` is a shared
 /// mount, so the roots the supervisor mounts afterwards (through idmapped layers, which need the
 /// init's user namespace to exist first) propagate into it. The init waits for "go".
-fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout) -> Result<(Pid, OwnedFd), Fail> {
+fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>) -> Result<(Pid, OwnedFd), Fail> {
     use nix::mount::{mount, MsFlags};
     let sigs = signals();
     sigs.thread_block().ctx(|| "cannot block signals".into())?;
@@ -214,8 +241,21 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout) -> Result<(Pid, Owned
     if m.private_users.is_some() {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
+    // With CNI networks the init is born in the pinned namespace the plugins configured.
+    let host_net =
+        std::fs::File::open("/proc/self/ns/net").ctx(|| "cannot open the host's network namespace".into())?;
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).ctx(|| format!("cannot open {}", ns.display()))?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).ctx(|| "cannot enter the pod's network namespace".into())?;
+    }
     let supervisor = nix::unistd::getpid();
-    let init = match husk_sys::proc::clone_process(flags).ctx(|| "cannot create the pod's namespaces".into())? {
+    let cloned = husk_sys::proc::clone_process(flags);
+    if netns.is_some() && !matches!(cloned, Ok(ForkResult::Child)) {
+        nix::sched::setns(&host_net, CloneFlags::CLONE_NEWNET)
+            .ctx(|| "cannot return to the host's network namespace".into())?;
+    }
+    drop(host_net);
+    let init = match cloned.ctx(|| "cannot create the pod's namespaces".into())? {
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
@@ -619,15 +659,17 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
     let ns = |n: &str| -> Result<std::fs::File, Fail> {
         std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone"))
     };
-    // The user namespace first: the others belong to it when the pod has private users.
+    // The user namespace last: host root may join every namespace of the pod, while after
+    // joining the pod's user namespace it could not join those the host's owns (a pinned CNI
+    // network namespace of a pod with private users).
     let order = [
-        ("user", CloneFlags::CLONE_NEWUSER),
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
+        ("user", CloneFlags::CLONE_NEWUSER),
     ];
     let same_as_ours = |n: &str| {
         std::fs::read_link(format!("/proc/self/ns/{n}")).ok() == std::fs::read_link(format!("/proc/{pid}/ns/{n}")).ok()
@@ -680,5 +722,16 @@ fn gc(args: &[String]) -> Result<(), Fail> {
     if uuid.contains('/') || uuid.contains("..") {
         return Err(Fail(format!("bad pod UUID {uuid:?}")));
     }
-    cgroup::detect()?.remove_pod(uuid)
+    let cg = cgroup::detect()?.remove_pod(uuid);
+    let dir = pod_dir()?;
+    let dirs = match crate::common::read_manifest(&dir).map(|m| m.net) {
+        Ok(NetMode::Cni { plugin_dirs, .. }) => plugin_dirs,
+        _ => vec![],
+    };
+    let errors = cni::teardown(&dir, uuid, &dirs);
+    cg?;
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -439,7 +439,7 @@ pub fn pivot(root: &Path) -> Result<(), Fail> {
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the pod into `<pod>/etc/`.
-pub fn write_etc(pod_dir: &Path, m: &PodManifest) -> Result<(), Fail> {
+pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::pod::Dns>) -> Result<(), Fail> {
     let etc = pod_dir.join("etc");
     std::fs::create_dir_all(&etc).ctx(|| format!("cannot create {}", etc.display()))?;
     husk_sys::atomic_write_volatile(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644)
@@ -456,21 +456,26 @@ pub fn write_etc(pod_dir: &Path, m: &PodManifest) -> Result<(), Fail> {
     };
     husk_sys::atomic_write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644).ctx(|| "cannot write hosts".into())?;
     if !m.dns.none {
-        let resolv = if m.dns.host || m.dns.servers.is_empty() {
+        // --dns given > DNS returned by the networks > the host's resolv.conf.
+        let dns = match (&cni_dns, m.dns.servers.is_empty() && !m.dns.host) {
+            (Some(d), true) => d.clone(),
+            _ => m.dns.clone(),
+        };
+        let resolv = if dns.host || dns.servers.is_empty() {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {
             let mut r = String::new();
-            for s in &m.dns.servers {
+            for s in &dns.servers {
                 r.push_str(&format!("nameserver {s}\n"));
             }
-            if !m.dns.search.is_empty() {
-                r.push_str(&format!("search {}\n", m.dns.search.join(" ")));
+            if !dns.search.is_empty() {
+                r.push_str(&format!("search {}\n", dns.search.join(" ")));
             }
-            if let Some(d) = &m.dns.domain {
+            if let Some(d) = &dns.domain {
                 r.push_str(&format!("domain {d}\n"));
             }
-            if !m.dns.options.is_empty() {
-                r.push_str(&format!("options {}\n", m.dns.options.join(" ")));
+            if !dns.options.is_empty() {
+                r.push_str(&format!("options {}\n", dns.options.join(" ")));
             }
             r
         };

@@ -5,6 +5,7 @@
 //! stage1 flavor read and write them.
 
 pub mod digest;
+pub mod net;
 pub mod pod;
 pub mod reference;
 pub mod security;

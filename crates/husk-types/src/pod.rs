@@ -43,13 +43,37 @@ impl Flavor {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case", tag = "mode")]
 pub enum NetMode {
     /// A private network namespace with only loopback.
     None,
     /// The host's network namespace.
     Host,
+    /// A private network namespace joined to CNI networks.
+    Cni {
+        networks: Vec<crate::net::NetAttachment>,
+        #[serde(default)]
+        ports: Vec<crate::net::PortMapping>,
+        /// Directories searched for plugin executables (`CNI_PATH`).
+        plugin_dirs: Vec<PathBuf>,
+    },
+}
+
+impl NetMode {
+    /// Whether the pod has its own network namespace.
+    pub fn private(&self) -> bool {
+        !matches!(self, NetMode::Host)
+    }
+
+    /// Names for tables: `none`, `host`, or the network names.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            NetMode::None => vec!["none".into()],
+            NetMode::Host => vec!["host".into()],
+            NetMode::Cni { networks, .. } => networks.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -217,7 +241,7 @@ pub struct Dns {
     pub none: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PodManifest {
     pub abi_version: u32,
     pub uuid: String,

@@ -29,6 +29,8 @@ pub struct RegistryConfig {
 pub struct Paths {
     /// Where the stage1 executables are (default: next to the husk binary).
     pub stage1_dir: Option<PathBuf>,
+    /// Where CNI plugins are (default: /usr/lib/cni, /opt/cni/bin).
+    pub cni_plugin_dirs: Option<Vec<PathBuf>>,
 }
 
 impl Config {

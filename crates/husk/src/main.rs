@@ -19,6 +19,7 @@ use exit::Failure;
 /// What every command needs: paths, configuration, loosened options.
 pub struct Ctx {
     pub dir: PathBuf,
+    pub config_dir: PathBuf,
     pub config: config::Config,
     pub insecure: Vec<Insecure>,
     pub verbose: u8,
@@ -118,7 +119,8 @@ fn run(cli: Cli, more_apps: Vec<Vec<String>>) -> Result<i32, Failure> {
         })
         .collect::<Result<_, _>>()?;
     let config = config::Config::load(&cli.config_dir).map_err(|e| Failure::new(exit::USAGE, e))?;
-    let ctx = Ctx { dir: cli.dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
+    let ctx =
+        Ctx { dir: cli.dir, config_dir: cli.config_dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
     match &cli.command {
         Command::Fetch(a) => image_cmds::cmd_fetch(&ctx, a),
         Command::Image(c) => image_cmds::cmd_image(&ctx, c),

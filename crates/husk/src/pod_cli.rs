@@ -11,7 +11,7 @@ use clap::{Args, Parser};
 use husk_pod::prepare::{build_app, default_app_name, parse_env_file, split_env, AppSpec};
 use husk_pod::state::LockedPod;
 use husk_pod::{Phase, PodError, PodInfo, Pods};
-use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, NetMode, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
+use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
 
 use crate::cli::{parse_duration, Format, PullPolicyArg};
 use crate::exit::{self, Failure};
@@ -116,9 +116,14 @@ pub struct RunArgs {
     /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
     #[arg(short, long)]
     pub detach: bool,
-    /// Network: none (loopback only) or host.
-    #[arg(long, default_value = "none", value_parser = parse_net)]
-    pub net: NetMode,
+    /// Networks: default (routed, masqueraded), default-restricted (host only), none (loopback
+    /// only), host, or CNI networks from the config dir's net.d: NAME[:IP=ADDR;K=V][,NAME…].
+    /// Default: default (host for --stage1=fly).
+    #[arg(long, value_parser = parse_net)]
+    pub net: Option<husk_types::net::NetRequest>,
+    /// Forward a host port to the pod: [HOSTIP:]HOSTPORT:PODPORT[/tcp|udp].
+    #[arg(long, value_parser = parse_port)]
+    pub port: Vec<husk_types::net::PortMapping>,
     /// DNS server IP, or `host` (the host's resolv.conf) or `none` (the image's).
     #[arg(long)]
     pub dns: Vec<String>,
@@ -246,14 +251,12 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     split_env(s).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-fn parse_net(s: &str) -> Result<NetMode, String> {
-    match s {
-        "none" => Ok(NetMode::None),
-        "host" => Ok(NetMode::Host),
-        other => Err(format!(
-            "unknown network {other:?}: this version supports none and host (CNI networks are not available yet)"
-        )),
-    }
+fn parse_net(s: &str) -> Result<husk_types::net::NetRequest, String> {
+    husk_types::net::parse_net(s).map_err(|e| e.to_string())
+}
+
+fn parse_port(s: &str) -> Result<husk_types::net::PortMapping, String> {
+    husk_types::net::parse_port(s).map_err(|e| e.to_string())
 }
 
 fn parse_ipc(s: &str) -> Result<IpcMode, String> {
@@ -404,6 +407,25 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     if a.private_users && a.stage1 == Flavor::Fly {
         return Err(Failure::usage("--private-users needs the ns stage1: fly shares the host's namespaces"));
     }
+    use husk_types::net::NetRequest;
+    let net_req = match (&a.net, &a.stage1) {
+        (Some(NetRequest::Host) | None, Flavor::Fly) => NetRequest::Host,
+        (Some(_), Flavor::Fly) => {
+            return Err(Failure::usage("--stage1=fly shares the host's network: use --net=host or leave --net out"))
+        }
+        (Some(r), _) => r.clone(),
+        (None, _) => NetRequest::Named(vec![("default".into(), vec![])]),
+    };
+    let plugin_dirs = ctx
+        .config
+        .paths
+        .cni_plugin_dirs
+        .clone()
+        .unwrap_or_else(|| husk_pod::network::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect());
+    let net = husk_pod::network::resolve(&net_req, &ctx.config_dir.join("net.d"), plugin_dirs, &a.port)?;
+    if !a.port.is_empty() {
+        husk_pod::network::check_ports(&ctx.pods()?, &a.port)?;
+    }
     if a.stage1 == Flavor::Fly && specs.len() != 1 {
         return Err(Failure::usage("--stage1=fly runs exactly one app"));
     }
@@ -512,7 +534,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             created: chrono::Utc::now(),
             flavor: a.stage1.clone(),
             hostname,
-            net: a.net.clone(),
+            net: net.clone(),
             ipc: a.ipc.clone(),
             dns,
             hosts_entries,
@@ -656,6 +678,48 @@ fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
     }
 }
 
+/// Each network with its interface and addresses (from stage1's record of the CNI results).
+fn networks_json(i: &PodInfo) -> serde_json::Value {
+    let states: Vec<husk_types::net::NetState> = std::fs::read(i.dir.join("net/state.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    let names = i.manifest.as_ref().map(|m| m.net.names()).unwrap_or_default();
+    serde_json::Value::Array(
+        names
+            .iter()
+            .map(|n| {
+                let st = states.iter().find(|s| &s.name == n);
+                serde_json::json!({"name": n, "interface": st.map(|s| s.ifname.clone()), "addresses": st.map(|s| s.addresses()).unwrap_or_default()})
+            })
+            .collect(),
+    )
+}
+
+/// `default:eth0=172.16.28.3/24,lan:eth1=…` for tables.
+fn networks_text(i: &PodInfo) -> String {
+    let v = networks_json(i);
+    let parts: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let addrs: Vec<&str> =
+                n["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let name = n["name"].as_str().unwrap_or("");
+            match (n["interface"].as_str(), addrs.is_empty()) {
+                (Some(ifn), false) => format!("{name}:{ifn}={}", addrs.join("+")),
+                _ => name.to_string(),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
 fn pod_json(i: &PodInfo) -> serde_json::Value {
     serde_json::json!({
         "uuid": i.uuid,
@@ -675,7 +739,7 @@ fn pod_json(i: &PodInfo) -> serde_json::Value {
                 "resources": app.map(|a| &a.resources),
             })
         }).collect::<Vec<_>>(),
-        "networks": i.manifest.as_ref().map(|m| match m.net { NetMode::None => vec!["none"], NetMode::Host => vec!["host"] }),
+        "networks": networks_json(i),
         "flavor": i.manifest.as_ref().map(|m| m.flavor.as_str()),
         "private_users": i.manifest.as_ref().and_then(|m| m.private_users),
         "created": i.created, "started": i.started, "exited": i.exited,
@@ -707,18 +771,13 @@ pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Resul
                 let images = m
                     .map(|m| m.apps.iter().map(|a| a.image.name.clone()).collect::<Vec<_>>().join(","))
                     .unwrap_or_else(|| "-".into());
-                let nets = m
-                    .map(|m| match m.net {
-                        NetMode::None => "none",
-                        NetMode::Host => "host",
-                    })
-                    .unwrap_or("-");
+                let nets = networks_text(p);
                 let state = match p.exit_status() {
                     Some(c) => format!("{} ({c})", p.phase.as_str()),
                     None => p.phase.as_str().to_string(),
                 };
                 let t_or = |x: Option<chrono::DateTime<chrono::Utc>>| x.map(human_time).unwrap_or_else(|| "-".into());
-                t.row(vec![uuid, apps, images, state, nets.into(), t_or(p.created), t_or(p.started), t_or(p.exited)]);
+                t.row(vec![uuid, apps, images, state, nets, t_or(p.created), t_or(p.started), t_or(p.exited)]);
             }
             t.print();
         }
@@ -751,13 +810,7 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
             println!("state={}", i.phase.as_str());
             if let Some(m) = &i.manifest {
                 println!("flavor={}", m.flavor.as_str());
-                println!(
-                    "networks={}",
-                    match m.net {
-                        NetMode::None => "none",
-                        NetMode::Host => "host",
-                    }
-                );
+                println!("networks={}", networks_text(&i));
             }
             if let (Some(s), Phase::Running) = (&i.stage1, i.phase) {
                 println!("pid={}", s.init_pid);
@@ -1057,7 +1110,8 @@ mod tests {
 
     #[test]
     fn nets() {
-        assert!(parse_net("default").unwrap_err().contains("none and host"));
-        assert_eq!(parse_net("host").unwrap(), NetMode::Host);
+        assert!(parse_net("default,host").unwrap_err().contains("cannot be combined"));
+        assert_eq!(parse_net("host").unwrap(), husk_types::net::NetRequest::Host);
+        assert!(parse_port("80").is_err());
     }
 }

@@ -23,7 +23,7 @@ fn env_has(r: &serde_json::Value, kv: &str) -> bool {
 fn pod_is_isolated_with_default_privileges() {
     let env = Env::new();
     let wl = image("workload");
-    let r = report(&env, &[&wl]);
+    let r = report(&env, &["--net=none", &wl]);
     for ns in ["mnt", "pid", "uts", "ipc", "net", "cgroup"] {
         let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
         assert_ne!(r["namespaces"][ns], host, "{ns} namespace is the host's");

@@ -112,6 +112,19 @@ impl Env {
     }
 }
 
+/// A test that fails midway must not leak running pods (their network state and cgroups would
+/// outlive the temporary data dir): stop and collect whatever is left.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(out) = self.cmd().args(["list", "--no-legend"]).output() else { return };
+        let uuids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        for u in &uuids {
+            let _ = self.cmd().args(["stop", "--timeout", "2s", u]).output();
+        }
+        let _ = self.cmd().args(["gc", "--grace-period=0s", "--expire-prepared=0s"]).output();
+    }
+}
+
 /// Lines of /proc/self/mountinfo mentioning `path`.
 pub fn mounts_under(path: &Path) -> Vec<String> {
     let p = path.display().to_string();

@@ -1,0 +1,291 @@
+//! CNI networking, as the CNI spec's runtime: stage1 execs the standard plugins (ptp,
+//! host-local, portmap, bridge, …) rather than doing any network configuration itself, so every
+//! existing CNI configuration works.
+//!
+//! The pod's network namespace is pinned by a bind mount at `/run/husk/netns/<uuid>` (in the
+//! host's mount namespace), so that teardown works even after the pod's processes were killed.
+//! Each network is recorded in `<pod>/net/state.json` *before* its ADD runs: whatever a crash
+//! interrupts, `gc` knows what to DEL.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use husk_types::net::{NetState, PortMapping};
+use husk_types::pod::{NetMode, PodManifest};
+use nix::sched::CloneFlags;
+
+use crate::common::{write_json, Context, Fail};
+
+pub const NETNS_DIR: &str = "/run/husk/netns";
+
+pub fn netns_path(uuid: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(uuid)
+}
+
+fn state_path(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("net").join("state.json")
+}
+
+pub fn read_state(pod_dir: &Path) -> Vec<NetState> {
+    std::fs::read(state_path(pod_dir)).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default()
+}
+
+/// Creates the pod's network namespace with loopback up, pinned at [`netns_path`]. Runs in the
+/// host's mount namespace; the caller stays in the host's network namespace.
+pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
+    let pin = netns_path(uuid);
+    std::fs::create_dir_all(NETNS_DIR).ctx(|| format!("cannot create {NETNS_DIR}"))?;
+    std::fs::File::create(&pin).ctx(|| format!("cannot create {}", pin.display()))?;
+    let host = std::fs::File::open("/proc/self/ns/net").ctx(|| "cannot open the host's network namespace".into())?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).ctx(|| "cannot create the pod's network namespace".into())?;
+    let r = (|| {
+        husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
+        nix::mount::mount::<str, Path, str, str>(
+            Some("/proc/self/ns/net"),
+            &pin,
+            None,
+            nix::mount::MsFlags::MS_BIND,
+            None,
+        )
+        .ctx(|| format!("cannot pin the network namespace at {}", pin.display()))
+    })();
+    nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
+        .ctx(|| "cannot return to the host's network namespace".into())?;
+    r.map(|_| pin)
+}
+
+/// Joins every network of the pod, in order. On failure, what was set up is torn down again.
+pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetState>, Fail> {
+    let NetMode::Cni { networks, ports, plugin_dirs } = &m.net else { return Ok(vec![]) };
+    std::fs::create_dir_all(pod_dir.join("net")).ctx(|| "cannot create the pod's net directory".into())?;
+    // Port mappings go to the first network whose plugins accept them.
+    let ports_net = networks.iter().position(|n| accepts_ports(&n.config));
+    if !ports.is_empty() && ports_net.is_none() {
+        return Err(Fail("--port needs a network with the portmap plugin (like default)".into()));
+    }
+    let mut states: Vec<NetState> = Vec::new();
+    for (i, n) in networks.iter().enumerate() {
+        states.push(NetState {
+            name: n.name.clone(),
+            ifname: n.ifname.clone(),
+            config: n.config.clone(),
+            args: n.args.clone(),
+            result: None,
+        });
+        write_json(&state_path(pod_dir), &states)?;
+        let ports = if Some(i) == ports_net { ports.as_slice() } else { &[] };
+        match run_chain("ADD", &m.uuid, netns, states.last().unwrap(), ports, plugin_dirs) {
+            Ok(result) => {
+                states.last_mut().unwrap().result = Some(result);
+                write_json(&state_path(pod_dir), &states)?;
+            }
+            Err(e) => {
+                teardown(pod_dir, &m.uuid, plugin_dirs);
+                return Err(e);
+            }
+        }
+    }
+    Ok(states)
+}
+
+/// Leaves every recorded network (in reverse), unpins the namespace and forgets the state.
+/// Idempotent; errors are reported but do not stop the rest of the cleanup.
+pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail> {
+    let mut errors = Vec::new();
+    let states = read_state(pod_dir);
+    let pin = netns_path(uuid);
+    let netns = if pin.exists() { pin.clone() } else { PathBuf::new() };
+    let ports = ports_of(pod_dir);
+    let ports_net = states.iter().position(|s| accepts_ports(&s.config));
+    for (i, s) in states.iter().enumerate().rev() {
+        let ports = if Some(i) == ports_net { ports.as_slice() } else { &[] };
+        if let Err(e) = run_chain("DEL", uuid, &netns, s, ports, plugin_dirs) {
+            errors.push(e);
+        }
+    }
+    if pin.exists() {
+        let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_file(&pin) {
+            errors.push(Fail(format!("cannot remove {}: {e}", pin.display())));
+        }
+    }
+    if errors.is_empty() {
+        let _ = std::fs::remove_file(state_path(pod_dir));
+    }
+    errors
+}
+
+fn ports_of(pod_dir: &Path) -> Vec<PortMapping> {
+    crate::common::read_manifest(pod_dir)
+        .ok()
+        .and_then(|m| match m.net {
+            NetMode::Cni { ports, .. } => Some(ports),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn accepts_ports(conflist: &serde_json::Value) -> bool {
+    conflist["plugins"].as_array().is_some_and(|ps| ps.iter().any(|p| p["capabilities"]["portMappings"] == true))
+}
+
+/// Runs a network's plugin chain for `command` (ADD in order, passing each result on as
+/// prevResult; DEL in reverse with the cached result), returning the final result.
+fn run_chain(
+    command: &str,
+    uuid: &str,
+    netns: &Path,
+    s: &NetState,
+    ports: &[PortMapping],
+    dirs: &[PathBuf],
+) -> Result<serde_json::Value, Fail> {
+    let plugins = s.config["plugins"].as_array().cloned().unwrap_or_default();
+    let version = s.config["cniVersion"].as_str().unwrap_or("0.4.0").to_string();
+    let mut prev = if command == "DEL" { s.result.clone() } else { None };
+    let order: Vec<&serde_json::Value> =
+        if command == "DEL" { plugins.iter().rev().collect() } else { plugins.iter().collect() };
+    let mut first_err = None;
+    for p in order {
+        let kind = p["type"].as_str().unwrap_or("").to_string();
+        let mut conf = p.clone();
+        conf["name"] = s.name.clone().into();
+        conf["cniVersion"] = version.clone().into();
+        if let Some(r) = &prev {
+            conf["prevResult"] = r.clone();
+        }
+        if p["capabilities"]["portMappings"] == true {
+            let pm: Vec<serde_json::Value> = ports
+                .iter()
+                .map(|m| {
+                    let mut v = serde_json::json!({"hostPort": m.host_port, "containerPort": m.pod_port, "protocol": m.protocol.as_str()});
+                    if let Some(ip) = &m.host_ip {
+                        v["hostIP"] = ip.clone().into();
+                    }
+                    v
+                })
+                .collect();
+            conf["runtimeConfig"] = serde_json::json!({"portMappings": pm});
+        }
+        match exec_plugin(command, &kind, uuid, netns, &s.ifname, &s.args, dirs, &conf) {
+            Ok(out) if command == "ADD" => prev = Some(out),
+            Ok(_) => {}
+            // DEL goes on through the chain: each plugin releases what it holds.
+            Err(e) if command == "DEL" => {
+                first_err.get_or_insert(Fail(format!("network {}: {}", s.name, e.0)));
+            }
+            Err(e) => return Err(Fail(format!("network {}: {}", s.name, e.0))),
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(prev.unwrap_or(serde_json::Value::Null)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exec_plugin(
+    command: &str,
+    kind: &str,
+    uuid: &str,
+    netns: &Path,
+    ifname: &str,
+    args: &[(String, String)],
+    dirs: &[PathBuf],
+    conf: &serde_json::Value,
+) -> Result<serde_json::Value, Fail> {
+    if kind.is_empty() || kind.contains('/') {
+        return Err(Fail(format!("invalid plugin type {kind:?}")));
+    }
+    let bin = dirs.iter().map(|d| d.join(kind)).find(|p| p.is_file()).ok_or_else(|| {
+        Fail(format!(
+            "CNI plugin {kind:?} not found in {} (install containernetworking-plugins or set paths.cni_plugin_dirs)",
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+        ))
+    })?;
+    let cni_args = std::iter::once("IgnoreUnknown=1".to_string())
+        .chain(args.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", uuid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_ARGS", cni_args)
+        .env("CNI_PATH", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx(|| format!("cannot run CNI plugin {}", bin.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.to_string().as_bytes())
+        .ctx(|| format!("cannot write to CNI plugin {kind}"))?;
+    let out = child.wait_with_output().ctx(|| format!("CNI plugin {kind} failed"))?;
+    let stdout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    if !out.status.success() {
+        let msg = stdout["msg"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let details =
+            stdout["details"].as_str().filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default();
+        return Err(Fail(format!("plugin {kind} {command} failed: {msg}{details}")));
+    }
+    Ok(stdout)
+}
+
+/// DNS settings a network's result offered, for resolv.conf when the user gave none.
+pub fn dns_from(states: &[NetState]) -> Option<husk_types::pod::Dns> {
+    for s in states {
+        let d = s.result.as_ref().map(|r| &r["dns"])?;
+        let list = |k: &str| {
+            d[k].as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let servers = list("nameservers");
+        if !servers.is_empty() {
+            return Some(husk_types::pod::Dns {
+                servers,
+                search: list("search"),
+                options: list("options"),
+                domain: d["domain"].as_str().map(String::from),
+                host: false,
+                none: false,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_go_to_networks_with_the_capability() {
+        assert!(accepts_ports(&husk_types::net::builtin_network("default").unwrap()));
+        assert!(!accepts_ports(&serde_json::json!({"plugins": [{"type": "bridge"}]})));
+    }
+
+    #[test]
+    fn dns_comes_from_the_first_result_that_has_it() {
+        let s = |dns: serde_json::Value| NetState {
+            name: "n".into(),
+            ifname: "eth0".into(),
+            config: serde_json::json!({}),
+            args: vec![],
+            result: Some(serde_json::json!({"dns": dns})),
+        };
+        assert!(dns_from(&[s(serde_json::json!({}))]).is_none());
+        let d = dns_from(&[s(serde_json::json!({"nameservers": ["10.0.0.53"], "search": ["corp"]}))]).unwrap();
+        assert_eq!((d.servers, d.search), (vec!["10.0.0.53".to_string()], vec!["corp".to_string()]));
+    }
+}

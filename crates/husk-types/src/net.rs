@@ -1,0 +1,255 @@
+//! Pod networking with CNI: what the user asked for (`--net`, `--port`), and what stage1 hands
+//! the plugins and records. Parsers are pure and tested here.
+
+use serde::{Deserialize, Serialize};
+
+/// One network the pod joins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetAttachment {
+    /// Network name (the CNI config's `name`).
+    pub name: String,
+    /// Interface inside the pod (eth0, eth1, …).
+    pub ifname: String,
+    /// The network configuration list, as found (or built in), with `name` and `cniVersion` set.
+    pub config: serde_json::Value,
+    /// `CNI_ARGS` pairs (`--net=NAME:IP=172.16.28.50`).
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `--port=[HOSTIP:]HOSTPORT:PODPORT[/tcp|udp]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub pod_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetSpecError {
+    #[error("--net {0:?}: {1}")]
+    Net(String, String),
+    #[error("--port {0:?}: {1}")]
+    Port(String, String),
+}
+
+/// A parsed `--net` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetRequest {
+    None,
+    Host,
+    /// Named networks in order, each with its CNI args.
+    Named(Vec<(String, Vec<(String, String)>)>),
+}
+
+/// Parses `none`, `host`, or `NAME[:K=V;K=V][,NAME…]`.
+pub fn parse_net(s: &str) -> Result<NetRequest, NetSpecError> {
+    let err = |why: &str| NetSpecError::Net(s.to_string(), why.to_string());
+    match s {
+        "none" => return Ok(NetRequest::None),
+        "host" => return Ok(NetRequest::Host),
+        "" => return Err(err("empty")),
+        _ => {}
+    }
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for part in s.split(',') {
+        let (name, args) = match part.split_once(':') {
+            Some((n, a)) => (n, a),
+            None => (part, ""),
+        };
+        if name == "none" || name == "host" {
+            return Err(err("none and host cannot be combined with other networks"));
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(err(&format!("network name {name:?} must be letters, digits, '-', '_' or '.'")));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(err(&format!("network {name} is named twice")));
+        }
+        let mut kv = Vec::new();
+        for a in args.split(';').filter(|a| !a.is_empty()) {
+            let (k, v) = a.split_once('=').ok_or_else(|| err(&format!("CNI argument {a:?} is not KEY=VALUE")))?;
+            if k == "IP" && v.parse::<std::net::IpAddr>().is_err() {
+                return Err(err(&format!("IP={v} is not an IP address")));
+            }
+            kv.push((k.to_string(), v.to_string()));
+        }
+        out.push((name.to_string(), kv));
+    }
+    Ok(NetRequest::Named(out))
+}
+
+/// Parses `[HOSTIP:]HOSTPORT:PODPORT[/tcp|udp]`.
+pub fn parse_port(s: &str) -> Result<PortMapping, NetSpecError> {
+    let err = |why: &str| NetSpecError::Port(s.to_string(), why.to_string());
+    let (body, protocol) = match s.rsplit_once('/') {
+        Some((b, "tcp")) => (b, Protocol::Tcp),
+        Some((b, "udp")) => (b, Protocol::Udp),
+        Some((_, p)) => return Err(err(&format!("protocol {p:?} must be tcp or udp"))),
+        None => (s, Protocol::Tcp),
+    };
+    let parts: Vec<&str> = body.rsplitn(3, ':').collect();
+    let (host_ip, host, pod) = match parts.as_slice() {
+        [pod, host] => (None, *host, *pod),
+        [pod, host, ip] => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>().map_err(|_| err(&format!("{ip:?} is not an IP address")))?;
+            (Some(ip.to_string()), *host, *pod)
+        }
+        _ => return Err(err("expected [HOSTIP:]HOSTPORT:PODPORT[/tcp|udp]")),
+    };
+    let port = |p: &str| {
+        p.parse::<u16>().ok().filter(|v| *v > 0).ok_or_else(|| err(&format!("{p:?} is not a port from 1 to 65535")))
+    };
+    Ok(PortMapping { host_ip, host_port: port(host)?, pod_port: port(pod)?, protocol })
+}
+
+/// The built-in networks: `default` (routed, masqueraded: pods reach what the host reaches) and
+/// `default-restricted` (host-only: no route out, no masquerading). Both use the standard ptp,
+/// host-local and portmap plugins; a user file of the same name replaces them. Leases live in
+/// host-local's host-wide directory (/var/lib/cni/networks): the subnet and the host routes are
+/// the host's, shared by every data dir and runtime on it.
+pub fn builtin_network(name: &str) -> Option<serde_json::Value> {
+    let (subnet, masq, routes) = match name {
+        "default" => ("172.16.28.0/24", true, serde_json::json!([{"dst": "0.0.0.0/0"}])),
+        "default-restricted" => ("172.17.4.0/24", false, serde_json::json!([])),
+        _ => return None,
+    };
+    Some(serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {"type": "ptp", "ipMasq": masq, "mtu": 1500,
+             "ipam": {"type": "host-local", "subnet": subnet, "routes": routes}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ]
+    }))
+}
+
+/// Turns a single-plugin `.conf` into a `.conflist`-shaped value; a conflist is returned as is.
+pub fn as_conflist(mut v: serde_json::Value) -> Result<serde_json::Value, String> {
+    if v.get("plugins").is_some() {
+        if !v["plugins"].is_array() || v["plugins"].as_array().unwrap().is_empty() {
+            return Err("\"plugins\" must be a non-empty list".into());
+        }
+        return Ok(v);
+    }
+    if v.get("type").and_then(|t| t.as_str()).is_none() {
+        return Err("neither \"plugins\" nor \"type\" is set".into());
+    }
+    let name = v.get("name").cloned().unwrap_or(serde_json::Value::Null);
+    let version = v.get("cniVersion").cloned().unwrap_or_else(|| "0.4.0".into());
+    if let Some(o) = v.as_object_mut() {
+        o.remove("name");
+        o.remove("cniVersion");
+    }
+    Ok(serde_json::json!({"cniVersion": version, "name": name, "plugins": [v]}))
+}
+
+/// What stage1 records for each network, before ADD (so that a crash halfway is undone) and
+/// after (with the plugins' result).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetState {
+    pub name: String,
+    pub ifname: String,
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
+    /// The CNI result of the last plugin, once ADD succeeded.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+}
+
+impl NetState {
+    /// The pod's addresses on this network (from the CNI result).
+    pub fn addresses(&self) -> Vec<String> {
+        self.result
+            .as_ref()
+            .and_then(|r| r.get("ips"))
+            .and_then(|i| i.as_array())
+            .map(|ips| {
+                ips.iter().filter_map(|ip| ip.get("address").and_then(|a| a.as_str()).map(String::from)).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_values() {
+        assert_eq!(parse_net("none").unwrap(), NetRequest::None);
+        assert_eq!(parse_net("host").unwrap(), NetRequest::Host);
+        assert_eq!(
+            parse_net("default,lan:IP=172.16.30.5;FOO=bar").unwrap(),
+            NetRequest::Named(vec![
+                ("default".into(), vec![]),
+                ("lan".into(), vec![("IP".into(), "172.16.30.5".into()), ("FOO".into(), "bar".into())])
+            ])
+        );
+        assert!(parse_net("default,host").is_err());
+        assert!(parse_net("lan:IP=nope").is_err());
+        assert!(parse_net("a,a").is_err());
+        assert!(parse_net("bad/name").is_err());
+    }
+
+    #[test]
+    fn port_values() {
+        assert_eq!(
+            parse_port("8080:80").unwrap(),
+            PortMapping { host_ip: None, host_port: 8080, pod_port: 80, protocol: Protocol::Tcp }
+        );
+        let p = parse_port("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(
+            (p.host_ip.as_deref(), p.host_port, p.pod_port, p.protocol),
+            (Some("127.0.0.1"), 5353, 53, Protocol::Udp)
+        );
+        for bad in ["80", "0:80", "x:80", "1.2.3:80:80", "80:80/sctp", "70000:80"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn builtins_and_conf_files() {
+        let d = builtin_network("default").unwrap();
+        assert_eq!(d["plugins"][0]["ipam"]["subnet"], "172.16.28.0/24");
+        assert_eq!(d["plugins"][0]["ipMasq"], true);
+        assert_eq!(builtin_network("default-restricted").unwrap()["plugins"][0]["ipMasq"], false);
+        assert!(builtin_network("other").is_none());
+        let c = as_conflist(serde_json::json!({"cniVersion": "0.4.0", "name": "n", "type": "bridge"})).unwrap();
+        assert_eq!(c["plugins"][0]["type"], "bridge");
+        assert_eq!(c["name"], "n");
+        assert!(as_conflist(serde_json::json!({"name": "n"})).is_err());
+    }
+
+    #[test]
+    fn addresses_from_results() {
+        let s = NetState {
+            name: "d".into(),
+            ifname: "eth0".into(),
+            config: serde_json::json!({}),
+            args: vec![],
+            result: Some(serde_json::json!({"ips": [{"address": "172.16.28.5/24"}]})),
+        };
+        assert_eq!(s.addresses(), vec!["172.16.28.5/24"]);
+    }
+}

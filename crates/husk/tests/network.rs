@@ -1,0 +1,248 @@
+//! Pod networking with the standard CNI plugins. Only loopback and the pods' own private
+//! addresses (172.16.28.0/24, 172.17.4.0/24) are ever contacted.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{image, Env};
+
+/// Host state a pod must not leave behind: links, nat/filter rules that name a pod, IPAM
+/// leases, pinned namespaces. portmap's shared top-level chains (CNI-HOSTPORT-*) are created
+/// once per host and, as with every CNI runtime, stay.
+fn host_net_state(_env: &Env) -> BTreeSet<String> {
+    let mut s = BTreeSet::new();
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        s.insert(format!("link {}", l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("")));
+    }
+    for table in ["nat", "filter"] {
+        let rules = Command::new("iptables-save").args(["-t", table]).output().unwrap();
+        for r in String::from_utf8_lossy(&rules.stdout).lines() {
+            if r.contains("CNI") && !r.contains("CNI-HOSTPORT-") || r.contains("172.16.28.") || r.contains("172.17.4.")
+            {
+                s.insert(format!("rule {r}"));
+            }
+        }
+    }
+    for net in ["default", "default-restricted"] {
+        if let Ok(rd) = std::fs::read_dir(std::path::Path::new("/var/lib/cni/networks").join(net)) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    s.insert(format!("lease {net} {n}"));
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/run/husk/netns") {
+        for e in rd.flatten() {
+            s.insert(format!("netns {}", e.file_name().to_string_lossy()));
+        }
+    }
+    for m in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains("/run/husk/netns"))
+    {
+        s.insert(format!("mount {m}"));
+    }
+    s
+}
+
+fn pod_ip(env: &Env, uuid: &str) -> String {
+    let s = env.json(&["status", uuid, "--format", "json"]);
+    s["networks"][0]["addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address: {s}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn http_get(url: &str) -> String {
+    for _ in 0..50 {
+        let o = Command::new("curl").args(["-s", "--max-time", "2", url]).output().unwrap();
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} did not answer");
+}
+
+/// The tests compare host-wide state, so they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const SERVE: &str = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
+
+#[test]
+fn pod_serves_http_by_ip_and_forwarded_port_and_cleans_up() {
+    let _serial = serial();
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = host_net_state(&env);
+    let uuid = env
+        .ok(&[
+            "run",
+            "-q",
+            "-d",
+            "--hostname",
+            "web",
+            "--port",
+            "127.0.0.1:18081:80",
+            "--port",
+            "18082:80",
+            &image("busybox"),
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ])
+        .trim()
+        .to_string();
+    let ip = pod_ip(&env, &uuid);
+    assert!(ip.starts_with("172.16.28."), "{ip}");
+    assert_eq!(http_get(&format!("http://{ip}/")), "web\n");
+    assert_eq!(http_get("http://127.0.0.1:18081/"), "web\n", "forwarded port on the host's loopback");
+    // Another pod reaches it directly, and through the forwarded port on its gateway.
+    let other = env.ok(&[
+        "run",
+        "-q",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "wget -q -O - http://{ip}/; gw=$(ip route | awk '/default/ {{print $3}}'); wget -q -O - http://$gw:18082/"
+        ),
+    ]);
+    assert_eq!(other, "web\nweb\n");
+    let table = env.ok(&["list"]);
+    assert!(table.contains(&format!("default:eth0={ip}/24")), "{table}");
+    // The same host port cannot be taken twice.
+    let err = env.fails(&["run", "-q", "--port", "127.0.0.1:18081:80", &image("busybox"), "--", "true"], 120);
+    assert!(err.contains("18081"), "{err}");
+    env.ok(&["stop", &uuid]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before, "the host's links, rules, leases and namespaces are as before");
+}
+
+#[test]
+fn pods_on_the_default_network_reach_each_other_and_the_host() {
+    let _serial = serial();
+    let env = Env::new();
+    let a = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sh", "-c", SERVE]).trim().to_string();
+    let b = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sh", "-c", SERVE]).trim().to_string();
+    let (ia, ib) = (pod_ip(&env, &a), pod_ip(&env, &b));
+    assert_ne!(ia, ib);
+    let hb = env.ok(&["enter", &a, "--", "wget", "-q", "-O", "-", &format!("http://{ib}/")]);
+    assert!(hb.starts_with("husk-"), "{hb}");
+    let ha = env.ok(&["enter", &b, "--", "wget", "-q", "-O", "-", &format!("http://{ia}/")]);
+    assert!(ha.starts_with("husk-"), "{ha}");
+    let routes = env.ok(&["enter", &a, "--", "ip", "route"]);
+    assert!(routes.contains("default via 172.16.28.1"), "{routes}");
+    env.ok(&["stop", &a, &b]);
+    env.ok(&["gc", "--grace-period=0s"]);
+}
+
+#[test]
+fn host_none_and_restricted_networks() {
+    let _serial = serial();
+    let env = Env::new();
+    let none =
+        env.ok(&["run", "-q", "--net=none", &image("busybox"), "--", "sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]);
+    assert_eq!(none.trim(), "lo");
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
+    let host = env.ok(&["run", "-q", "--net=host", &image("busybox"), "--", "readlink", "/proc/self/ns/net"]);
+    assert_eq!(host.trim(), host_ns);
+    let restricted = env.ok(&[
+        "run",
+        "-q",
+        "--net=default-restricted",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route",
+    ]);
+    assert!(restricted.contains("inet 172.17.4."), "{restricted}");
+    assert!(!restricted.contains("default"), "no route out: {restricted}");
+    let err = env.fails(&["run", "-q", "--net=nosuchnet", &image("busybox"), "--", "true"], 120);
+    assert!(err.contains("nosuchnet") && err.contains("default-restricted"), "{err}");
+}
+
+#[test]
+fn user_networks_requested_addresses_and_conflicts() {
+    let _serial = serial();
+    let env = Env::new();
+    let net_d = env.tmp.path().join("etc/net.d");
+    std::fs::create_dir_all(&net_d).unwrap();
+    let ipam = env.dir().join("cni/networks");
+    std::fs::write(
+        net_d.join("10-lab.conflist"),
+        serde_json::json!({"cniVersion": "1.0.0", "name": "lab", "plugins": [{"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "subnet": "172.16.29.0/24", "dataDir": ipam}}]}).to_string(),
+    )
+    .unwrap();
+    let before = host_net_state(&env);
+    let a = env
+        .ok(&["run", "-q", "-d", "--net=default:IP=172.16.28.50,lab", &image("busybox"), "--", "sleep", "60"])
+        .trim()
+        .to_string();
+    let s = env.json(&["status", &a, "--format", "json"]);
+    assert_eq!(s["networks"][0]["addresses"][0], "172.16.28.50/24");
+    assert_eq!(s["networks"][1]["interface"], "eth1");
+    assert!(s["networks"][1]["addresses"][0].as_str().unwrap().starts_with("172.16.29."));
+    // The same address again: refused, naming it, and nothing left behind by the half setup.
+    let err = env.fails(&["run", "-q", "--net=lab,default:IP=172.16.28.50", &image("busybox"), "--", "true"], 125);
+    assert!(err.contains("172.16.28.50"), "{err}");
+    env.ok(&["stop", &a]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before);
+}
+
+#[test]
+fn kill_9_of_a_networked_pod_is_cleaned_by_gc() {
+    let _serial = serial();
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = host_net_state(&env);
+    let uuid =
+        env.ok(&["run", "-q", "-d", "--port", "18083:80", &image("busybox"), "--", "sleep", "60"]).trim().to_string();
+    let sup = env.json(&["status", &uuid, "--format", "json"])["supervisor_pid"].as_i64().unwrap();
+    assert!(Command::new("kill").args(["-9", &sup.to_string()]).status().unwrap().success());
+    env.ok(&["status", &uuid, "--wait=10s"]);
+    assert_ne!(host_net_state(&env), before, "the crash left network state for gc");
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before);
+}
+
+#[test]
+fn dns_options_reach_resolv_conf() {
+    let _serial = serial();
+    let env = Env::new();
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--dns",
+        "172.16.28.1",
+        "--dns-opt",
+        "ndots:2",
+        "--dns-domain",
+        "pods.test",
+        &image("busybox"),
+        "--",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(
+        out.contains("nameserver 172.16.28.1") && out.contains("options ndots:2") && out.contains("domain pods.test"),
+        "{out}"
+    );
+    let host = env.ok(&["run", "-q", "--dns", "host", &image("busybox"), "--", "cat", "/etc/resolv.conf"]);
+    assert_eq!(host, std::fs::read_to_string("/etc/resolv.conf").unwrap());
+}
