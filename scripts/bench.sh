@@ -56,12 +56,17 @@ s["linux"]["namespaces"] = [n for n in s["linux"]["namespaces"] if n["type"] != 
 json.dump(s, open("config.json", "w"))
 PY
 )
-i=0
 hf run \
   -n "husk run --net=none" "$H run -q --net=none $reg/husk/busybox -- /bin/true" \
   -n "crun run" "crun run --bundle $w/bundle c-bench" \
   -n "runc run" "runc run --bundle $w/bundle r-bench" \
   -n "podman run --rm --net=none" "$P run --rm --net=none $PR $reg/husk/busybox true"
+$H gc --grace-period=0s >/dev/null 2>&1
+
+echo "== run busybox true on the default network" >&2
+hf net \
+  -n "husk run (default CNI network)" "$H run -q $reg/husk/busybox -- /bin/true" \
+  -n "podman run --rm (default bridge)" "$P run --rm $PR $reg/husk/busybox true"
 $H gc --grace-period=0s >/dev/null 2>&1
 
 echo "== 50 runs, sequential and 8 in parallel" >&2
@@ -86,7 +91,7 @@ import json, os, sys, platform, subprocess
 d, mem, runs = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(n): return json.load(open(os.path.join(d, n + ".json")))["results"]
 print(f"Measured by scripts/bench.sh on {platform.node()} ({os.cpu_count()} cores, kernel {platform.release()}), {runs} runs each, medians.\n")
-for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("batch", "50 pods")]:
+for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("net", "Run `true` with networking"), ("batch", "50 pods")]:
     res = load(name)
     base = res[0]["median"]
     print(f"### {title}\n\n| command | median | ratio to husk |\n|---|---|---|")
