@@ -71,9 +71,9 @@ $H gc --grace-period=0s >/dev/null 2>&1
 
 echo "== 50 runs, sequential and 8 in parallel" >&2
 hf batch \
-  -n "husk 50 sequential" "bash -c 'for i in \$(seq 50); do $H run -q $reg/husk/busybox -- /bin/true; done'" \
+  -n "husk 50 sequential" "bash -c 'for i in \$(seq 50); do $H run -q --net=none $reg/husk/busybox -- /bin/true; done'" \
   -n "crun 50 sequential" "bash -c 'for i in \$(seq 50); do crun run --bundle $w/bundle c\$i; done'" \
-  -n "husk 50, 8 parallel" "bash -c 'seq 50 | xargs -P8 -I{} $H run -q $reg/husk/busybox -- /bin/true'" \
+  -n "husk 50, 8 parallel" "bash -c 'seq 50 | xargs -P8 -I{} $H run -q --net=none $reg/husk/busybox -- /bin/true'" \
   -n "crun 50, 8 parallel" "bash -c 'seq 50 | xargs -P8 -I{} crun run --bundle $w/bundle c{}'"
 $H gc --grace-period=0s >/dev/null 2>&1
 

@@ -50,14 +50,7 @@ fn run() -> Result<i32, Fail> {
             let r = (|| {
                 let setup = |e: Fail| (exit::STAGE1_FAILED, e);
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(e.to_string())))?;
-                nix::mount::mount::<str, str, str, str>(
-                    None,
-                    "/",
-                    None,
-                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-                    None,
-                )
-                .map_err(|e| setup(Fail(e.to_string())))?;
+                crate::rootfs::make_root_slave().map_err(setup)?;
                 crate::rootfs::mount_roots(&dir, &m, None).map_err(setup)?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
                 wire_stdio(&dir, &m, app).map_err(setup)?;

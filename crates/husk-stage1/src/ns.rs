@@ -221,8 +221,7 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
     let sigs = signals();
     sigs.thread_block().ctx(|| "cannot block signals".into())?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create the supervisor's mount namespace".into())?;
-    mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
-        .ctx(|| "cannot make / a slave mount".into())?;
+    rootfs::make_root_slave()?;
     let apps = dir.join("apps");
     mount::<Path, Path, str, str>(Some(&apps), &apps, None, MsFlags::MS_BIND, None)
         .ctx(|| format!("cannot bind {}", apps.display()))?;
@@ -356,14 +355,7 @@ fn pod_init(
             .ctx(|| "cannot become uid 0 in the pod".into())?;
     }
     // Mounts made in the pod never propagate back to the host.
-    nix::mount::mount::<str, str, str, str>(
-        None,
-        "/",
-        None,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-        None,
-    )
-    .ctx(|| "cannot make / a slave mount".into())?;
+    rootfs::make_root_slave()?;
     nix::unistd::sethostname(&m.hostname).ctx(|| format!("cannot set hostname {}", m.hostname))?;
     if m.net == NetMode::None {
         husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
@@ -501,14 +493,7 @@ fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<N
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
     // `<pod>/apps` is shared with the supervisor: keep this app's mounts to itself.
-    nix::mount::mount::<str, str, str, str>(
-        None,
-        "/",
-        None,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-        None,
-    )
-    .map_err(|e| setup(Fail(format!("cannot make / a slave mount: {e}"))))?;
+    rootfs::make_root_slave().map_err(setup)?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
     wire_stdio(dir, m, app).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;

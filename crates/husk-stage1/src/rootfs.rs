@@ -14,6 +14,14 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::common::{Context, Fail};
 
+/// Makes every mount of the caller's mount namespace a slave: mounts from the host (or the
+/// supervisor) still propagate in, none made here propagate out. First thing in every mount
+/// namespace husk creates.
+pub fn make_root_slave() -> Result<(), Fail> {
+    mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
+        .ctx(|| "cannot make / a slave mount".into())
+}
+
 /// Where an app's root is mounted: `<pod>/apps/<app>/rootfs`.
 pub fn root_of(pod_dir: &Path, app: &str) -> PathBuf {
     pod_dir.join("apps").join(app).join("rootfs")
