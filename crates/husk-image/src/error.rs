@@ -37,21 +37,21 @@ impl StoreError {
 
     /// Whether the cause is a full disk, which deserves its own hint.
     pub fn is_disk_full(&self) -> bool {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(e) = cur {
-            if let Some(ioe) = e.downcast_ref::<io::Error>() {
-                if ioe.raw_os_error() == Some(libc_enospc()) {
-                    return true;
-                }
-            }
-            cur = e.source();
-        }
-        false
+        disk_full(self)
     }
 }
 
-fn libc_enospc() -> i32 {
-    28
+/// Whether a full disk (ENOSPC) is anywhere in an error's cause chain.
+pub fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    const ENOSPC: i32 = 28;
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>().and_then(|i| i.raw_os_error()) == Some(ENOSPC) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,15 @@ pub enum FetchError {
 
 impl FetchError {
     /// A hint to print below the message, when one helps.
+    /// Whether the data dir's disk filled up: the host's problem, not the image's.
+    pub fn is_disk_full(&self) -> bool {
+        disk_full(self)
+    }
+
     pub fn hint(&self) -> Option<String> {
+        if self.is_disk_full() {
+            return Some("the disk holding the data dir is full; free space or run `husk image gc`".into());
+        }
         match self {
             FetchError::Unreachable { registry, why, .. }
                 if why.contains("http") || why.contains("tls") || why.contains("certificate") =>
@@ -141,9 +149,6 @@ impl FetchError {
             )),
             FetchError::NotFound { .. } => Some("check the image name and tag".into()),
             FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),
-            FetchError::Store { source, .. } if source.is_disk_full() => {
-                Some("the disk holding the data dir is full; free space or run `husk image gc`".into())
-            }
             _ => None,
         }
     }

@@ -684,6 +684,27 @@ mod tests {
     }
 
     #[test]
+    fn gzip_zstd_and_plain_layers_unpack_alike() {
+        let t = tar_with(|b| add(b, tar::EntryType::Regular, "f", b"same content", 0o644));
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &t).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&t[..], 3).unwrap();
+        assert_eq!(Compression::sniff(&gz), Compression::Gzip);
+        assert_eq!(Compression::sniff(&zst), Compression::Zstd);
+        for blob in [t.clone(), gz, zst] {
+            let d = tempfile::tempdir().unwrap();
+            let mut h = HashingReader::new(decompressor(&blob[..]).unwrap());
+            unpack(&mut h, d.path(), Mode::Overlay).unwrap();
+            // The diff_id is the digest of the uncompressed tar whatever the compression.
+            assert_eq!(h.finish().unwrap(), crate::store::hash_reader(&t[..]).unwrap().0);
+            assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"same content");
+        }
+    }
+
+    #[test]
     fn tree_digest_changes_with_content() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("f"), b"1").unwrap();

@@ -45,6 +45,7 @@ impl From<husk_image::FetchError> for Failure {
     fn from(e: husk_image::FetchError) -> Self {
         let hint = e.hint();
         let code = match &e {
+            _ if e.is_disk_full() => ENGINE,
             husk_image::FetchError::Store { source, .. }
                 if !matches!(
                     source,

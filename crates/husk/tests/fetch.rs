@@ -212,3 +212,44 @@ fn rm_and_gc_free_the_store() {
     let m = env.json(&["image", "cat-manifest", &image("busybox")]);
     assert_eq!(m["schemaVersion"], 2);
 }
+
+#[test]
+fn a_full_disk_is_named_and_leaves_the_store_as_it_was() {
+    let env = Env::new();
+    // A data dir on an 8 MiB tmpfs: busybox fits, the 50 MB image does not.
+    let small = env.tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs", small.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.clone());
+    let husk = |args: &[&str]| {
+        Command::new(Env::bin())
+            .arg("--dir")
+            .arg(&small)
+            .arg("--config-dir")
+            .arg(env.tmp.path().join("etc"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(husk(&["fetch", "-q", &image("busybox")]).status.success());
+    let o = husk(&["fetch", "-q", &image("big")]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("No space left") && err.contains("disk") && err.contains("hint:"), "{err}");
+    let list = husk(&["image", "list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "busybox stays, nothing of big is visible");
+    assert!(husk(&["image", "verify"]).status.success());
+    assert!(husk(&["image", "gc"]).status.success());
+    assert_eq!(std::fs::read_dir(small.join("store/tmp")).unwrap().count(), 0);
+}

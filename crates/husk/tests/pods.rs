@@ -150,7 +150,23 @@ fn volumes_host_readonly_and_empty_shared() {
 #[test]
 fn prepare_run_prepared_status_manifest_rm() {
     let env = Env::new();
-    let uuid = env.ok(&["prepare", "-q", &image("busybox"), "--", "sh", "-c", "exit 3"]).trim().to_string();
+    let uuid_file = env.tmp.path().join("uuid");
+    let uuid = env
+        .ok(&[
+            "prepare",
+            "-q",
+            "--uuid-file-save",
+            uuid_file.to_str().unwrap(),
+            &image("busybox"),
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(std::fs::read_to_string(&uuid_file).unwrap().trim(), uuid);
+    assert_eq!(env.json(&["status", "--uuid-file", uuid_file.to_str().unwrap(), "--format", "json"])["uuid"], uuid);
     let s = env.json(&["status", &uuid[..8], "--format", "json"]);
     assert_eq!(s["state"], "prepared");
     let m = env.json(&["cat-manifest", &uuid[..8]]);
