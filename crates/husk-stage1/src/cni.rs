@@ -116,6 +116,66 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
     errors
 }
 
+fn net_lock(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("net").join("lock")
+}
+
+/// Tears the networks down in a detached process, so that the pod's exit status reaches its
+/// invoker without waiting for the plugins (masquerade rules alone take tens of milliseconds).
+/// The cleanup holds `net/lock` until it is done; [`teardown_locked`] (stage1's `gc`) waits for
+/// it. `pod_lock_fd` is the pod lock, which the cleanup must not keep: the pod is exited.
+pub fn teardown_in_background(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf], pod_lock_fd: i32) {
+    let lock = match husk_sys::Lock::acquire(&net_lock(pod_dir), husk_sys::LockKind::Exclusive, || {}) {
+        Ok(l) => l,
+        Err(_) => {
+            teardown(pod_dir, uuid, plugin_dirs);
+            return;
+        }
+    };
+    match husk_sys::proc::fork() {
+        Ok(husk_sys::proc::ForkResult::Child) => {
+            husk_sys::proc::close_inherited(pod_lock_fd);
+            let _ = nix::unistd::setsid();
+            // Nothing of the invoker's: a captured stdout must not wait for this process.
+            let log =
+                std::fs::OpenOptions::new().create(true).append(true).open(pod_dir.join("net").join("teardown.log"));
+            let null = std::fs::File::open("/dev/null");
+            if let (Ok(log), Ok(null)) = (log, null) {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&log);
+                let _ = nix::unistd::dup2_stderr(&log);
+            }
+            for Fail(e) in teardown(pod_dir, uuid, plugin_dirs) {
+                eprintln!("husk stage1: {e}; `husk gc` retries");
+            }
+            drop(lock);
+            std::process::exit(0);
+        }
+        Ok(husk_sys::proc::ForkResult::Parent { .. }) => drop(lock),
+        Err(_) => {
+            teardown(pod_dir, uuid, plugin_dirs);
+        }
+    }
+}
+
+/// [`teardown`], after any cleanup still running for the pod has finished.
+pub fn teardown_locked(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail> {
+    let _lock = if pod_dir.join("net").is_dir() {
+        match husk_sys::Lock::lock_timeout(
+            &net_lock(pod_dir),
+            husk_sys::LockKind::Exclusive,
+            Some(std::time::Duration::from_secs(60)),
+            || {},
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => return vec![Fail(e.to_string())],
+        }
+    } else {
+        None
+    };
+    teardown(pod_dir, uuid, plugin_dirs)
+}
+
 fn ports_of(pod_dir: &Path) -> Vec<PortMapping> {
     crate::common::read_manifest(pod_dir)
         .ok()
@@ -147,6 +207,11 @@ fn run_chain(
         if command == "DEL" { plugins.iter().rev().collect() } else { plugins.iter().collect() };
     let mut first_err = None;
     for p in order {
+        // A port-mapping plugin has nothing to do for a pod that maps no ports (on ADD or DEL,
+        // as a pod's ports never change); skipping it saves two plugin runs per pod.
+        if p["capabilities"]["portMappings"] == true && ports.is_empty() {
+            continue;
+        }
         let kind = p["type"].as_str().unwrap_or("").to_string();
         let mut conf = p.clone();
         conf["name"] = s.name.clone().into();

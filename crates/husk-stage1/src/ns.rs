@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
     let debug = debug_enabled(args);
 
-    let result = supervise(&dir, &m, debug, &mut ready);
+    let result = supervise(&dir, &m, debug, &mut ready, lock_fd);
     if let Err(Fail(msg)) = &result {
         if let Some(r) = ready.as_mut() {
             let _ = writeln!(r, "error {msg}");
@@ -96,7 +96,13 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     result
 }
 
-fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::fs::File>) -> Result<i32, Fail> {
+fn supervise(
+    dir: &Path,
+    m: &PodManifest,
+    debug: bool,
+    ready: &mut Option<std::fs::File>,
+    lock_fd: i32,
+) -> Result<i32, Fail> {
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &app_names)?;
@@ -204,7 +210,12 @@ fn supervise(dir: &Path, m: &PodManifest, debug: bool, ready: &mut Option<std::f
         }
     };
     back_home();
-    cleanup(&layout);
+    if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
+        eprintln!("husk stage1: {e}");
+    }
+    if matches!(m.net, NetMode::Cni { .. }) {
+        cni::teardown_in_background(dir, &m.uuid, &plugin_dirs, lock_fd);
+    }
     Ok(code)
 }
 
@@ -515,7 +526,7 @@ pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
         std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
     match m.stdio {
         Stdio::Interactive => {}
-        Stdio::Inherit => dup_to(&null, 0)?,
+        Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?,
         Stdio::Log => {
             let logs = dir.join("logs");
             std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
@@ -525,34 +536,12 @@ pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
                 .append(true)
                 .open(&p)
                 .ctx(|| format!("cannot open {}", p.display()))?;
-            dup_to(&null, 0)?;
-            dup_to(&f, 1)?;
-            dup_to(&f, 2)?;
+            nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?;
+            nix::unistd::dup2_stdout(&f).ctx(|| "cannot redirect stdout".into())?;
+            nix::unistd::dup2_stderr(&f).ctx(|| "cannot redirect stderr".into())?;
         }
     }
     Ok(())
-}
-
-fn dup_to(f: &impl AsRawFd, target: i32) -> Result<(), Fail> {
-    // SAFETY-free: dup2 over a standard stream number through rustix's owned API.
-    let mut t = unsafe_std_fd(target);
-    rustix::io::dup2(rustix::fd::BorrowedFd::borrow_raw_checked(f.as_raw_fd())?, &mut t)
-        .ctx(|| format!("cannot redirect fd {target}"))?;
-    std::mem::forget(t);
-    Ok(())
-}
-
-trait BorrowChecked {
-    fn borrow_raw_checked(fd: i32) -> Result<rustix::fd::BorrowedFd<'static>, Fail>;
-}
-impl BorrowChecked for rustix::fd::BorrowedFd<'_> {
-    fn borrow_raw_checked(fd: i32) -> Result<rustix::fd::BorrowedFd<'static>, Fail> {
-        husk_sys::proc::borrow_fd(fd).ctx(|| format!("fd {fd} is not open"))
-    }
-}
-
-fn unsafe_std_fd(n: i32) -> OwnedFd {
-    husk_sys::proc::std_stream_fd(n)
 }
 
 /// setgroups/setgid/setuid, the capability sets, no_new_privs: the app's privileges, which
@@ -713,7 +702,7 @@ fn gc(args: &[String]) -> Result<(), Fail> {
         Ok(NetMode::Cni { plugin_dirs, .. }) => plugin_dirs,
         _ => vec![],
     };
-    let errors = cni::teardown(&dir, uuid, &dirs);
+    let errors = cni::teardown_locked(&dir, uuid, &dirs);
     cg?;
     match errors.into_iter().next() {
         Some(e) => Err(e),

@@ -70,15 +70,6 @@ pub fn borrow_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::BorrowedFd<'
     Ok(b)
 }
 
-/// An `OwnedFd` for a standard stream number (0, 1, 2), to `dup2` over it. The caller must
-/// `mem::forget` it afterwards: the standard streams are never closed.
-pub fn std_stream_fd(n: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
-    assert!((0..=2).contains(&n), "only standard streams");
-    // SAFETY: 0..=2 are the process's standard streams; the caller forgets the OwnedFd instead
-    // of dropping it, so no double close happens.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(n) }
-}
-
 /// Takes ownership of an fd number inherited through the stage1 ABI, after checking it is open.
 pub fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
     borrow_fd(fd)?;
@@ -173,5 +164,15 @@ pub fn clone_process(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(ForkResult::Child),
         pid => Ok(ForkResult::Parent { child: nix::unistd::Pid::from_raw(pid as i32) }),
+    }
+}
+
+/// Closes this process's copy of an inherited fd number (after `fork`, in the child, to let go
+/// of a lock the parent keeps).
+pub fn close_inherited(fd: std::os::fd::RawFd) {
+    if borrow_fd(fd).is_ok() {
+        // SAFETY: the fd is open (checked) and, in this freshly forked child, no Rust object
+        // that owns this number is used again before the process exits.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     }
 }
