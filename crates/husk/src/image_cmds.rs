@@ -11,22 +11,21 @@ use crate::exit::{self, Failure};
 use crate::output::{human_size, human_time, Table};
 use crate::Ctx;
 
+/// Registry settings from `--insecure-options` and husk.toml. Certificate checking is one
+/// setting per client in oci-client, so a registry's `tls` entry applies when that registry is
+/// the one being fetched from (see `options_for`).
 pub fn registry_options(ctx: &Ctx) -> RegistryOptions {
-    let mut o = RegistryOptions {
+    RegistryOptions {
         all_http: ctx.insecure(Insecure::Http),
         skip_tls_verify: ctx.insecure(Insecure::Tls),
-        ..Default::default()
-    };
-    for (name, r) in &ctx.config.registries {
-        if r.insecure.iter().any(|i| i == "http") {
-            o.http.push(name.clone());
-        }
-        if r.insecure.iter().any(|i| i == "tls") {
-            // oci-client has one TLS setting per client; a per-registry `tls` entry applies it
-            // only when that registry is the one being fetched from (see fetch_one).
-        }
+        http: ctx
+            .config
+            .registries
+            .iter()
+            .filter(|(_, r)| r.insecure.iter().any(|i| i == "http"))
+            .map(|(n, _)| n.clone())
+            .collect(),
     }
-    o
 }
 
 fn options_for<'a>(

@@ -447,9 +447,9 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     // manifest that uses it is written.
     let shared = store.lock_store(husk_sys::LockKind::Shared)?;
     let mut pod = pods.create()?;
-    // Held until the manifest naming the range is written.
-    let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods)?) } else { None };
     let result = (|| -> Result<PodManifest, Failure> {
+        // Held until the manifest naming the range is written, at the end of this closure.
+        let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods)?) } else { None };
         let mut apps = Vec::new();
         for (s, f) in specs.iter().zip(&fetched) {
             let base = s.name.clone().unwrap_or_else(|| default_app_name(&f.name));
@@ -549,7 +549,6 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         Ok(m)
     })();
     drop(shared);
-    drop(ids);
     let m = match result {
         Ok(m) => m,
         Err(e) => {
