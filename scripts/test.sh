@@ -8,6 +8,7 @@ scripts/build-images.sh
 scripts/registry.sh start
 scripts/registry.sh push build/images
 export HUSK_TEST_REGISTRY=127.0.0.1:${HUSK_TEST_REGISTRY_PORT:-5000}
+export HUSK_TEST_AUTH_REGISTRY=127.0.0.1:$(( ${HUSK_TEST_REGISTRY_PORT:-5000} + 1 ))
 export HUSK_TEST_IMAGES=$PWD/build/images
 # Test the static stage1 that is shipped.
 export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release

@@ -145,7 +145,8 @@ impl FetchError {
             }
             FetchError::Unreachable { .. } => Some("check the registry address and that it is running".into()),
             FetchError::Denied { registry, .. } => Some(format!(
-                "log in with `docker login {registry}` (husk reads ~/.docker/config.json) or pass --auth-file"
+                "log in with `docker login {registry}`: husk reads the credentials from $DOCKER_CONFIG/config.json \
+                 or ~/.docker/config.json, credential helpers included"
             )),
             FetchError::NotFound { .. } => Some("check the image name and tag".into()),
             FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),

@@ -253,3 +253,42 @@ fn a_full_disk_is_named_and_leaves_the_store_as_it_was() {
     assert!(husk(&["image", "gc"]).status.success());
     assert_eq!(std::fs::read_dir(small.join("store/tmp")).unwrap().count(), 0);
 }
+
+#[test]
+fn registry_credentials_from_docker_config() {
+    let env = Env::new();
+    let reg =
+        std::env::var("HUSK_TEST_AUTH_REGISTRY").expect("HUSK_TEST_AUTH_REGISTRY is not set: run scripts/test.sh");
+    std::fs::write(env.tmp.path().join("etc/husk.toml"), format!("[registries.\"{reg}\"]\ninsecure = [\"http\"]\n"))
+        .unwrap();
+    let img = format!("{reg}/husk/busybox:latest");
+    let docker = env.tmp.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let with_auth = |user_pass: Option<&str>| {
+        let mut c = env.cmd();
+        match user_pass {
+            Some(up) => {
+                let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, up);
+                std::fs::write(
+                    docker.join("config.json"),
+                    format!("{{\"auths\": {{\"{reg}\": {{\"auth\": \"{auth}\"}}}}}}"),
+                )
+                .unwrap();
+                c.env("DOCKER_CONFIG", &docker);
+            }
+            None => {
+                c.env("DOCKER_CONFIG", env.tmp.path().join("no-docker-config"));
+            }
+        }
+        c.args(["fetch", "-q", &img]).output().unwrap()
+    };
+    for creds in [None, Some("husk:wrong")] {
+        let o = with_auth(creds);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(121), "{err}");
+        assert!(err.contains("refused access (401)") && err.contains("hint:") && err.contains("config.json"), "{err}");
+    }
+    let o = with_auth(Some("husk:s3cret"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.ok(&["image", "verify"]);
+}
