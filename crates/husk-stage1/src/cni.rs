@@ -111,7 +111,8 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         }
     }
     if errors.is_empty() {
-        let _ = std::fs::remove_file(state_path(pod_dir));
+        // Nothing left to undo; keep the record (addresses the pod had) for list and status.
+        let _ = std::fs::rename(state_path(pod_dir), pod_dir.join("net").join("released.json"));
     }
     errors
 }

@@ -119,8 +119,11 @@ fn run(cli: Cli, more_apps: Vec<Vec<String>>) -> Result<i32, Failure> {
         })
         .collect::<Result<_, _>>()?;
     let config = config::Config::load(&cli.config_dir).map_err(|e| Failure::new(exit::USAGE, e))?;
-    let ctx =
-        Ctx { dir: cli.dir, config_dir: cli.config_dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
+    // Paths derived from the data dir end up in pod manifests that stage1 reads from the pod's
+    // own directory: they must be absolute.
+    let dir = std::path::absolute(&cli.dir)
+        .map_err(|e| Failure::usage(format!("invalid --dir {}: {e}", cli.dir.display())))?;
+    let ctx = Ctx { dir, config_dir: cli.config_dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
     match &cli.command {
         Command::Fetch(a) => image_cmds::cmd_fetch(&ctx, a),
         Command::Image(c) => image_cmds::cmd_image(&ctx, c),

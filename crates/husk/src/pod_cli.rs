@@ -679,8 +679,10 @@ fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
 
 /// Each network with its interface and addresses (from stage1's record of the CNI results).
 fn networks_json(i: &PodInfo) -> serde_json::Value {
-    let states: Vec<husk_types::net::NetState> = std::fs::read(i.dir.join("net/state.json"))
-        .ok()
+    // state.json while networks are set up; released.json once they were torn down.
+    let states: Vec<husk_types::net::NetState> = ["net/state.json", "net/released.json"]
+        .iter()
+        .find_map(|f| std::fs::read(i.dir.join(f)).ok())
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or_default();
     let names = i.manifest.as_ref().map(|m| m.net.names()).unwrap_or_default();

@@ -128,6 +128,9 @@ fn pod_serves_http_by_ip_and_forwarded_port_and_cleans_up() {
     let err = env.fails(&["run", "-q", "--port", "127.0.0.1:18081:80", &image("busybox"), "--", "true"], 120);
     assert!(err.contains("18081"), "{err}");
     env.ok(&["stop", &uuid]);
+    // Once exited (and torn down), the pod still reports the address it had.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(env.ok(&["list"]).contains(&format!("default:eth0={ip}/24")));
     env.ok(&["gc", "--grace-period=0s"]);
     assert_eq!(host_net_state(&env), before, "the host's links, rules, leases and namespaces are as before");
 }

@@ -351,3 +351,32 @@ fn dns_and_hosts_entries() {
     assert!(out.contains("nameserver 10.1.2.3") && out.contains("search corp.example"), "{out}");
     assert!(out.contains("192.0.2.7\tdb"), "{out}");
 }
+
+#[test]
+fn a_relative_data_dir_works() {
+    let env = Env::new();
+    let o = std::process::Command::new(Env::bin())
+        .current_dir(env.tmp.path())
+        .args([
+            "--dir",
+            "rel-data",
+            "--config-dir",
+            "etc",
+            "run",
+            "-q",
+            "--net=none",
+            &image("busybox"),
+            "--",
+            "echo",
+            "ok",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(Env::bin())
+        .current_dir(env.tmp.path())
+        .args(["--dir", "rel-data", "gc", "--grace-period=0s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
