@@ -138,7 +138,7 @@ def big_layers():
     l.file("replaced/new", b"new\n")
     l.file("data/.wh.blob0.bin", b"")
     out.append(l.finish())
-    # Layer 3: the rest, and a file replacing a directory.
+    # Layer 3: the rest, and a file of a lower layer changed.
     l = Layer()
     for i in range(8):
         l.file(f"data3/blob{i}.bin", rnd.randbytes(2 * 1024 * 1024), 0o600, 65534, 65534)

@@ -186,11 +186,19 @@ fn user_networks_requested_addresses_and_conflicts() {
     let net_d = env.tmp.path().join("etc/net.d");
     std::fs::create_dir_all(&net_d).unwrap();
     let ipam = env.dir().join("cni/networks");
+    // host-local returns DNS from a resolv.conf-style file: the pod must get it.
+    let lab_dns = env.tmp.path().join("lab-resolv.conf");
+    std::fs::write(&lab_dns, "nameserver 172.16.29.53\nsearch lab.test\n").unwrap();
     std::fs::write(
         net_d.join("10-lab.conflist"),
-        serde_json::json!({"cniVersion": "1.0.0", "name": "lab", "plugins": [{"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "subnet": "172.16.29.0/24", "dataDir": ipam}}]}).to_string(),
+        serde_json::json!({"cniVersion": "1.0.0", "name": "lab", "plugins": [{"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "subnet": "172.16.29.0/24", "dataDir": ipam, "resolvConf": lab_dns}}]}).to_string(),
     )
     .unwrap();
+    let resolv = env.ok(&["run", "-q", "--net=lab", &image("busybox"), "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 172.16.29.53") && resolv.contains("search lab.test"),
+        "DNS from the CNI result: {resolv}"
+    );
     let before = host_net_state(&env);
     let a = env
         .ok(&["run", "-q", "-d", "--net=default:IP=172.16.28.50,lab", &image("busybox"), "--", "sleep", "60"])
