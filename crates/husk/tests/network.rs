@@ -199,6 +199,8 @@ fn user_networks_requested_addresses_and_conflicts() {
         resolv.contains("nameserver 172.16.29.53") && resolv.contains("search lab.test"),
         "DNS from the CNI result: {resolv}"
     );
+    // gc waits for that pod's network teardown.
+    env.ok(&["gc", "--grace-period=0s"]);
     let before = host_net_state(&env);
     let a = env
         .ok(&["run", "-q", "-d", "--net=default:IP=172.16.28.50,lab", &image("busybox"), "--", "sleep", "60"])
