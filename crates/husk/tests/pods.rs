@@ -380,3 +380,28 @@ fn a_relative_data_dir_works() {
         .unwrap();
     assert!(o.status.success());
 }
+
+#[test]
+fn interactive_app_gets_the_terminal() {
+    let env = Env::new();
+    // `script` gives husk a real pseudo-terminal, as an interactive shell would.
+    let cmd = format!(
+        "{} --dir {} --config-dir {} run -q --net=none --interactive {} -- sh -c 'tty; read x; echo got $x'",
+        Env::bin().display(),
+        env.dir().display(),
+        env.tmp.path().join("etc").display(),
+        image("busybox")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("/dev/console") && text.contains("got typed"), "{text}");
+}
