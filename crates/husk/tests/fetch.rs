@@ -292,3 +292,23 @@ fn registry_credentials_from_docker_config() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     env.ok(&["image", "verify"]);
 }
+
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let env = Env::new();
+    let cmd = format!(
+        "{} --dir {} --config-dir {} fetch {}",
+        Env::bin().display(),
+        env.dir().display(),
+        env.tmp.path().join("etc").display(),
+        image("big")
+    );
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("total") && tty.contains("MiB"), "no progress on a terminal: {tty}");
+    let env2 = Env::new();
+    let o = env2.husk(&["fetch", &image("big")]);
+    let piped = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !piped.contains("total"), "progress drawn into a pipe: {piped}");
+}
