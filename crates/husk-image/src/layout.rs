@@ -84,7 +84,7 @@ pub fn extract_archive(store: &Store, file: &Path, image: &str) -> Result<Scratc
     let dir = store.tmp_path(&key);
     std::fs::create_dir(&dir)
         .map_err(|e| FetchError::Store { image: image.to_string(), source: StoreError::io(&dir, "create", e) })?;
-    let scratch = ScratchDir { path: dir, _lock: lock };
+    let scratch = ScratchDir { path: dir, lock: Some(lock) };
     let mut ar = tar::Archive::new(BufReader::new(f));
     ar.set_preserve_permissions(false);
     ar.set_preserve_ownerships(false);
@@ -97,15 +97,19 @@ pub fn extract_archive(store: &Store, file: &Path, image: &str) -> Result<Scratc
     Ok(scratch)
 }
 
-/// A directory in the store's tmp/, removed on drop, owned through a held lock.
+/// A directory in the store's tmp/, removed on drop, owned through a held lock on a key of
+/// its own (removed with it: nobody else ever uses that key).
 pub struct ScratchDir {
     pub path: PathBuf,
-    _lock: husk_sys::Lock,
+    lock: Option<husk_sys::Lock>,
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = remove_any(&self.path);
+        if let Some(l) = self.lock.take() {
+            let _ = std::fs::remove_file(l.path());
+        }
     }
 }
 

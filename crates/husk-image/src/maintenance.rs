@@ -60,6 +60,7 @@ pub struct GcReport {
 pub fn gc(store: &Store) -> Result<GcReport, StoreError> {
     let _excl = store.lock_store(LockKind::Exclusive)?;
     let mut report = GcReport { leftovers: store.clean_tmp()?, ..Default::default() };
+    store.remove_key_locks()?;
     let mut blobs = HashSet::new();
     let mut trees = HashSet::new();
     for img in store.images()? {

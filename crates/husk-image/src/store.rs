@@ -148,6 +148,21 @@ impl Store {
         .map_err(StoreError::Lock)
     }
 
+    /// Removes every per-key lock file. Only for `image gc`, which holds the store lock
+    /// exclusively: no fetch (the only user of key locks) can be running, so no lock file is
+    /// held or about to be.
+    pub fn remove_key_locks(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("locks");
+        let mut n = 0;
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?.flatten() {
+            if e.file_name() != "store.lock" {
+                fs::remove_file(e.path()).map_err(|err| StoreError::io(&e.path(), "remove", err))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// A fresh path in `tmp/` owned by the holder of the lock `key`.
     pub fn tmp_path(&self, key: &str) -> PathBuf {
         self.root.join("tmp").join(format!("{key}.{:016x}", rand::random::<u64>()))
@@ -181,7 +196,12 @@ impl Store {
 
     /// Stores a small blob from memory, verifying it against `expected` when given.
     pub fn put_blob(&self, data: &[u8], expected: Option<&Digest>) -> Result<Digest, StoreError> {
-        let owner = format!("put-{:016x}", rand::random::<u64>());
+        // The data is in memory: its digest names the lock, so lock files stay one per blob.
+        let digest = match expected {
+            Some(d) => d.clone(),
+            None => hash_reader(data).map_err(|e| StoreError::io(&self.root, "hash", e))?.0,
+        };
+        let owner = format!("blob-{}", digest.hex());
         let _lock = self.lock_key(&owner)?;
         let mut w = self.blob_writer(expected.map(|d| (d.clone(), data.len() as u64)), &owner)?;
         w.write_all(data).map_err(|e| StoreError::io(&w.tmp, "write", e))?;

@@ -194,14 +194,7 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
         dir_target(&rootfd, &wd)?;
     }
     if app.readonly_rootfs {
-        mount::<str, Path, str, str>(
-            None,
-            &root,
-            None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-            None,
-        )
-        .ctx(|| format!("cannot make {} read-only", root.display()))?;
+        remount_read_only(&root, MsFlags::MS_NODEV).ctx(|| format!("cannot make {} read-only", root.display()))?;
     }
     Ok(root)
 }
@@ -426,16 +419,21 @@ fn bind(src: &Path, target: &impl AsFd, read_only: bool) -> Result<(), Fail> {
         // resolved for it. Nothing runs in the app root yet, so nothing can swap it meanwhile.
         let resolved =
             std::fs::read_link(&t).ctx(|| format!("cannot resolve the mount target of {}", src.display()))?;
-        mount::<str, Path, str, str>(
-            None,
-            &resolved,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-            None,
-        )
-        .ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
+        remount_read_only(&resolved, MsFlags::MS_REC)
+            .ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
     }
     Ok(())
+}
+
+/// Makes the mount at `path` read-only, keeping `keep` (flags a remount would otherwise drop).
+fn remount_read_only(path: &Path, keep: MsFlags) -> nix::Result<()> {
+    mount::<str, Path, str, str>(
+        None,
+        path,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | keep,
+        None,
+    )
 }
 
 /// `pivot_root` into `root` and detach the old root: after this the app sees only its tree.

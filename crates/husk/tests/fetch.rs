@@ -208,6 +208,12 @@ fn rm_and_gc_free_the_store() {
     env.ok(&["fetch", "-q", &image("busybox"), &image("big")]);
     env.ok(&["image", "rm", &image("big")]);
     env.ok(&["image", "gc"]);
+    // Lock files do not pile up: gc keeps only the store lock.
+    let locks: Vec<String> = std::fs::read_dir(env.dir().join("store/locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(locks, vec!["store.lock"]);
     assert_eq!(std::fs::read_dir(env.dir().join("store/layers")).unwrap().count(), 1, "only busybox's layer stays");
     let m = env.json(&["image", "cat-manifest", &image("busybox")]);
     assert_eq!(m["schemaVersion"], 2);
