@@ -28,6 +28,8 @@ pub enum StoreError {
     Ambiguous { what: String, count: usize },
     #[error("image {name} is used by pod(s) {pods}; remove those pods first (husk rm) or let `husk gc` collect them")]
     InUse { name: String, pods: String },
+    #[error("image {name} is damaged in the store: the unpacked layer tree(s) {missing} are missing")]
+    LayersMissing { name: String, missing: String },
 }
 
 impl StoreError {

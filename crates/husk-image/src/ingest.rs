@@ -75,6 +75,7 @@ pub fn host_arch() -> &'static str {
 
 /// Picks the host platform's manifest from an index.
 pub fn select_platform(image: &str, index_bytes: &[u8]) -> Result<(Digest, u64), FetchError> {
+    check_metadata_size(image, "image index", index_bytes.len() as u64)?;
     let idx: ImageIndex = serde_json::from_slice(index_bytes).map_err(|e| FetchError::Invalid {
         image: image.to_string(),
         what: "image index",
@@ -102,6 +103,23 @@ pub fn select_platform(image: &str, index_bytes: &[u8]) -> Result<(Digest, u64),
     })
 }
 
+/// The largest manifest, index or image config husk reads (the OCI distribution spec's guidance:
+/// registries may refuse manifests over 4 MiB). These are parsed in memory; a bigger one from an
+/// untrusted source is refused instead of read.
+pub const MAX_METADATA_SIZE: u64 = 4 << 20;
+
+/// Refuses a manifest, index or config of `len` bytes when over [`MAX_METADATA_SIZE`].
+pub fn check_metadata_size(image: &str, what: &'static str, len: u64) -> Result<(), FetchError> {
+    if len > MAX_METADATA_SIZE {
+        return Err(FetchError::Invalid {
+            image: image.to_string(),
+            what,
+            why: format!("it is {len} bytes; husk reads at most {MAX_METADATA_SIZE} (4 MiB, the OCI limit)"),
+        });
+    }
+    Ok(())
+}
+
 /// Everything needed to ingest one image whose manifest is already known.
 pub struct Ingest<'a> {
     pub store: &'a Store,
@@ -122,6 +140,7 @@ impl Ingest<'_> {
     /// Stores manifest, config and layers; returns the image record (not yet named).
     pub fn run(&self, blobs: &dyn BlobSource) -> Result<ImageRecord, FetchError> {
         let image = self.image;
+        check_metadata_size(image, "manifest", self.manifest_bytes.len() as u64)?;
         let media_type = manifest_kind(self.manifest_bytes, None).unwrap_or_else(|| MT_OCI_MANIFEST.to_string());
         if media_type != MT_OCI_MANIFEST && media_type != MT_DOCKER_MANIFEST {
             return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type });
@@ -133,17 +152,23 @@ impl Ingest<'_> {
         })?;
         let cfg_desc = manifest.config();
         let cfg_digest: Digest = parse_digest(image, cfg_desc.digest().as_ref())?;
+        check_metadata_size(image, "image config", cfg_desc.size())?;
         let config_bytes = if self.store.has_blob(&cfg_digest) {
             self.store.read_blob(&cfg_digest).map_err(|e| self.store_err(e))?
         } else {
             let mut buf = Vec::new();
-            blobs.open(&cfg_digest, cfg_desc.size())?.read_to_end(&mut buf).map_err(|e| FetchError::Source {
-                image: image.to_string(),
-                why: format!("reading config {cfg_digest}: {e}"),
-            })?;
+            blobs
+                .open(&cfg_digest, cfg_desc.size())?
+                .take(MAX_METADATA_SIZE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| FetchError::Source { image: image.to_string(), why: format!("reading config {cfg_digest}: {e}") })?;
+            check_size(&cfg_digest, cfg_desc.size(), buf.len() as u64).map_err(|e| self.store_err(e))?;
             self.store.put_blob(&buf, Some(&cfg_digest)).map_err(|e| self.store_err(e))?;
             buf
         };
+        // The descriptor's size must match the bytes even when the blob was stored before (by
+        // another image whose descriptor was right).
+        check_size(&cfg_digest, cfg_desc.size(), config_bytes.len() as u64).map_err(|e| self.store_err(e))?;
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| FetchError::Invalid {
             image: image.to_string(),
             what: "image config",
@@ -220,6 +245,11 @@ impl Ingest<'_> {
         let key = format!("layer-{}", l.diff_id.hex());
         let _lock = store.lock_key(&key).map_err(|e| self.store_err(e))?;
         let have_blob = store.has_blob(&l.digest);
+        if have_blob {
+            let p = store.blob_path(&l.digest);
+            let len = std::fs::metadata(&p).map_err(|e| self.store_err(StoreError::io(&p, "inspect blob", e)))?.len();
+            check_size(&l.digest, l.size, len).map_err(|e| self.store_err(e))?;
+        }
         let have_tree = store.has_layer(&l.diff_id);
         self.progress.layer_start(&l.digest, l.size);
         if have_blob && have_tree {
@@ -278,6 +308,10 @@ impl Ingest<'_> {
             }
             if !have_tree {
                 let dest = store.layer_dir(&l.diff_id);
+                // A damaged tree (its rootfs or record deleted) is replaced whole, under the key lock.
+                if dest.exists() {
+                    remove_any(&dest).map_err(|e| self.store_err(StoreError::io(&dest, "remove damaged layer", e)))?;
+                }
                 std::fs::rename(&tree_tmp, &dest)
                     .map_err(|e| self.store_err(StoreError::io(&dest, "publish layer", e)))?;
                 husk_sys::fsync_dir(dest.parent().unwrap())
@@ -296,6 +330,14 @@ impl Ingest<'_> {
     fn source_err(&self, l: &LayerRecord, e: io::Error) -> FetchError {
         FetchError::Source { image: self.image.to_string(), why: format!("reading layer {}: {e}", l.digest) }
     }
+}
+
+/// A descriptor's size against the bytes it describes.
+fn check_size(digest: &Digest, expected: u64, actual: u64) -> Result<(), StoreError> {
+    if expected != actual {
+        return Err(StoreError::SizeMismatch { digest: digest.clone(), expected, actual });
+    }
+    Ok(())
 }
 
 pub fn parse_digest(image: &str, s: &str) -> Result<Digest, FetchError> {

@@ -9,7 +9,7 @@ use oci_spec::image::ImageIndex;
 use serde::Deserialize;
 
 use crate::error::{FetchError, StoreError};
-use crate::ingest::{
+use crate::ingest::{check_metadata_size, MAX_METADATA_SIZE, 
     manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX,
     MT_OCI_LAYER,
 };
@@ -22,6 +22,9 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Vec<u8>, Digest), FetchError> {
     let src_err = |why: String| FetchError::Source { image: image.to_string(), why };
     let index_path = dir.join("index.json");
+    if let Ok(m) = std::fs::metadata(&index_path) {
+        check_metadata_size(image, "index.json", m.len())?;
+    }
     let data = std::fs::read(&index_path).map_err(|e| {
         src_err(format!("{} is not an OCI image layout ({}: {e})", dir.display(), index_path.display()))
     })?;
@@ -57,7 +60,9 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
     let blobs = LayoutBlobs { dir, image };
     for _ in 0..4 {
         let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut blobs.open(&digest, 0)?, &mut bytes).map_err(|e| src_err(e.to_string()))?;
+        io::Read::read_to_end(&mut io::Read::take(blobs.open(&digest, 0)?, MAX_METADATA_SIZE + 1), &mut bytes)
+            .map_err(|e| src_err(e.to_string()))?;
+        check_metadata_size(image, "manifest", bytes.len() as u64)?;
         let (actual, _) = hash_reader(&bytes[..]).expect("memory");
         if actual != digest {
             return Err(FetchError::Store {

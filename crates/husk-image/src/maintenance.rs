@@ -133,6 +133,15 @@ pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
                 });
             }
         }
+        for l in &img.layers {
+            if !store.has_layer(&l.diff_id) {
+                damage.push(Damage {
+                    what: format!("layer tree {}", l.diff_id),
+                    path: store.layer_dir(&l.diff_id),
+                    problem: format!("missing (used by image {})", img.id.short()),
+                });
+            }
+        }
         for d in [&img.manifest, &img.config] {
             if !store.has_blob(d) {
                 damage.push(Damage {

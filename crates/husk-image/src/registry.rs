@@ -88,6 +88,7 @@ impl Registry {
             image: self.image.clone(),
             why: e.to_string(),
         })?;
+        crate::ingest::check_metadata_size(&self.image, "manifest", bytes.len() as u64)?;
         // oci-client checked the bytes against the registry's digest header; check them against
         // the digest we will file them under, too.
         let (actual, _) = crate::store::hash_reader(&bytes[..]).expect("hashing memory cannot fail");

@@ -114,8 +114,20 @@ impl Store {
         self.layer_dir(diff_id).join("rootfs")
     }
 
+    /// Whether a layer's unpacked tree is present: its record and its root directory.
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
-        self.layer_dir(diff_id).join("layer.json").is_file()
+        self.layer_dir(diff_id).join("layer.json").is_file() && self.layer_rootfs(diff_id).is_dir()
+    }
+
+    /// Checks that every layer tree an image needs is in the store, before a pod is built on it:
+    /// a missing one would otherwise surface late, as ENOENT from the overlay mount in stage1.
+    pub fn check_layers(&self, name: &str, rec: &ImageRecord) -> Result<(), StoreError> {
+        let missing: Vec<String> =
+            rec.layers.iter().filter(|l| !self.has_layer(&l.diff_id)).map(|l| l.diff_id.to_string()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::LayersMissing { name: name.to_string(), missing: missing.join(", ") })
     }
 
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {

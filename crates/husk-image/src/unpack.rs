@@ -395,7 +395,11 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec
             let ext = ext.map_err(UnpackError::Tar)?;
             if let Ok(key) = ext.key() {
                 if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    out.push((name.to_string(), ext.value_bytes().to_vec()));
+                    if husk_types::tarpath::layer_xattr_allowed(name) {
+                        out.push((name.to_string(), ext.value_bytes().to_vec()));
+                    } else {
+                        tracing::debug!("dropping xattr {name} of a layer entry (not for images to set)");
+                    }
                 }
             }
         }
@@ -654,6 +658,35 @@ mod tests {
         let mut buf = [0u8; 4];
         let n = rustix::fs::lgetxattr(d.path().join("d"), OPAQUE_XATTR, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"y");
+    }
+
+    #[test]
+    fn overlay_private_xattrs_of_a_layer_never_reach_the_store() {
+        let t = tar_with(|b| {
+            b.append_pax_extensions([
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc".as_slice()),
+                ("SCHILY.xattr.trusted.overlay.metacopy", b"".as_slice()),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y".as_slice()),
+                ("SCHILY.xattr.user.note", b"kept".as_slice()),
+            ])
+            .unwrap();
+            add(b, tar::EntryType::Directory, "d", b"", 0o755);
+            b.append_pax_extensions([("SCHILY.xattr.trusted.overlay.origin", b"x".as_slice())]).unwrap();
+            add(b, tar::EntryType::Regular, "f", b"data", 0o644);
+        });
+        let d = tempfile::tempdir_in(std::env::var("HUSK_TEST_TMP").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+        unpack(&t[..], d.path(), Mode::Overlay).unwrap();
+        let mut buf = [0u8; 64];
+        for (path, name) in [
+            ("d", "trusted.overlay.redirect"),
+            ("d", "trusted.overlay.metacopy"),
+            ("d", "trusted.overlay.opaque"),
+            ("f", "trusted.overlay.origin"),
+        ] {
+            assert!(rustix::fs::lgetxattr(d.path().join(path), name, &mut buf).is_err(), "{name} on {path} was stored");
+        }
+        let n = rustix::fs::lgetxattr(d.path().join("d"), "user.note", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"kept");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum PodError {
     Ambiguous { prefix: String, count: usize, examples: String },
     #[error("pod {uuid} is {phase}; {why}")]
     WrongPhase { uuid: String, phase: String, why: String },
+    #[error("pod {uuid} ({phase}) is being worked on by another husk command (a parallel rm or gc)")]
+    Busy { uuid: String, phase: String },
     #[error("pod {uuid}: {why}")]
     Invalid { uuid: String, why: String },
     #[error("pod file {path} is corrupt: {why}")]
@@ -42,6 +44,7 @@ impl PodError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PodError::Unknown(_) => Some("list pods with `husk list`".into()),
+            PodError::Busy { .. } => Some("try again in a moment".into()),
             PodError::WrongPhase { phase, .. } if phase == "running" => Some("stop it first with `husk stop`".into()),
             PodError::Stage1 { .. } => {
                 Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into())
@@ -58,7 +61,7 @@ impl PodError {
     /// husk's exit code for this error (see the CLI's exit module).
     pub fn exit_code(&self) -> i32 {
         match self {
-            PodError::Unknown(_) | PodError::Ambiguous { .. } | PodError::WrongPhase { .. } => 122,
+            PodError::Unknown(_) | PodError::Ambiguous { .. } | PodError::WrongPhase { .. } | PodError::Busy { .. } => 122,
             PodError::App { .. } | PodError::Invalid { .. } => 120,
             PodError::Lock(husk_sys::LockError::Timeout { .. }) => 124,
             PodError::Store(husk_image::StoreError::UnknownImage { .. }) => 121,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use husk_image::{ImageRecord, Store};
 use husk_types::pod::{App, AppSecurity, AppUser, ImageInfo, MountPoint};
 use husk_types::security::Resources;
+use husk_types::ByteStr;
 use oci_spec::image::ImageConfiguration;
 
 use crate::error::PodError;
@@ -18,15 +19,16 @@ pub struct AppSpec {
     pub image: String,
     pub name: Option<String>,
     pub exec: Option<String>,
-    pub args: Vec<String>,
+    /// Arguments after `--`: bytes, passed to the app unchanged.
+    pub args: Vec<ByteStr>,
     pub user: Option<String>,
     pub group: Option<String>,
     pub supplementary_gids: Vec<u32>,
     pub working_dir: Option<String>,
     /// Lowest precedence after the image: `--set-env-file` contents, in order.
     pub env_files: Vec<(String, String)>,
-    pub set_env: Vec<(String, String)>,
-    pub environment: Vec<(String, String)>,
+    pub set_env: Vec<(String, ByteStr)>,
+    pub environment: Vec<(String, ByteStr)>,
     pub mounts: Vec<MountPoint>,
     pub readonly_rootfs: bool,
     pub security: AppSecurity,
@@ -65,11 +67,12 @@ pub fn split_env(kv: &str) -> Option<(String, String)> {
 }
 
 /// argv: `--exec` replaces the entrypoint and cmd; arguments replace the cmd (docker's rule).
-pub fn compute_exec(img: &ImageDefaults, exec: Option<&str>, args: &[String]) -> Vec<String> {
+pub fn compute_exec(img: &ImageDefaults, exec: Option<&str>, args: &[ByteStr]) -> Vec<ByteStr> {
+    let text = |v: &[String]| v.iter().map(|s| ByteStr::from(s.as_str())).collect::<Vec<_>>();
     match exec {
-        Some(e) => std::iter::once(e.to_string()).chain(args.iter().cloned()).collect(),
-        None if !args.is_empty() => img.entrypoint.iter().cloned().chain(args.iter().cloned()).collect(),
-        None => img.entrypoint.iter().chain(img.cmd.iter()).cloned().collect(),
+        Some(e) => std::iter::once(ByteStr::from(e)).chain(args.iter().cloned()).collect(),
+        None if !args.is_empty() => text(&img.entrypoint).into_iter().chain(args.iter().cloned()).collect(),
+        None => text(&img.entrypoint).into_iter().chain(text(&img.cmd)).collect(),
     }
 }
 
@@ -152,16 +155,32 @@ pub fn resolve_user(
 }
 
 /// Reads a regular file from the image's layer stack (topmost layer wins; a whiteout hides it).
+///
+/// Each layer is resolved beneath its own root with `openat2` and no symlinks: an image whose
+/// /etc is a symlink to an absolute path is never read through to the host's files. The file is
+/// opened non-blocking, so a FIFO where /etc/passwd should be cannot hang stage0, and anything
+/// but a regular file counts as absent.
 pub fn read_image_file(store: &Store, rec: &ImageRecord, rel: &str) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileTypeExt;
+    use husk_sys::resolve::{open_beneath, open_dir};
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read;
     for l in rec.layers.iter().rev() {
-        let p = store.layer_rootfs(&l.diff_id).join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() => return None,
-            Ok(m) if m.is_file() => return std::fs::read(&p).ok(),
-            Ok(_) => return None,
-            Err(_) => continue,
+        let Ok(root) = open_dir(&store.layer_rootfs(&l.diff_id)) else { continue };
+        let fd = match open_beneath(&root, Path::new(rel), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK, Mode::empty())
+        {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            // A symlink on the way (ELOOP) or a special file: not something to trust.
+            Err(_) => return None,
+        };
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            // A 0/0 character device is a whiteout; any other special file is ignored as well.
+            return None;
         }
+        let mut data = Vec::new();
+        std::fs::File::from(fd).take(1 << 20).read_to_end(&mut data).ok()?;
+        return Some(data);
     }
     None
 }
@@ -187,6 +206,7 @@ pub fn build_app(
     rec: &ImageRecord,
     spec: &AppSpec,
     name: String,
+    private_users: Option<husk_types::pod::IdRange>,
 ) -> Result<App, PodError> {
     let app_err = |why: String| PodError::App { app: name.clone(), why };
     let cfg_bytes = store.read_blob(&rec.config)?;
@@ -211,10 +231,11 @@ pub fn build_app(
             user.additional_gids.push(*g);
         }
     }
-    let mut env = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
-    env.push(("HOME".into(), home.unwrap_or_else(|| "/".into())));
-    env.extend(img.env.iter().cloned());
-    env.extend(spec.env_files.iter().cloned());
+    user.validate(private_users).map_err(app_err)?;
+    let mut env: Vec<(String, ByteStr)> = vec![("PATH".to_string(), DEFAULT_PATH.into())];
+    env.push(("HOME".into(), home.unwrap_or_else(|| "/".into()).into()));
+    env.extend(img.env.iter().map(|(k, v)| (k.clone(), ByteStr::from(v.as_str()))));
+    env.extend(spec.env_files.iter().map(|(k, v)| (k.clone(), ByteStr::from(v.as_str()))));
     env.extend(spec.set_env.iter().cloned());
     env.extend(spec.environment.iter().cloned());
     let working_dir = PathBuf::from(spec.working_dir.clone().or(img.working_dir.clone()).unwrap_or_else(|| "/".into()));
@@ -269,6 +290,8 @@ mod tests {
         assert_eq!(compute_exec(&img(), Some("/bin/sh"), &["-c".into(), "true".into()]), vec!["/bin/sh", "-c", "true"]);
         let no_ep = ImageDefaults { cmd: vec!["sh".into()], ..Default::default() };
         assert_eq!(compute_exec(&no_ep, None, &["true".into()]), vec!["true"]);
+        let raw = ByteStr(vec![b'x', 0xff]);
+        assert_eq!(compute_exec(&img(), None, std::slice::from_ref(&raw)), vec![ByteStr::from("/ep"), raw]);
     }
 
     #[test]

@@ -12,6 +12,13 @@ use serde::Serialize;
 
 use crate::error::PodError;
 
+/// Names a pod directory has in `embryo/` between its creation and its lock (see [`Pods::create`]).
+pub const STAGING_PREFIX: &str = ".new-";
+
+/// How old an unlocked staging directory must be before `gc` removes it: its creator died
+/// between `mkdir` and `flock`, or is about to take the lock right now.
+const STAGING_GRACE: Duration = Duration::from_secs(600);
+
 /// The phase directories, in lifecycle order.
 pub const PHASE_DIRS: [&str; 6] = ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"];
 
@@ -127,11 +134,23 @@ impl Pods {
     }
 
     /// Creates a new pod in `embryo`, locked, then moves it to `prepare`.
+    ///
+    /// The directory is made and locked under a staging name (`embryo/.new-<uuid>`, which no
+    /// command takes for a pod) and only then renamed to its UUID: a `gc` running beside us can
+    /// never see the new pod unlocked and collect it as an aborted one.
     pub fn create(&self) -> Result<LockedPod, PodError> {
         let uuid = uuid::Uuid::new_v4().to_string();
+        let staging = self.root.join("embryo").join(format!("{STAGING_PREFIX}{uuid}"));
+        fs::create_dir(&staging).map_err(|e| PodError::io(&staging, "create pod directory", e))?;
+        let lock = match Lock::try_lock_dir(&staging, LockKind::Exclusive)? {
+            Some(l) => l,
+            None => return Err(PodError::Invalid { uuid, why: "a fresh pod directory is locked by someone else".into() }),
+        };
+        let holder = staging.join(husk_types::pod::LOCK_HOLDER_FILE);
+        husk_sys::atomic_write_volatile(&holder, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+            .map_err(|e| PodError::io(&holder, "write", e))?;
         let dir = self.root.join("embryo").join(&uuid);
-        fs::create_dir(&dir).map_err(|e| PodError::io(&dir, "create pod directory", e))?;
-        let lock = Lock::try_lock(&dir, LockKind::Exclusive)?.expect("a fresh directory is not locked");
+        fs::rename(&staging, &dir).map_err(|e| PodError::io(&dir, "create pod directory", e))?;
         let mut pod = LockedPod { uuid, dir, lock };
         self.transition(&mut pod, "prepare")?;
         Ok(pod)
@@ -167,7 +186,7 @@ impl Pods {
             let Some((dir_name, dir)) = self.locate(uuid) else {
                 return Err(PodError::Unknown(uuid.to_string()));
             };
-            let locked = match Lock::try_lock(&dir, LockKind::Shared) {
+            let locked = match Lock::try_lock_dir(&dir, LockKind::Shared) {
                 Ok(Some(l)) => {
                     if !l.still_at(&dir) {
                         continue;
@@ -285,7 +304,7 @@ impl Pods {
                         }
                         // A pod still being prepared has no manifest yet: be safe.
                         None if (d == "embryo" || d == "prepare")
-                            && Lock::try_lock(&e.path(), LockKind::Shared).ok().flatten().is_none() =>
+                            && Lock::try_lock_dir(&e.path(), LockKind::Shared).ok().flatten().is_none() =>
                         {
                             out.push(e.file_name().to_string_lossy().into_owned());
                         }
@@ -301,20 +320,25 @@ impl Pods {
     pub fn lock_pod(&self, uuid: &str) -> Result<LockedPod, PodError> {
         for _ in 0..5 {
             let (phase, dir) = self.observe(uuid)?;
-            match Lock::try_lock(&dir, LockKind::Exclusive)? {
+            let lock = match Lock::try_lock_dir(&dir, LockKind::Exclusive) {
+                Ok(l) => l,
+                Err(husk_sys::LockError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match lock {
                 Some(lock) if lock.still_at(&dir) => return Ok(LockedPod { uuid: uuid.to_string(), dir, lock }),
                 Some(_) => continue,
-                None => {
-                    let why = if phase == Phase::Running {
-                        "it must be stopped first"
-                    } else {
-                        "another husk command is using it"
-                    };
+                // A pod in run/ whose lock is held by anything but its own supervisor is an
+                // exited pod another command (a parallel rm or gc) is working on.
+                None if phase == Phase::Running && supervisor_alive(&dir) != Some(false) => {
                     return Err(PodError::WrongPhase {
                         uuid: uuid.to_string(),
                         phase: phase.as_str().to_string(),
-                        why: why.into(),
+                        why: "it must be stopped first".into(),
                     });
+                }
+                None => {
+                    return Err(PodError::Busy { uuid: uuid.to_string(), phase: phase.as_str().to_string() });
                 }
             }
         }
@@ -344,6 +368,7 @@ impl Pods {
         gc_hook: &dyn Fn(&Path) -> Result<(), PodError>,
     ) -> Result<GcReport, PodError> {
         let mut report = GcReport::default();
+        self.remove_strays();
         for uuid in self.all_uuids() {
             let Ok((phase, dir)) = self.observe(&uuid) else { continue };
             let age = |p: &Path| {
@@ -390,6 +415,46 @@ impl Pods {
         }
         Ok(report)
     }
+}
+
+impl Pods {
+    /// What no pod owns: staging directories whose creator died before locking them, and the
+    /// empty lock files older husk versions could leave where a pod directory had just been
+    /// renamed away.
+    fn remove_strays(&self) {
+        for d in PHASE_DIRS {
+            let Ok(rd) = fs::read_dir(self.root.join(d)) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(meta) = e.path().symlink_metadata() else { continue };
+                let is_pod_name = uuid::Uuid::parse_str(&name).is_ok();
+                if is_pod_name && meta.is_file() && meta.len() == 0 {
+                    let _ = fs::remove_file(e.path());
+                } else if d == "embryo" && name.starts_with(STAGING_PREFIX) && meta.is_dir() {
+                    let old = meta.modified().ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+                    if old.is_some_and(|a| a >= STAGING_GRACE) {
+                        if let Ok(Some(_l)) = Lock::try_lock_dir(&e.path(), LockKind::Exclusive) {
+                            let _ = fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The process holding a pod's lock while it is prepared or started (from
+/// [`husk_types::pod::LOCK_HOLDER_FILE`]), if it is alive and really holds the pod dir open.
+pub fn lock_holder(dir: &Path) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(dir.join(husk_types::pod::LOCK_HOLDER_FILE)).ok()?.trim().parse().ok()?;
+    husk_sys::proc::holds_dir_open(pid, dir).then_some(pid)
+}
+
+/// Whether the supervisor named in a pod's `stage1.json` is alive and still holds the pod dir
+/// open (a recycled pid is not it). None when the pod has no stage1 state yet.
+pub fn supervisor_alive(dir: &Path) -> Option<bool> {
+    let st: Stage1State = read_json(&dir.join("stage1.json")).ok().flatten()?;
+    Some(husk_sys::proc::holds_dir_open(st.supervisor_pid, dir))
 }
 
 #[derive(Debug, Default)]

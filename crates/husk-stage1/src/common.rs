@@ -45,6 +45,14 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
         .ctx(|| format!("cannot write {}", path.display()))
 }
 
+/// Records this process as the pod lock's holder (stage1 ABI: `lock-holder.pid`), so that `husk
+/// stop` can end the pod even before `stage1.json` exists.
+pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {
+    let p = pod_dir.join(husk_types::pod::LOCK_HOLDER_FILE);
+    husk_sys::atomic_write_volatile(&p, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+        .ctx(|| format!("cannot write {}", p.display()))
+}
+
 pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {
     write_json(&pod_dir.join("apps").join(app).join("status.json"), st)
 }
@@ -79,8 +87,8 @@ pub fn debug_enabled(args: &[String]) -> bool {
 
 /// The argv[0]-relative lookup of an executable in the app's PATH, inside the (already
 /// pivoted) root.
-pub fn lookup_path(cmd: &str, path_var: &str) -> Option<PathBuf> {
-    if cmd.contains('/') {
+pub fn lookup_path(cmd: &std::ffi::OsStr, path_var: &str) -> Option<PathBuf> {
+    if cmd.as_encoded_bytes().contains(&b'/') {
         return Some(PathBuf::from(cmd));
     }
     use std::os::unix::fs::PermissionsExt;
@@ -93,4 +101,39 @@ pub fn lookup_path(cmd: &str, path_var: &str) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Splits an entrypoint's raw arguments at the first `--`: before it, UTF-8 flags (an argument
+/// that is not UTF-8 becomes U+FFFD text and then fails as an unknown value, never a panic);
+/// after it, the bytes of a command, untouched. `None` when there is no `--`.
+pub fn split_args(raw: Vec<std::ffi::OsString>) -> (Vec<String>, Option<Vec<husk_types::ByteStr>>) {
+    let mut flags = Vec::new();
+    let mut it = raw.into_iter();
+    for a in it.by_ref() {
+        if a == "--" {
+            return (flags, Some(it.map(husk_types::ByteStr::from).collect()));
+        }
+        flags.push(a.to_string_lossy().into_owned());
+    }
+    (flags, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn entrypoint_arguments_split_at_the_double_dash_and_keep_bytes() {
+        let raw: Vec<OsString> =
+            ["x", "enter", "--app=a", "--", "sh", "--"].iter().map(OsString::from).chain([OsString::from_vec(vec![0xff])]).collect();
+        let (flags, cmd) = split_args(raw);
+        assert_eq!(flags, vec!["x", "enter", "--app=a"]);
+        let cmd = cmd.unwrap();
+        assert_eq!(cmd.len(), 3);
+        assert_eq!(cmd[1], "--");
+        assert_eq!(cmd[2].as_bytes(), &[0xff]);
+        assert_eq!(split_args(vec![OsString::from_vec(vec![b'a', 0xff])]).0, vec!["a\u{fffd}"]);
+    }
 }

@@ -12,7 +12,8 @@ use nix::sys::wait::waitpid;
 use crate::common::{pod_dir, read_manifest, write_json, write_status, Context, Fail};
 use crate::ns::{exec_in_root, status_of, wire_stdio};
 
-pub fn main(args: Vec<String>) -> i32 {
+pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
+    let (args, _) = crate::common::split_args(raw);
     let r = match args.get(1).map(String::as_str) {
         Some("run") => run(),
         Some("gc") => Ok(0),
@@ -43,6 +44,7 @@ fn run() -> Result<i32, Fail> {
         None => None,
     };
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    crate::common::write_lock_holder(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();
     let child = match fork().ctx(|| "cannot fork".into())? {

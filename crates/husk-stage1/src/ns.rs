@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use husk_sys::proc::{fork, ForkResult};
+use husk_types::ByteStr;
 use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -25,11 +26,14 @@ use crate::rootfs;
 /// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub fn main(args: Vec<String>) -> i32 {
+/// `args` are the raw arguments: the command of `enter` (after `--`) is bytes, passed unchanged;
+/// every other argument must be UTF-8.
+pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
+    let (args, cmd) = crate::common::split_args(raw);
     let rest = args.get(2..).unwrap_or(&[]).to_vec();
     let r = match args.get(1).map(String::as_str) {
         Some("run") => run(&rest),
-        Some("enter") => enter(&rest),
+        Some("enter") => enter(&rest, cmd),
         Some("gc") => gc(&rest).map(|_| 0),
         _ => Err(Fail("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
@@ -84,6 +88,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     };
     // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    crate::common::write_lock_holder(&dir)?;
     let debug = debug_enabled(args);
 
     let result = supervise(&dir, &m, debug, &mut ready, lock_fd);
@@ -196,17 +201,37 @@ fn supervise(
     // From here on the supervisor only waits: give back the memory setup needed.
     husk_sys::proc::release_startup_memory();
 
-    // Supervise: forward signals to the pod init until it exits.
+    // Supervise: forward signals to the pod init until it exits. The supervisor owns the stop
+    // deadline: SIGTERM or SIGINT starts it (`husk stop` says how long in stop.json), and when it
+    // passes, or on a SIGALRM from `husk stop --force`, the init is told to kill the apps (its
+    // SIGALRM), which it does and records each one's status (137).
+    let mut stopping = false;
     let code = loop {
         let sig = sigs.wait().ctx(|| "sigwait failed".into())?;
-        if sig == Signal::SIGCHLD {
-            match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+        match sig {
+            Signal::SIGCHLD => match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, c)) => break c,
                 Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
                 _ => continue,
+            },
+            Signal::SIGALRM => {
+                let _ = kill(init, Signal::SIGALRM);
             }
-        } else if sig != Signal::SIGALRM {
-            let _ = kill(init, sig);
+            other => {
+                let _ = kill(init, other);
+                if matches!(other, Signal::SIGTERM | Signal::SIGINT) && !stopping {
+                    stopping = true;
+                    match stop_timeout(dir) {
+                        t if t.is_zero() => {
+                            let _ = kill(init, Signal::SIGALRM);
+                        }
+                        // alarm(2) counts whole seconds: round up, so apps never get less.
+                        t => {
+                            nix::unistd::alarm::set(t.as_secs_f64().ceil().min(u32::MAX as f64) as u32);
+                        }
+                    }
+                }
+            }
         }
     };
     back_home();
@@ -217,6 +242,16 @@ fn supervise(
         cni::teardown_in_background(dir, &m.uuid, &plugin_dirs, lock_fd);
     }
     Ok(code)
+}
+
+/// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
+/// [`STOP_GRACE`] (a SIGTERM from systemd or a shell).
+fn stop_timeout(dir: &Path) -> Duration {
+    std::fs::read(dir.join(husk_types::pod::STOP_REQUEST_FILE))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<husk_types::pod::StopRequest>(&d).ok())
+        .map(|r| Duration::from_millis(r.timeout_ms))
+        .unwrap_or(STOP_GRACE)
 }
 
 /// Creates the pod: the supervisor's private mount namespace holding the app roots, and the pod
@@ -423,7 +458,9 @@ fn pod_init(
                         // Zombies of re-parented grandchildren are reaped here too.
                         if let Some((name, started)) = live.remove(&pid.as_raw()) {
                             let mut st = status_of(Some(ws), Some(started));
-                            st.oom_killed = st.signal == Some(9) && layout.oom_killed(&m.uuid, &name);
+                            // Any OOM kill in the app's cgroup: the app itself, or one of its
+                            // children (after which the app may well exit with an error code).
+                            st.oom_killed = layout.oom_killed(&m.uuid, &name);
                             let code = st.shell_status();
                             write_status(dir, &name, &st)?;
                             if code != 0 && first_failure.is_none() {
@@ -439,14 +476,10 @@ fn pod_init(
                     }
                 }
             },
+            // The stop deadline passed (the supervisor's, or ours after a failed app).
             Signal::SIGALRM => signal_all(&live, Signal::SIGKILL),
-            other => {
-                signal_all(&live, other);
-                if matches!(other, Signal::SIGTERM | Signal::SIGINT) && !stopping {
-                    stopping = true;
-                    nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
-                }
-            }
+            // Forwarded to every app; the supervisor owns the deadline of a stop it forwards.
+            other => signal_all(&live, other),
         }
     }
     Ok(first_failure.unwrap_or(0))
@@ -559,12 +592,20 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
             caps::drop(None, CapSet::Bounding, c).ctx(|| format!("cannot drop {c} from the bounding set"))?;
         }
     }
+    // stage0 refused these already; a hand-written pod.json must not get root either.
+    app.user.validate(None).map_err(Fail)?;
     let groups: Vec<Gid> = app.user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).ctx(|| "cannot set supplementary groups".into())?;
     let gid = Gid::from_raw(app.user.gid);
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", app.user.gid))?;
     let uid = Uid::from_raw(app.user.uid);
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", app.user.uid))?;
+    // What the app really runs as must be what it asked for (and what `status` reports).
+    let r = nix::unistd::getresuid().ctx(|| "cannot read the uids".into())?;
+    let g = nix::unistd::getresgid().ctx(|| "cannot read the gids".into())?;
+    if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
+        return Err(Fail(format!("the app runs as uid {}/gid {}, not the {}/{} it asked for", r.effective, g.effective, uid, gid)));
+    }
     if app.user.uid == 0 {
         // Effective first: it must stay a subset of permitted at every step.
         let have = caps::read(None, CapSet::Permitted).ctx(|| "cannot read capabilities".into())?;
@@ -579,23 +620,34 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
 }
 
 /// chdir to the working dir and exec argv with the app's environment. Never returns on success.
-pub fn exec_in_root(app: &App, argv: &[String]) -> Result<Never, (i32, Fail)> {
+/// Arguments and values are bytes, passed to execve unchanged.
+pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
     let env = app.environment();
     std::env::set_current_dir(&app.working_dir).map_err(|e| {
         (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display())))
     })?;
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(husk_types_default_path());
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.to_string_lossy())
+        .unwrap_or_else(|| husk_types_default_path().to_string());
     let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail("empty command".into())))?;
-    let Some(prog) = lookup_path(cmd, path_var) else {
+    let Some(prog) = lookup_path(cmd.as_os_str(), &path_var) else {
         return Err((exit::NOT_FOUND, Fail(format!("{cmd}: not found in the app's PATH ({path_var})"))));
     };
-    let c = |s: &str| {
-        CString::new(s).map_err(|_| (exit::STAGE1_FAILED, Fail(format!("argument {s:?} contains a NUL byte"))))
+    let c = |b: Vec<u8>| {
+        CString::new(b).map_err(|e| {
+            let shown = String::from_utf8_lossy(&e.into_vec()).into_owned();
+            (exit::STAGE1_FAILED, Fail(format!("argument {shown:?} contains a NUL byte")))
+        })
     };
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
         .map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
-    let argv_c: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-    let env_c: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let argv_c: Vec<CString> = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<Result<_, _>>()?;
+    let env_c: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<Result<_, _>>()?;
     husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
     // Last: from here on only execve runs under the filter.
     if let Some(policy) = &app.security.seccomp {
@@ -613,7 +665,7 @@ fn husk_types_default_path() -> &'static str {
 
 /// `enter --pid=PID --app=NAME [--] CMD…`: joins the app's namespaces and cgroup, takes on the
 /// app's user, capabilities and no_new_privs (never more than the app has: rkt CVE-2019-10144).
-fn enter(args: &[String]) -> Result<i32, Fail> {
+fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
     let name = flag_value(args, "app").ok_or_else(|| Fail("enter needs --app".into()))?;
@@ -624,9 +676,9 @@ fn enter(args: &[String]) -> Result<i32, Fail> {
             *read_stage1_state(&dir)?.app_pids.get(&name).ok_or_else(|| Fail(format!("app {name} is not running")))?
         }
     };
-    let cmd: Vec<String> = match args.iter().position(|a| a == "--") {
-        Some(i) if i + 1 < args.len() => args[i + 1..].to_vec(),
-        _ => vec!["/bin/sh".to_string()],
+    let cmd: Vec<ByteStr> = match cmd {
+        Some(c) if !c.is_empty() => c,
+        _ => vec![ByteStr::from("/bin/sh")],
     };
     let layout = cgroup::detect()?;
     layout.join(&m.uuid, &app.name, 0)?;

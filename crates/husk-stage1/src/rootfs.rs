@@ -161,7 +161,7 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
             continue;
         }
         let etc = dir_target(&rootfd, "etc")?;
-        replace_symlink(&etc, name)?;
+        replace_special(&etc, name)?;
         let t = file_target(&rootfd, &format!("etc/{name}"))?;
         bind(&src, &t, name == "hostname" || name == "hosts" && m.hosts_from_host)?;
     }
@@ -349,7 +349,12 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
         .ctx(|| format!("cannot open /{rel} in the app root"))
 }
 
-/// Opens (creating as needed) a file mount target inside the root.
+/// Opens (creating as needed) a file mount target inside the root, as an O_PATH fd.
+///
+/// The target is never opened for reading or writing: an image may put a FIFO (or a device) where
+/// a file is expected, and opening a FIFO blocks until a peer appears — a pod stuck in stage1 for
+/// good. A missing target is created with O_EXCL; an existing one is inspected with `statat` and
+/// must be a regular file (or a directory, which the bind then reports).
 fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     let p = Path::new(rel);
     let parent_rel = p.parent().map(|x| x.display().to_string()).unwrap_or_default();
@@ -362,29 +367,49 @@ fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
             .ctx(|| format!("cannot open /{parent_rel}"))?
     };
     let name = p.file_name().unwrap_or(OsStr::new("."));
-    match rustix::fs::openat(
-        &parent,
-        name,
-        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    ) {
-        Ok(_) => {}
-        Err(rustix::io::Errno::ISDIR) => {}
-        Err(rustix::io::Errno::LOOP) => {
-            return Err(Fail(format!("/{rel} in the image is a symlink; refusing to mount over it")))
+    match rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile | FileType::Directory => {}
+            ft => {
+                return Err(Fail(format!(
+                    "/{rel} in the image is a {} where a file is needed; refusing to mount over it",
+                    kind(ft)
+                )))
+            }
+        },
+        Err(rustix::io::Errno::NOENT) => {
+            match rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(Fail(format!("cannot create /{rel} in the app root: {e}"))),
+            }
         }
-        Err(e) => return Err(Fail(format!("cannot create /{rel} in the app root: {e}"))),
+        Err(e) => return Err(Fail(format!("cannot inspect /{rel} in the app root: {e}"))),
     }
-    rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("cannot open /{rel}"))
+    let fd = rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .ctx(|| format!("cannot open /{rel}"))?;
+    // It may have been swapped between the look and the open: look at what was opened.
+    let st = rustix::fs::fstat(&fd).ctx(|| format!("cannot inspect /{rel}"))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile | FileType::Directory => Ok(fd),
+        ft => Err(Fail(format!("/{rel} in the image is a {} where a file is needed; refusing to mount over it", kind(ft)))),
+    }
 }
 
-fn replace_symlink(dir: &OwnedFd, name: &str) -> Result<(), Fail> {
+/// Removes whatever the image has at `/etc/<name>` that is not a regular file or a directory (a
+/// symlink, which resolv.conf often is, a FIFO, a socket, a device), so that stage1's own file
+/// can be bound there. The app's overlay upper dir is the pod's own, so this only hides the
+/// image's entry from this pod.
+fn replace_special(dir: &OwnedFd, name: &str) -> Result<(), Fail> {
     if let Ok(st) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        if !matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Directory) {
             let d = open_dir(&proc_fd_path(dir)).ctx(|| "cannot open /etc".into())?;
             rustix::fs::unlinkat(&d, name, rustix::fs::AtFlags::empty())
-                .ctx(|| format!("cannot replace the symlink /etc/{name}"))?;
+                .ctx(|| format!("cannot replace /etc/{name} of the image"))?;
         }
     }
     Ok(())
@@ -394,6 +419,9 @@ fn kind(ft: FileType) -> &'static str {
     match ft {
         FileType::Symlink => "symlink",
         FileType::RegularFile => "file",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice | FileType::BlockDevice => "device node",
         _ => "special file",
     }
 }
@@ -446,6 +474,11 @@ pub fn pivot(root: &Path) -> Result<(), Fail> {
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the pod into `<pod>/etc/`.
 pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::pod::Dns>) -> Result<(), Fail> {
+    // stage0 validated these; a hand-written pod.json must not inject lines either.
+    husk_types::pod::validate_hostname(&m.hostname).map_err(Fail)?;
+    for (_, name) in &m.hosts_entries {
+        husk_types::pod::validate_host_name(name, 253).map_err(Fail)?;
+    }
     let etc = pod_dir.join("etc");
     std::fs::create_dir_all(&etc).ctx(|| format!("cannot create {}", etc.display()))?;
     husk_sys::atomic_write_volatile(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644)

@@ -45,14 +45,21 @@ pub struct Lock {
     path: PathBuf,
 }
 
-fn open(path: &Path) -> Result<File, LockError> {
-    let is_dir = path.is_dir();
+/// What is locked: a lock file (created when missing) or a directory, locked in place and never
+/// created. The two are distinct on purpose: a directory that was just renamed away (a pod moving
+/// to its next phase) must make the lock fail with ENOENT, not leave a new file at its old path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    File,
+    Dir,
+}
+
+fn open(path: &Path, target: Target) -> Result<File, LockError> {
     let mut o = OpenOptions::new();
-    if is_dir {
-        o.read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC);
-    } else {
-        o.read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC);
-    }
+    match target {
+        Target::Dir => o.read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW),
+        Target::File => o.read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC),
+    };
     o.open(path).map_err(|source| LockError::Open { path: path.to_path_buf(), source })
 }
 
@@ -66,10 +73,20 @@ fn op(kind: LockKind, nonblock: bool) -> FlockOperation {
 }
 
 impl Lock {
-    /// Tries to lock without waiting; `Ok(None)` when someone else holds a conflicting lock.
-    /// Lock files are created when missing; directories are locked in place.
+    /// Tries to lock a lock file without waiting; `Ok(None)` when someone else holds a
+    /// conflicting lock. The file is created when missing.
     pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>, LockError> {
-        let file = open(path)?;
+        Self::try_lock_at(path, kind, Target::File)
+    }
+
+    /// Tries to lock an existing directory without waiting. A missing directory is an
+    /// [`LockError::Open`] with `NotFound`; nothing is ever created.
+    pub fn try_lock_dir(path: &Path, kind: LockKind) -> Result<Option<Lock>, LockError> {
+        Self::try_lock_at(path, kind, Target::Dir)
+    }
+
+    /// Locks an already open directory (or file) without waiting.
+    pub fn try_lock_file(file: File, path: &Path, kind: LockKind) -> Result<Option<Lock>, LockError> {
         match flock(&file, op(kind, true)) {
             Ok(()) => Ok(Some(Lock { file, path: path.to_path_buf() })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
@@ -77,13 +94,18 @@ impl Lock {
         }
     }
 
-    /// Locks, waiting as long as it takes. `on_busy` runs once if the lock is not free at once.
+    fn try_lock_at(path: &Path, kind: LockKind, target: Target) -> Result<Option<Lock>, LockError> {
+        Self::try_lock_file(open(path, target)?, path, kind)
+    }
+
+    /// Locks a lock file, waiting as long as it takes. `on_busy` runs once if the lock is not
+    /// free at once.
     pub fn acquire(path: &Path, kind: LockKind, on_busy: impl FnOnce()) -> Result<Lock, LockError> {
         if let Some(l) = Self::try_lock(path, kind)? {
             return Ok(l);
         }
         on_busy();
-        let file = open(path)?;
+        let file = open(path, Target::File)?;
         retry_eintr(|| flock(&file, op(kind, false)))
             .map_err(|e| LockError::Flock { path: path.to_path_buf(), source: e.into() })?;
         Ok(Lock { file, path: path.to_path_buf() })
@@ -97,14 +119,36 @@ impl Lock {
         timeout: Option<Duration>,
         on_busy: impl FnOnce(),
     ) -> Result<Lock, LockError> {
-        let Some(timeout) = timeout else {
-            return Self::acquire(path, kind, on_busy);
-        };
-        if let Some(l) = Self::try_lock(path, kind)? {
+        Self::lock_timeout_at(path, kind, timeout, on_busy, Target::File)
+    }
+
+    /// [`Lock::lock_timeout`] for an existing directory (a pod's lock), never creating it.
+    pub fn lock_dir_timeout(
+        path: &Path,
+        kind: LockKind,
+        timeout: Option<Duration>,
+        on_busy: impl FnOnce(),
+    ) -> Result<Lock, LockError> {
+        Self::lock_timeout_at(path, kind, timeout, on_busy, Target::Dir)
+    }
+
+    fn lock_timeout_at(
+        path: &Path,
+        kind: LockKind,
+        timeout: Option<Duration>,
+        on_busy: impl FnOnce(),
+        target: Target,
+    ) -> Result<Lock, LockError> {
+        if let Some(l) = Self::try_lock_at(path, kind, target)? {
             return Ok(l);
         }
         on_busy();
-        let file = open(path)?;
+        let file = open(path, target)?;
+        let Some(timeout) = timeout else {
+            retry_eintr(|| flock(&file, op(kind, false)))
+                .map_err(|e| LockError::Flock { path: path.to_path_buf(), source: e.into() })?;
+            return Ok(Lock { file, path: path.to_path_buf() });
+        };
         let (tx, rx) = mpsc::channel();
         let waiter = file.try_clone().map_err(|source| LockError::Open { path: path.to_path_buf(), source })?;
         std::thread::spawn(move || {
@@ -209,9 +253,9 @@ mod tests {
     #[test]
     fn timeout_names_the_resource() {
         let d = tempfile::tempdir().unwrap();
-        let _held = Lock::try_lock(d.path(), LockKind::Exclusive).unwrap().unwrap();
+        let _held = Lock::try_lock_dir(d.path(), LockKind::Exclusive).unwrap().unwrap();
         let mut told = false;
-        let err = Lock::lock_timeout(d.path(), LockKind::Exclusive, Some(Duration::from_millis(50)), || told = true)
+        let err = Lock::lock_dir_timeout(d.path(), LockKind::Exclusive, Some(Duration::from_millis(50)), || told = true)
             .unwrap_err();
         assert!(told);
         assert!(err.to_string().contains(&d.path().display().to_string()));
@@ -221,13 +265,25 @@ mod tests {
     fn waiter_gets_lock_when_released() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().to_path_buf();
-        let held = Lock::try_lock(&p, LockKind::Exclusive).unwrap().unwrap();
+        let held = Lock::try_lock_dir(&p, LockKind::Exclusive).unwrap().unwrap();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             drop(held);
         });
-        Lock::lock_timeout(&p, LockKind::Shared, Some(Duration::from_secs(10)), || {}).unwrap();
+        Lock::lock_dir_timeout(&p, LockKind::Shared, Some(Duration::from_secs(10)), || {}).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn locking_a_directory_that_moved_away_creates_nothing_at_its_old_path() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("pod");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::rename(&a, d.path().join("moved")).unwrap();
+        let err = Lock::try_lock_dir(&a, LockKind::Shared).unwrap_err();
+        assert!(matches!(&err, LockError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
+        assert!(Lock::lock_dir_timeout(&a, LockKind::Shared, Some(Duration::from_millis(10)), || {}).is_err());
+        assert!(!a.exists(), "a lock file appeared where the directory was");
     }
 
     #[test]
@@ -235,7 +291,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("a");
         std::fs::create_dir(&a).unwrap();
-        let l = Lock::try_lock(&a, LockKind::Exclusive).unwrap().unwrap();
+        let l = Lock::try_lock_dir(&a, LockKind::Exclusive).unwrap().unwrap();
         assert!(l.still_at(&a));
         std::fs::rename(&a, d.path().join("b")).unwrap();
         assert!(!l.still_at(&a));

@@ -176,3 +176,37 @@ pub fn close_inherited(fd: std::os::fd::RawFd) {
         drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     }
 }
+
+/// Whether process `pid` exists and holds an fd on the directory `dir` (compared by device and
+/// inode, so a renamed directory still matches and a recycled pid does not). This is how husk
+/// tells a pod's own supervisor, which holds the pod dir's lock fd for the pod's life, from
+/// another process that happens to have that pid now.
+pub fn holds_dir_open(pid: i32, dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if pid <= 1 {
+        return false;
+    }
+    let Ok(want) = std::fs::metadata(dir) else { return false };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino()))
+}
+
+#[cfg(test)]
+mod holder_tests {
+    use super::*;
+
+    #[test]
+    fn a_process_holding_a_directory_is_recognised_after_a_rename() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let _f = std::fs::File::open(&a).unwrap();
+        let me = std::process::id() as i32;
+        assert!(holds_dir_open(me, &a));
+        std::fs::rename(&a, d.path().join("b")).unwrap();
+        assert!(holds_dir_open(me, &d.path().join("b")));
+        assert!(!holds_dir_open(me, d.path()));
+        assert!(!holds_dir_open(1, &d.path().join("b")));
+        assert!(!holds_dir_open(0, &d.path().join("b")));
+    }
+}

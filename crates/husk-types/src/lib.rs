@@ -4,6 +4,7 @@
 //! isolation. The stage1 ABI types ([`pod`]) live here because both stage0 (`husk`) and each
 //! stage1 flavor read and write them.
 
+pub mod bytes;
 pub mod digest;
 pub mod net;
 pub mod pod;
@@ -12,5 +13,6 @@ pub mod security;
 pub mod syscalls;
 pub mod tarpath;
 
+pub use bytes::ByteStr;
 pub use digest::{Digest, DigestError};
 pub use reference::{ImageSource, Reference, ReferenceError};

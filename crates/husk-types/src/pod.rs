@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::ByteStr;
 use crate::digest::Digest;
 use crate::security::{Resources, SeccompPolicy};
 
@@ -124,6 +125,37 @@ pub struct AppUser {
     pub additional_gids: Vec<u32>,
 }
 
+/// The id the kernel reads as "no id": `setresuid(-1, …)` leaves the uid unchanged, `chown(…, -1)`
+/// leaves the owner. An app asking for it would keep stage1's root.
+pub const INVALID_ID: u32 = u32::MAX;
+
+impl AppUser {
+    /// Refuses ids that cannot be an app's: the kernel's "unchanged" id (-1), and with private
+    /// users any id outside the pod's user namespace (it would not be mapped, so the kernel
+    /// refuses it or, for some calls, reads it as the overflow id).
+    pub fn validate(&self, range: Option<IdRange>) -> Result<(), String> {
+        let ids =
+            [("uid", self.uid), ("gid", self.gid)].into_iter().chain(self.additional_gids.iter().map(|g| ("gid", *g)));
+        for (what, id) in ids {
+            if id == INVALID_ID {
+                return Err(format!(
+                    "{what} {id} is the kernel's \"no id\" (-1), which would leave the app running as root; choose another {what}"
+                ));
+            }
+            if let Some(r) = range {
+                if id >= r.count {
+                    return Err(format!(
+                        "{what} {id} is outside the pod's private user range (0 to {}); choose a {what} below {}",
+                        r.count - 1,
+                        r.count
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How an app's standard streams are wired.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -142,10 +174,12 @@ pub struct App {
     pub image: ImageInfo,
     /// Unpacked layer trees, lowest first: the overlay lower dirs.
     pub layers: Vec<PathBuf>,
-    /// argv; argv[0] is looked up in the app's PATH when it has no '/'.
-    pub exec: Vec<String>,
-    /// Environment in order; later entries override earlier ones with the same key.
-    pub env: Vec<(String, String)>,
+    /// argv; argv[0] is looked up in the app's PATH when it has no '/'. Bytes: an argument
+    /// reaches the app exactly as given, UTF-8 or not.
+    pub exec: Vec<ByteStr>,
+    /// Environment in order; later entries override earlier ones with the same key. Values are
+    /// bytes, passed unchanged.
+    pub env: Vec<(String, ByteStr)>,
     pub user: AppUser,
     pub working_dir: PathBuf,
     #[serde(default)]
@@ -210,8 +244,8 @@ pub struct IdRange {
 
 impl App {
     /// The effective environment: last value of each key wins, order of first appearance kept.
-    pub fn environment(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
+    pub fn environment(&self) -> Vec<(String, ByteStr)> {
+        let mut out: Vec<(String, ByteStr)> = Vec::new();
         for (k, v) in &self.env {
             match out.iter_mut().find(|(ok, _)| ok == k) {
                 Some(slot) => slot.1 = v.clone(),
@@ -314,6 +348,50 @@ pub struct Stage1State {
     pub app_pids: BTreeMap<String, i32>,
 }
 
+/// Checks a pod's hostname: an RFC 1123 host name (dot-separated labels of letters, digits and
+/// inner hyphens, 1 to 63 characters each), at most 64 characters (the kernel's limit). It is
+/// written into the pod's /etc/hosts and /etc/hostname, so nothing else may pass.
+pub fn validate_hostname(h: &str) -> Result<(), String> {
+    validate_host_name(h, 64)
+}
+
+/// An RFC 1123 name of at most `max` characters (64 for the pod's hostname, 253 for the names
+/// of `--hosts-entry`).
+pub fn validate_host_name(h: &str, max: usize) -> Result<(), String> {
+    if h.is_empty() || h.len() > max {
+        return Err(format!("hostname {h:?} must be 1 to {max} characters"));
+    }
+    for label in h.split('.') {
+        let b = label.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-';
+        if !ok {
+            return Err(format!(
+                "hostname {h:?} is not an RFC 1123 host name: labels of letters, digits and inner '-', separated by '.'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// File in the pod dir naming (as decimal text) the process that holds the pod's lock while the
+/// pod is being prepared or started: stage0 writes it when it creates the pod, stage1 rewrites
+/// it when it starts. `husk stop` uses it to end a pod that never wrote `stage1.json`.
+pub const LOCK_HOLDER_FILE: &str = "lock-holder.pid";
+
+/// File in the pod dir written by `husk stop` before it sends SIGTERM to the supervisor: how long
+/// the apps get before they are killed (the supervisor reads it when the SIGTERM arrives).
+pub const STOP_REQUEST_FILE: &str = "stop.json";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopRequest {
+    /// Milliseconds between SIGTERM and SIGKILL.
+    pub timeout_ms: u64,
+}
+
 /// Validates an app or volume name: what appears in paths of the pod dir.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -346,7 +424,7 @@ mod tests {
             security: AppSecurity::default(),
             resources: Default::default(),
         };
-        assert_eq!(app.environment(), vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
+        assert_eq!(app.environment(), vec![("A".to_string(), ByteStr::from("3")), ("B".to_string(), ByteStr::from("2"))]);
     }
 
     #[test]
@@ -354,6 +432,37 @@ mod tests {
         assert!(valid_name("web-1"));
         for bad in ["", "..", "a/b", "A", "-x", "a..b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_id_minus_one_means_root_and_is_refused() {
+        let u = |uid, gid, extra: Vec<u32>| AppUser { uid, gid, additional_gids: extra };
+        assert!(u(1000, 1000, vec![]).validate(None).is_ok());
+        assert!(u(0, 0, vec![]).validate(None).is_ok());
+        assert!(u(INVALID_ID, 0, vec![]).validate(None).unwrap_err().contains("uid 4294967295"));
+        assert!(u(0, INVALID_ID, vec![]).validate(None).unwrap_err().contains("gid 4294967295"));
+        assert!(u(0, 0, vec![5, INVALID_ID]).validate(None).is_err());
+        assert!(u(INVALID_ID - 1, 0, vec![]).validate(None).is_ok());
+    }
+
+    #[test]
+    fn ids_outside_the_private_user_range_are_refused() {
+        let r = Some(IdRange { host_base: 1 << 20, count: 65536 });
+        let u = |uid, gid| AppUser { uid, gid, additional_gids: vec![] };
+        assert!(u(65535, 65535).validate(r).is_ok());
+        assert!(u(65536, 0).validate(r).unwrap_err().contains("outside the pod's private user range"));
+        assert!(u(0, 70000).validate(r).is_err());
+        assert!(u(65536, 0).validate(None).is_ok());
+    }
+
+    #[test]
+    fn a_hostname_with_a_newline_cannot_inject_hosts_lines() {
+        for good in ["web", "husk-0a1b2c3d-0000-4000-8000-000000000000", "a.b-c.D9", &"x".repeat(63)] {
+            assert!(validate_hostname(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a\n10.0.0.1 evil", "a b", "-a", "a-", "a..b", ".a", "a.", "a_b", &"x".repeat(65), "a/b"] {
+            assert!(validate_hostname(bad).is_err(), "{bad:?}");
         }
     }
 

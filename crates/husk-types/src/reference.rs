@@ -19,6 +19,15 @@ pub enum ReferenceError {
     Empty,
     #[error("image reference {reference:?}: {why}")]
     Invalid { reference: String, why: String },
+    #[error("image reference {shown}… is {len} characters long; a name may have at most {MAX_NAME_LEN}")]
+    TooLong { shown: String, len: usize },
+}
+
+/// The longest registry + repository name (the distribution spec's limit).
+pub const MAX_NAME_LEN: usize = 255;
+
+fn too_long(s: &str) -> ReferenceError {
+    ReferenceError::TooLong { shown: s.chars().take(40).collect(), len: s.len() }
 }
 
 fn invalid(reference: &str, why: impl Into<String>) -> ReferenceError {
@@ -39,6 +48,10 @@ impl Reference {
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
         if s.is_empty() {
             return Err(ReferenceError::Empty);
+        }
+        // name + ':' tag (128) + '@' digest (sha256: 71, up to 255 for others)
+        if s.len() > MAX_NAME_LEN + 1 + 128 + 1 + 255 {
+            return Err(too_long(s));
         }
         let (name_tag, digest) = match s.split_once('@') {
             Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| invalid(s, e.to_string()))?)),
@@ -136,6 +149,9 @@ fn validate_registry(full: &str, registry: &str) -> Result<(), ReferenceError> {
 fn validate_repository(full: &str, repo: &str) -> Result<(), ReferenceError> {
     if repo.is_empty() {
         return Err(invalid(full, "repository name is empty"));
+    }
+    if repo.len() > MAX_NAME_LEN {
+        return Err(too_long(full));
     }
     for component in repo.split('/') {
         let bytes = component.as_bytes();
@@ -257,6 +273,15 @@ mod tests {
         for bad in ["", "UPPER/case", "a//b", "host:99999/x", "x:-tag", "x:", "/x", "a/b/"] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn an_over_long_repository_name_is_refused_by_length() {
+        let long = format!("127.0.0.1:5000/{}", "a".repeat(5000));
+        assert!(matches!(Reference::parse(&long), Err(ReferenceError::TooLong { len: 5015, .. })));
+        let fits = format!("h/{}", "a".repeat(250));
+        assert!(Reference::parse(&fits).is_ok());
+        assert!(matches!(Reference::parse(&format!("h/{}", "a".repeat(256))), Err(ReferenceError::TooLong { .. })));
     }
 
     #[test]

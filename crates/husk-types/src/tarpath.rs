@@ -85,9 +85,47 @@ pub fn is_plain_relative(p: &Path) -> bool {
     p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
+/// Whether a layer entry may carry the extended attribute `name` into the store.
+///
+/// The unpacked trees are the lower dirs of every pod's overlay, so an xattr there is read by the
+/// kernel, not just stored. Kept: `user.*` (application data), `security.capability` (file
+/// capabilities, which images rely on, e.g. ping's CAP_NET_RAW) and POSIX ACLs. Dropped:
+/// `trusted.*` (overlayfs' own `trusted.overlay.{redirect,metacopy,origin,opaque}` would steer
+/// lookups of every pod using the layer; husk writes the opaque marker itself from OCI
+/// whiteouts), every other `security.*` (SELinux/SMACK labels and IMA/EVM signatures are the
+/// host's to assign, not an image's) and any other namespace.
+pub fn layer_xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.")
+        || name == "security.capability"
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_private_xattrs_from_a_layer_are_dropped() {
+        for bad in [
+            "trusted.overlay.redirect",
+            "trusted.overlay.metacopy",
+            "trusted.overlay.origin",
+            "trusted.overlay.opaque",
+            "trusted.anything",
+            "security.selinux",
+            "security.ima",
+            "security.evm",
+            "security.capabilityX",
+            "system.nfs4_acl",
+            "",
+        ] {
+            assert!(!layer_xattr_allowed(bad), "{bad}");
+        }
+        for good in ["user.mime_type", "security.capability", "system.posix_acl_access", "system.posix_acl_default"] {
+            assert!(layer_xattr_allowed(good), "{good}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

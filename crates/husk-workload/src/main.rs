@@ -3,8 +3,8 @@
 //! directory, hostname, mounts, namespaces, cgroups. Standard library only, so it links
 //! statically and runs in any image.
 //!
-//! Usage: `husk-workload [report]` (default), `exit N`, `sleep SECS`, `write PATH TEXT`,
-//! `cat PATH`, `ls PATH`, `fds`.
+//! Usage: `husk-workload [report]` (default), `argv [ARGS…]` (argv and environment as hex),
+//! `exit N`, `sleep SECS`, `write PATH TEXT`, `cat PATH`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -92,10 +92,23 @@ fn report() -> String {
     format!("{{{}}}", body.join(","))
 }
 
+/// Every argument and environment entry as hex, exactly the bytes execve delivered.
+fn argv_report() -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| json_str(&hex(a.as_bytes()))).collect();
+    let env: Vec<String> = std::env::vars_os()
+        .map(|(k, v)| json_str(&hex(&[k.as_bytes(), b"=", v.as_bytes()].concat())))
+        .collect();
+    format!("{{\"argv\":[{}],\"env\":[{}]}}", argv.join(","), env.join(","))
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Arguments may be any bytes (the argv mode reports them); modes and their operands are text.
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     match args.first().map(String::as_str) {
         None | Some("report") => println!("{}", report()),
+        Some("argv") => println!("{}", argv_report()),
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         Some("sleep") => std::thread::sleep(std::time::Duration::from_secs_f64(
             args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3600.0),

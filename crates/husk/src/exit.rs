@@ -69,6 +69,10 @@ impl From<husk_image::StoreError> for Failure {
             }
             S::Ambiguous { .. } => (IMAGE, None),
             S::InUse { .. } => (IMAGE, None),
+            S::LayersMissing { name, .. } => (
+                IMAGE,
+                Some(format!("unpack it again with `husk fetch --pull-policy=update {name}`, then check the store with `husk image verify`")),
+            ),
             S::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
             _ if e.is_disk_full() => {
                 (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into()))

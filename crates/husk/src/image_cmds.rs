@@ -54,7 +54,8 @@ pub fn fetch_one(
     name: Option<String>,
 ) -> Result<husk_image::Fetched, Failure> {
     let source = ImageSource::parse(what).map_err(|e| {
-        Failure::new(exit::IMAGE, e).hint(
+        let code = if matches!(e, husk_types::ReferenceError::TooLong { .. }) { exit::USAGE } else { exit::IMAGE };
+        Failure::new(code, e).hint(
             "image references look like docker://HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE",
         )
     })?;

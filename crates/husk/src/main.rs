@@ -9,6 +9,7 @@ mod output;
 mod pod_cli;
 mod progress;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
@@ -62,15 +63,17 @@ impl Ctx {
     }
 }
 
-/// Splits argv at `---` (the app separator of `run` and `prepare`).
-fn split_apps(args: Vec<String>) -> (Vec<String>, Vec<Vec<String>>) {
+/// Splits argv at `---` (the app separator of `run` and `prepare`). Arguments are bytes
+/// (`OsString`): app arguments and environment values reach the app unchanged, and every other
+/// argument that is not UTF-8 gets a usage error from the parser, never a panic.
+fn split_apps(args: Vec<OsString>) -> (Vec<OsString>, Vec<Vec<OsString>>) {
     let mut segs = args.split(|a| a == "---").map(|s| s.to_vec());
     let first = segs.next().unwrap_or_default();
     (first, segs.collect())
 }
 
 fn main() {
-    let (first, rest) = split_apps(std::env::args().collect());
+    let (first, rest) = split_apps(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(&first) {
         Ok(c) => c,
         Err(e) => {
@@ -107,7 +110,7 @@ fn init_logging(verbose: u8) {
     }
 }
 
-fn run(cli: Cli, more_apps: Vec<Vec<String>>) -> Result<i32, Failure> {
+fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
         return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
     }
@@ -157,12 +160,12 @@ mod tests {
 
     #[test]
     fn apps_split_at_triple_dash_even_after_double_dash() {
-        let args: Vec<String> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"]
+        let args: Vec<OsString> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"]
             .iter()
-            .map(|s| s.to_string())
+            .map(OsString::from)
             .collect();
         let (first, rest) = split_apps(args);
         assert_eq!(first, vec!["husk", "run", "a", "--", "x"]);
-        assert_eq!(rest, vec![vec!["b".to_string(), "--name".into(), "n".into()], vec!["c".to_string()]]);
+        assert_eq!(rest, vec![vec![OsString::from("b"), "--name".into(), "n".into()], vec![OsString::from("c")]]);
     }
 }

@@ -1,5 +1,6 @@
 //! Pod commands: run, prepare, run-prepared, list, status, cat-manifest, logs, enter, stop, rm, gc.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
-use husk_pod::prepare::{build_app, default_app_name, parse_env_file, split_env, AppSpec};
+use husk_pod::prepare::{build_app, default_app_name, parse_env_file, AppSpec};
 use husk_pod::state::LockedPod;
 use husk_pod::{Phase, PodError, PodInfo, Pods};
+use husk_types::ByteStr;
 use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
 
 use crate::cli::{parse_duration, Format, PullPolicyArg};
@@ -39,12 +41,12 @@ pub struct AppArgs {
     /// Working directory (absolute).
     #[arg(long)]
     pub working_dir: Option<String>,
-    /// Environment variable K=V (highest precedence).
-    #[arg(long, value_parser = parse_kv)]
-    pub environment: Vec<(String, String)>,
+    /// Environment variable K=V (highest precedence). The value may be any bytes.
+    #[arg(long)]
+    pub environment: Vec<OsString>,
     /// Environment variable K=V (above --set-env-file, below --environment).
-    #[arg(long, value_parser = parse_kv)]
-    pub set_env: Vec<(String, String)>,
+    #[arg(long)]
+    pub set_env: Vec<OsString>,
     /// File of K=V lines (above the image's environment).
     #[arg(long)]
     pub set_env_file: Vec<PathBuf>,
@@ -89,7 +91,7 @@ pub struct AppSegment {
     #[command(flatten)]
     pub app: AppArgs,
     #[arg(last = true)]
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -98,14 +100,14 @@ pub struct RunArgs {
     pub image: String,
     #[command(flatten)]
     pub app: AppArgs,
-    /// Arguments for the first app (after --).
+    /// Arguments for the first app (after --), passed unchanged (any bytes).
     #[arg(last = true)]
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
     /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] or NAME,kind=empty.
     #[arg(long, value_parser = parse_volume)]
     pub volume: Vec<Volume>,
-    /// Hostname (default husk-<uuid>).
-    #[arg(long)]
+    /// Hostname, an RFC 1123 host name (default husk-<uuid>).
+    #[arg(long, value_parser = parse_hostname)]
     pub hostname: Option<String>,
     /// Write the pod's UUID to this file.
     #[arg(long)]
@@ -209,9 +211,9 @@ pub struct EnterArgs {
     /// The app to enter (required when the pod has several).
     #[arg(long)]
     pub app: Option<String>,
-    /// Command (default /bin/sh).
+    /// Command (default /bin/sh), passed unchanged (any bytes).
     #[arg(last = true)]
-    pub cmd: Vec<String>,
+    pub cmd: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -247,8 +249,21 @@ pub struct GcArgs {
     pub expire_prepared: Duration,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    split_env(s).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+/// `KEY=VALUE` of `--environment`/`--set-env`: the key is a non-empty UTF-8 name without '=',
+/// the value any bytes (it reaches the app unchanged).
+fn parse_kv(flag: &str, s: &OsStr) -> Result<(String, ByteStr), Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = s.as_bytes();
+    let shown = s.to_string_lossy();
+    let eq = b.iter().position(|c| *c == b'=');
+    let key = eq.and_then(|i| std::str::from_utf8(&b[..i]).ok()).filter(|k| !k.is_empty());
+    match (eq, key) {
+        (Some(i), Some(k)) => Ok((k.to_string(), ByteStr(b[i + 1..].to_vec()))),
+        (Some(_), None) if b[0] != b'=' => {
+            Err(Failure::usage(format!("{flag} {shown:?}: the variable name must be UTF-8 text")))
+        }
+        _ => Err(Failure::usage(format!("{flag}: expected KEY=VALUE, got {shown:?}"))),
+    }
 }
 
 fn parse_net(s: &str) -> Result<husk_types::net::NetRequest, String> {
@@ -257,6 +272,10 @@ fn parse_net(s: &str) -> Result<husk_types::net::NetRequest, String> {
 
 fn parse_port(s: &str) -> Result<husk_types::net::PortMapping, String> {
     husk_types::net::parse_port(s).map_err(|e| e.to_string())
+}
+
+fn parse_hostname(s: &str) -> Result<String, String> {
+    husk_types::pod::validate_hostname(s).map(|_| s.to_string())
 }
 
 fn parse_ipc(s: &str) -> Result<IpcMode, String> {
@@ -320,6 +339,9 @@ fn parse_mount(s: &str) -> Result<MountPoint, String> {
     if !target.is_absolute() {
         return Err(format!("mount target {} must be absolute", target.display()));
     }
+    if target.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("mount target {} must not contain '..'", target.display()));
+    }
     Ok(MountPoint {
         volume: volume.to_string(),
         target,
@@ -374,23 +396,23 @@ fn resources_from(a: &AppArgs) -> Result<husk_types::security::Resources, Failur
     })
 }
 
-fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[String]) -> Result<AppSpec, Failure> {
+fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[OsString]) -> Result<AppSpec, Failure> {
     let mut env_files = Vec::new();
     for f in &a.set_env_file {
-        env_files.extend(parse_env_file(f)?);
+        env_files.extend(parse_env_file(f).map_err(|e| Failure::usage(format!("--set-env-file: {e}")))?);
     }
     Ok(AppSpec {
         image: image.to_string(),
         name: a.name.clone(),
         exec: a.exec.clone(),
-        args: args.to_vec(),
+        args: args.iter().map(|a| ByteStr::from(a.as_os_str())).collect(),
         user: a.user.clone(),
         group: a.group.clone(),
         supplementary_gids: a.supplementary_gids.clone(),
         working_dir: a.working_dir.clone(),
         env_files,
-        set_env: a.set_env.clone(),
-        environment: a.environment.clone(),
+        set_env: a.set_env.iter().map(|kv| parse_kv("--set-env", kv)).collect::<Result<_, _>>()?,
+        environment: a.environment.iter().map(|kv| parse_kv("--environment", kv)).collect::<Result<_, _>>()?,
         mounts: a.mount.clone(),
         readonly_rootfs: a.readonly_rootfs,
         security: security_from(ctx, a)?,
@@ -403,6 +425,11 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     let mut specs = vec![spec_from(ctx, &a.image, &a.app, &a.args)?];
     for seg in more {
         specs.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
+    }
+    for (i, v) in a.volume.iter().enumerate() {
+        if a.volume[..i].iter().any(|w| w.name == v.name) {
+            return Err(Failure::usage(format!("--volume {:?} is given twice; give each volume a name of its own", v.name)));
+        }
     }
     if a.private_users && a.stage1 == Flavor::Fly {
         return Err(Failure::usage("--private-users needs the ns stage1: fly shares the host's namespaces"));
@@ -435,6 +462,48 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     if a.interactive && a.detach {
         return Err(Failure::usage("--interactive and --detach exclude each other"));
     }
+    // Everything the flags alone decide is checked before anything is fetched or created.
+    for v in &a.volume {
+        if let VolumeKind::Host { source, .. } = &v.kind {
+            if !source.exists() {
+                return Err(Failure::usage(format!(
+                    "volume {}: source {} does not exist",
+                    v.name,
+                    source.display()
+                )));
+            }
+        }
+    }
+    let mut dns = Dns {
+        search: a.dns_search.clone(),
+        options: a.dns_opt.clone(),
+        domain: a.dns_domain.clone(),
+        ..Default::default()
+    };
+    for d in &a.dns {
+        match d.as_str() {
+            "host" => dns.host = true,
+            "none" => dns.none = true,
+            ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
+            other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
+        }
+    }
+    let mut hosts_entries = Vec::new();
+    let mut hosts_from_host = false;
+    for h in &a.hosts_entry {
+        if h == "host" {
+            hosts_from_host = true;
+        } else {
+            let (ip, name) = h
+                .split_once('=')
+                .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
+            husk_types::pod::validate_host_name(name, 253)
+                .map_err(|e| Failure::usage(format!("--hosts-entry {h:?}: {e}")))?;
+            hosts_entries.push((ip.to_string(), name.to_string()));
+        }
+    }
     let store = ctx.store()?;
     let pods = ctx.pods()?;
     let quiet = a.quiet || !std::io::stderr().is_terminal();
@@ -446,6 +515,9 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     // Hold the store shared so that `image rm`/`gc` cannot remove a layer before the pod
     // manifest that uses it is written.
     let shared = store.lock_store(husk_sys::LockKind::Shared)?;
+    for f in &fetched {
+        store.check_layers(&f.name, &f.record)?;
+    }
     let mut pod = pods.create()?;
     let result = (|| -> Result<PodManifest, Failure> {
         // Held until the manifest naming the range is written, at the end of this closure.
@@ -467,7 +539,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
                 name = format!("{base}-{n}");
                 n += 1;
             }
-            let app = build_app(&store, &f.name, &f.record, s, name)?;
+            let app = build_app(&store, &f.name, &f.record, s, name, ids.as_ref().map(|i| i.range))?;
             for mp in &app.mounts {
                 if !a.volume.iter().any(|v| v.name == mp.volume) {
                     return Err(Failure::usage(format!(
@@ -478,49 +550,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             }
             apps.push(app);
         }
-        for v in &a.volume {
-            if let VolumeKind::Host { source, .. } = &v.kind {
-                if !source.exists() {
-                    return Err(Failure::usage(format!(
-                        "volume {}: source {} does not exist",
-                        v.name,
-                        source.display()
-                    )));
-                }
-            }
-        }
-        let mut dns = Dns {
-            search: a.dns_search.clone(),
-            options: a.dns_opt.clone(),
-            domain: a.dns_domain.clone(),
-            ..Default::default()
-        };
-        for d in &a.dns {
-            match d.as_str() {
-                "host" => dns.host = true,
-                "none" => dns.none = true,
-                ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
-                other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
-            }
-        }
-        let mut hosts_entries = Vec::new();
-        let mut hosts_from_host = false;
-        for h in &a.hosts_entry {
-            if h == "host" {
-                hosts_from_host = true;
-            } else {
-                let (ip, name) = h
-                    .split_once('=')
-                    .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
-                ip.parse::<std::net::IpAddr>()
-                    .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
-                hosts_entries.push((ip.to_string(), name.to_string()));
-            }
-        }
         let hostname = a.hostname.clone().unwrap_or_else(|| format!("husk-{}", pod.uuid));
-        if hostname.is_empty() || hostname.len() > 64 {
-            return Err(Failure::usage(format!("hostname {hostname:?} must be 1 to 64 characters")));
-        }
         let stdio = if a.detach {
             Stdio::Log
         } else if a.interactive {
@@ -670,6 +700,7 @@ fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
         Some(s) => match (&s.error, s.exit_code, s.signal) {
             (Some(e), _, _) => format!("failed to start ({e})"),
             (None, _, Some(9)) if s.oom_killed => "killed by the OOM killer (memory limit)".into(),
+            (None, Some(c), _) if s.oom_killed => format!("exited {c} (the OOM killer ended a process of the app)"),
             (None, Some(c), _) => format!("exited {c}"),
             (None, None, Some(sig)) => format!("killed by signal {sig}"),
             _ => "unknown".into(),
@@ -794,7 +825,7 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
         let (phase, dir) = pods.observe(&uuid)?;
         if matches!(phase, Phase::Running | Phase::Preparing | Phase::Embryo | Phase::Prepared) {
             // Block on the pod lock: it is released the moment the supervisor exits.
-            let _l = husk_sys::Lock::lock_timeout(&dir, husk_sys::LockKind::Shared, timeout, || {})
+            let _l = husk_sys::Lock::lock_dir_timeout(&dir, husk_sys::LockKind::Shared, timeout, || {})
                 .map_err(PodError::from)?;
             if phase == Phase::Prepared {
                 return Err(Failure::new(
@@ -978,38 +1009,7 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let mut code = 0;
     for uuid in uuids_of(&pods, &a.uuids, a.uuid_file.as_deref())? {
-        let r = (|| -> Result<(), Failure> {
-            let i = pods.info(&uuid)?;
-            if i.phase != Phase::Running {
-                return Err(PodError::WrongPhase {
-                    uuid: uuid.clone(),
-                    phase: i.phase.as_str().into(),
-                    why: "only running pods can be stopped".into(),
-                }
-                .into());
-            }
-            let st = i
-                .stage1
-                .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} is still starting; try again")))?;
-            let kill = |pid: i32, sig: i32| {
-                // A pid of 0 or 1 would be a corrupt stage1.json; never signal those.
-                if pid > 1 {
-                    let _ = husk_sys::proc::kill(pid, sig);
-                }
-            };
-            if a.force {
-                kill(st.init_pid, libc::SIGKILL);
-            } else {
-                kill(st.supervisor_pid, libc::SIGTERM);
-            }
-            let wait = |t| husk_sys::Lock::lock_timeout(&i.dir, husk_sys::LockKind::Shared, Some(t), || {});
-            if wait(a.timeout).is_err() {
-                kill(st.init_pid, libc::SIGKILL);
-                wait(Duration::from_secs(10)).map_err(PodError::from)?;
-            }
-            Ok(())
-        })();
-        match r {
+        match stop_one(&pods, &uuid, a.force, a.timeout) {
             Ok(()) => println!("{uuid}"),
             Err(f) => {
                 exit::report(&f);
@@ -1018,6 +1018,75 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
         }
     }
     Ok(code)
+}
+
+fn kill_pid(pid: i32, sig: i32) {
+    // A pid of 0 or 1 would be a corrupt state file; never signal those.
+    if pid > 1 {
+        let _ = husk_sys::proc::kill(pid, sig);
+    }
+}
+
+/// Stops one pod, whatever phase it is stuck in while its lock is held:
+/// - running (`stage1.json` written): ns pods get SIGTERM through their supervisor, which kills
+///   the apps itself when `timeout` (from stop.json) passes, so every app gets a status (137 when
+///   killed); `--force` asks for that kill at once. Only if the pod does not end then is its
+///   init killed outright.
+/// - still being prepared or started (no `stage1.json` yet, e.g. stage1 blocked on an image's
+///   file): the lock holder named in `lock-holder.pid` gets SIGTERM (`--force`: SIGKILL), then
+///   SIGKILL after the timeout; `gc` cleans up what it left.
+fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(), Failure> {
+    use husk_types::pod::{Flavor, StopRequest, STOP_REQUEST_FILE};
+    let i = pods.info(uuid)?;
+    if !matches!(i.phase, Phase::Running | Phase::Preparing | Phase::Embryo) {
+        return Err(PodError::WrongPhase {
+            uuid: uuid.to_string(),
+            phase: i.phase.as_str().into(),
+            why: "only running (or starting) pods can be stopped".into(),
+        }
+        .into());
+    }
+    let wait = |t| husk_sys::Lock::lock_dir_timeout(&i.dir, husk_sys::LockKind::Shared, Some(t), || {});
+    let running = match (&i.stage1, i.phase) {
+        (Some(st), Phase::Running) if husk_sys::proc::holds_dir_open(st.supervisor_pid, &i.dir) => Some(st),
+        _ => None,
+    };
+    let Some(st) = running else {
+        let Some(pid) = husk_pod::state::lock_holder(&i.dir) else {
+            // The holder ended meanwhile, or the lock is held by another husk command.
+            return match wait(Duration::from_secs(2)) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(PodError::Busy { uuid: uuid.to_string(), phase: i.phase.as_str().into() }.into()),
+            };
+        };
+        kill_pid(pid, if force { libc::SIGKILL } else { libc::SIGTERM });
+        if wait(if force { Duration::from_secs(10) } else { timeout }).is_err() {
+            kill_pid(pid, libc::SIGKILL);
+            wait(Duration::from_secs(10)).map_err(PodError::from)?;
+        }
+        return Ok(());
+    };
+    let ns = i.manifest.as_ref().is_some_and(|m| m.flavor == Flavor::Ns);
+    if !ns {
+        // fly: the app is the init, in the host's namespaces.
+        kill_pid(st.init_pid, if force { libc::SIGKILL } else { libc::SIGTERM });
+        if wait(if force { Duration::from_secs(10) } else { timeout }).is_err() {
+            kill_pid(st.init_pid, libc::SIGKILL);
+            wait(Duration::from_secs(10)).map_err(PodError::from)?;
+        }
+        return Ok(());
+    }
+    let grace = if force { Duration::ZERO } else { timeout };
+    let req = serde_json::to_vec(&StopRequest { timeout_ms: grace.as_millis() as u64 }).expect("serializable");
+    husk_sys::atomic_write_volatile(&i.dir.join(STOP_REQUEST_FILE), &req, 0o644)
+        .with_context(|| format!("cannot write {}", i.dir.join(STOP_REQUEST_FILE).display()))?;
+    kill_pid(st.supervisor_pid, if force { libc::SIGALRM } else { libc::SIGTERM });
+    // The pod ends by itself at the deadline; allow it a little beyond for the kill and reaping.
+    if wait(grace + Duration::from_secs(5)).is_err() {
+        kill_pid(st.init_pid, libc::SIGKILL);
+        wait(Duration::from_secs(10)).map_err(PodError::from)?;
+    }
+    Ok(())
 }
 
 /// stage1's `gc` entrypoint for one pod dir: releases what stage1 created outside it.
@@ -1099,6 +1168,13 @@ mod tests {
         assert_eq!((m.volume.as_str(), m.target.as_path(), m.read_only), ("data", Path::new("/data"), true));
         assert!(parse_mount("volume=data").is_err());
         assert!(parse_mount("volume=d,target=rel").is_err());
+        assert!(parse_mount("volume=d,target=/a/../../etc").unwrap_err().contains("'..'"));
+    }
+
+    #[test]
+    fn hostnames_parse() {
+        assert_eq!(parse_hostname("web-1").unwrap(), "web-1");
+        assert!(parse_hostname("web\n127.0.0.1 bank.example").is_err());
     }
 
     #[test]
@@ -1107,6 +1183,17 @@ mod tests {
         assert_eq!(s.image, "img");
         assert_eq!(s.app.name.as_deref(), Some("b"));
         assert_eq!(s.args, vec!["x", "--y"]);
+    }
+
+    #[test]
+    fn environment_values_are_bytes_and_names_are_text() {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok((k, v)) = parse_kv("--environment", OsStr::from_bytes(b"K=a\xffb=c")) else { panic!("K=… parses") };
+        assert_eq!((k.as_str(), v.as_bytes()), ("K", &b"a\xffb=c"[..]));
+        assert!(parse_kv("--environment", OsStr::new("novalue")).is_err());
+        assert!(parse_kv("--environment", OsStr::new("=v")).is_err());
+        let e = parse_kv("--set-env", OsStr::from_bytes(b"\xff=v")).err().unwrap();
+        assert!(e.error.to_string().contains("UTF-8"), "{}", e.error);
     }
 
     #[test]
