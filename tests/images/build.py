@@ -8,6 +8,9 @@ Creates OUTDIR/{busybox,workload,big}/ (OCI layouts, tag "latest"):
   workload  busybox plus husk's static test program as entrypoint.
   big       busybox plus three ~16 MiB layers with whiteouts, an opaque directory, hard
             links, symlinks, a FIFO, and files of several owners and modes (about 50 MB).
+and hostile ones: evil-proc, evil-dev, escape (escape attempts), evil-fifo (FIFOs at
+/etc/hostname and /etc/hosts), evil-xattr (trusted.overlay.* xattrs), etc-symlink (/etc a
+symlink to the host's /etc), user-minus-one (config User 4294967295, the kernel's -1).
 Deterministic: the same inputs give the same digests, so layers are shared between runs.
 """
 import gzip, hashlib, io, json, os, random, subprocess, sys, tarfile
@@ -165,6 +168,27 @@ def evil_layers():
     return proc.finish(), dev.finish(), esc.finish()
 
 
+def hostile_layers():
+    """Layers of the images of issue 8's defects (tests/defects.rs runs them)."""
+    fifo = Layer()  # /etc/hostname and /etc/hosts as FIFOs: opening one for writing blocks
+    fifo.dir("etc")
+    fifo.fifo("etc/hostname")
+    fifo.fifo("etc/hosts")
+    fifo.fifo("fifo-target")
+    xattr = Layer()  # overlayfs' private xattrs, which would steer lookups of every pod
+    t = ti("steered", tarfile.DIRTYPE, 0o755)
+    t.pax_headers = {"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.trusted.overlay.opaque": "y",
+                     "SCHILY.xattr.user.kept": "yes"}
+    xattr.tar.addfile(t)
+    t = ti("steered/meta", size=4)
+    t.pax_headers = {"SCHILY.xattr.trusted.overlay.metacopy": "", "SCHILY.xattr.trusted.overlay.origin": "x",
+                     "SCHILY.xattr.security.selinux": "system_u:object_r:shadow_t:s0"}
+    xattr.tar.addfile(t, io.BytesIO(b"data"))
+    etc_link = Layer()  # /etc a symlink to the host's /etc: users must never come from there
+    etc_link.symlink("etc", "/etc")
+    return fifo.finish(), xattr.finish(), etc_link.finish()
+
+
 def main():
     out, binary = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
@@ -178,6 +202,12 @@ def main():
     write_image(out, "evil-proc", [bb, proc], {"Env": env, "Cmd": ["sh"]})
     write_image(out, "evil-dev", [bb, dev], {"Env": env, "Cmd": ["sh"]})
     write_image(out, "escape", [bb, esc], {"Env": env, "Cmd": ["sh"]})
+    fifo, xattr, etc_link = hostile_layers()
+    write_image(out, "evil-fifo", [bb, fifo], {"Env": env, "Cmd": ["sh"]})
+    write_image(out, "evil-xattr", [bb, xattr], {"Env": env, "Cmd": ["sh"]})
+    write_image(out, "etc-symlink", [bb, etc_link], {"Env": env, "Cmd": ["/bin/sh"]})
+    write_image(out, "user-minus-one", [bb, workload_layer(binary)],
+                {"Env": env, "Entrypoint": ["/usr/bin/husk-workload"], "User": "4294967295:4294967295"})
 
 
 if __name__ == "__main__":

@@ -157,11 +157,9 @@ impl Ingest<'_> {
             self.store.read_blob(&cfg_digest).map_err(|e| self.store_err(e))?
         } else {
             let mut buf = Vec::new();
-            blobs
-                .open(&cfg_digest, cfg_desc.size())?
-                .take(MAX_METADATA_SIZE + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| FetchError::Source { image: image.to_string(), why: format!("reading config {cfg_digest}: {e}") })?;
+            blobs.open(&cfg_digest, cfg_desc.size())?.take(MAX_METADATA_SIZE + 1).read_to_end(&mut buf).map_err(
+                |e| FetchError::Source { image: image.to_string(), why: format!("reading config {cfg_digest}: {e}") },
+            )?;
             check_size(&cfg_digest, cfg_desc.size(), buf.len() as u64).map_err(|e| self.store_err(e))?;
             self.store.put_blob(&buf, Some(&cfg_digest)).map_err(|e| self.store_err(e))?;
             buf

@@ -9,9 +9,9 @@ use oci_spec::image::ImageIndex;
 use serde::Deserialize;
 
 use crate::error::{FetchError, StoreError};
-use crate::ingest::{check_metadata_size, MAX_METADATA_SIZE, 
-    manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX,
-    MT_OCI_LAYER,
+use crate::ingest::{
+    check_metadata_size, manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MAX_METADATA_SIZE,
+    MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER,
 };
 use crate::store::{hash_reader, remove_any, ImageRecord, Store};
 

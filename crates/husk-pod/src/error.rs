@@ -18,8 +18,8 @@ pub enum PodError {
     Ambiguous { prefix: String, count: usize, examples: String },
     #[error("pod {uuid} is {phase}; {why}")]
     WrongPhase { uuid: String, phase: String, why: String },
-    #[error("pod {uuid} ({phase}) is being worked on by another husk command (a parallel rm or gc)")]
-    Busy { uuid: String, phase: String },
+    #[error("pod {uuid} is being worked on by another husk command (a parallel rm, gc or stop)")]
+    Busy { uuid: String },
     #[error("pod {uuid}: {why}")]
     Invalid { uuid: String, why: String },
     #[error("pod file {path} is corrupt: {why}")]
@@ -61,7 +61,9 @@ impl PodError {
     /// husk's exit code for this error (see the CLI's exit module).
     pub fn exit_code(&self) -> i32 {
         match self {
-            PodError::Unknown(_) | PodError::Ambiguous { .. } | PodError::WrongPhase { .. } | PodError::Busy { .. } => 122,
+            PodError::Unknown(_) | PodError::Ambiguous { .. } | PodError::WrongPhase { .. } | PodError::Busy { .. } => {
+                122
+            }
             PodError::App { .. } | PodError::Invalid { .. } => 120,
             PodError::Lock(husk_sys::LockError::Timeout { .. }) => 124,
             PodError::Store(husk_image::StoreError::UnknownImage { .. }) => 121,

@@ -23,6 +23,18 @@ pub fn lowest_free(used: &BTreeSet<u32>) -> Option<u32> {
     (FIRST_BASE..=LAST_BASE).step_by(RANGE_SIZE as usize).find(|b| !used.contains(b))
 }
 
+/// The host-wide registry of ranges: one lock and one claim file per range, shared by every data
+/// dir on the host (a range must be unique among all live pods, not only those of one `--dir`).
+/// /run is per boot, as pods are.
+pub const HOST_REGISTRY: &str = "/run/husk/id-ranges";
+
+/// A claim: which pod (of which data dir) holds a range.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Claim {
+    pods_root: std::path::PathBuf,
+    uuid: String,
+}
+
 /// Holds the allocation lock from the choice of a range until the pod manifest naming it is
 /// written (drop it then).
 pub struct Allocation {
@@ -30,25 +42,56 @@ pub struct Allocation {
     _lock: Lock,
 }
 
-/// Chooses a range no live pod uses. Pods that exited (or were never started) keep no claim:
-/// a new pod cannot reach their files anyway.
-pub fn allocate(pods: &Pods) -> Result<Allocation, PodError> {
-    let lock = Lock::acquire(&pods.root().join("id-ranges.lock"), LockKind::Exclusive, || {})?;
+/// Chooses a range no live pod on the host uses, and claims it for pod `uuid`. Pods that exited
+/// (or were never started) keep no claim: a new pod cannot reach their files anyway.
+pub fn allocate(pods: &Pods, uuid: &str) -> Result<Allocation, PodError> {
+    allocate_in(Path::new(HOST_REGISTRY), pods, uuid)
+}
+
+fn allocate_in(registry: &Path, pods: &Pods, uuid: &str) -> Result<Allocation, PodError> {
+    std::fs::create_dir_all(registry).map_err(|e| PodError::io(registry, "create", e))?;
+    let lock = Lock::acquire(&registry.join("lock"), LockKind::Exclusive, || {})?;
     let mut used = BTreeSet::new();
-    for uuid in pods.all_uuids() {
-        let Ok((phase, dir)) = pods.observe(&uuid) else { continue };
-        if !matches!(phase, Phase::Embryo | Phase::Preparing | Phase::Prepared | Phase::Running) {
-            continue;
-        }
-        if let Some(r) = read_range(&dir) {
+    // Pods of this data dir that predate the host registry.
+    for u in pods.all_uuids() {
+        if let (true, Some(r)) = (is_live(pods, &u), pods_dir_range(pods, &u)) {
             used.insert(r.host_base);
         }
     }
+    let entries = std::fs::read_dir(registry).map_err(|e| PodError::io(registry, "list", e))?;
+    for e in entries.flatten() {
+        let Some(base) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let claim: Option<Claim> = std::fs::read(e.path()).ok().and_then(|d| serde_json::from_slice(&d).ok());
+        let live = claim.is_some_and(|c| {
+            let other = if c.pods_root == pods.root() { Some(pods.clone()) } else { Pods::existing(&c.pods_root) };
+            other.is_some_and(|o| is_live(&o, &c.uuid))
+        });
+        if live {
+            used.insert(base);
+        } else {
+            // Its pod is gone or exited: the range is free again.
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let base = lowest_free(&used).ok_or_else(|| PodError::Invalid {
-        uuid: "-".into(),
+        uuid: uuid.into(),
         why: "every private user range is taken by a live pod".into(),
     })?;
+    let claim = serde_json::to_vec(&Claim { pods_root: pods.root().to_path_buf(), uuid: uuid.to_string() })
+        .expect("serializable");
+    let path = registry.join(base.to_string());
+    husk_sys::atomic_write_volatile(&path, &claim, 0o644).map_err(|e| PodError::io(&path, "write", e))?;
     Ok(Allocation { range: IdRange { host_base: base, count: RANGE_SIZE }, _lock: lock })
+}
+
+fn is_live(pods: &Pods, uuid: &str) -> bool {
+    pods.observe(uuid)
+        .is_ok_and(|(phase, _)| matches!(phase, Phase::Embryo | Phase::Preparing | Phase::Prepared | Phase::Running))
+}
+
+fn pods_dir_range(pods: &Pods, uuid: &str) -> Option<IdRange> {
+    let (_, dir) = pods.observe(uuid).ok()?;
+    read_range(&dir)
 }
 
 fn read_range(dir: &Path) -> Option<IdRange> {
@@ -68,5 +111,25 @@ mod tests {
         used.insert(FIRST_BASE + 2 * RANGE_SIZE);
         assert_eq!(lowest_free(&used), Some(FIRST_BASE + RANGE_SIZE));
         assert!(LAST_BASE as u64 + RANGE_SIZE as u64 <= 1 << 31);
+    }
+
+    /// Two data dirs once handed the same range to two live pods.
+    #[test]
+    fn private_user_ranges_are_unique_across_data_dirs() {
+        let reg = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (pods_a, pods_b) = (Pods::open(a.path()).unwrap(), Pods::open(b.path()).unwrap());
+        let pa = pods_a.create().unwrap();
+        let ra = allocate_in(reg.path(), &pods_a, &pa.uuid).unwrap().range;
+        let pb = pods_b.create().unwrap();
+        let rb = allocate_in(reg.path(), &pods_b, &pb.uuid).unwrap().range;
+        assert_ne!(ra.host_base, rb.host_base, "a live pod of another data dir holds {}", ra.host_base);
+        // Once a's pod is gone, its range is handed out again.
+        pods_a.remove_locked(pa, &|_| Ok(())).unwrap();
+        let pc = pods_b.create().unwrap();
+        let rc = allocate_in(reg.path(), &pods_b, &pc.uuid).unwrap().range;
+        assert_eq!(rc.host_base, ra.host_base);
+        assert!(!reg.path().join(ra.host_base.to_string()).exists() || rc.host_base == ra.host_base);
+        drop(pb);
     }
 }

@@ -166,8 +166,12 @@ pub fn read_image_file(store: &Store, rec: &ImageRecord, rel: &str) -> Option<Ve
     use std::io::Read;
     for l in rec.layers.iter().rev() {
         let Ok(root) = open_dir(&store.layer_rootfs(&l.diff_id)) else { continue };
-        let fd = match open_beneath(&root, Path::new(rel), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK, Mode::empty())
-        {
+        let fd = match open_beneath(
+            &root,
+            Path::new(rel),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             // A symlink on the way (ELOOP) or a special file: not something to trust.

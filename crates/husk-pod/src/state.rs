@@ -125,6 +125,11 @@ impl Pods {
         Ok(Pods { root })
     }
 
+    /// The pods directory of another data dir, if it exists (never creates anything).
+    pub fn existing(root: &Path) -> Option<Pods> {
+        root.join("run").is_dir().then(|| Pods { root: root.to_path_buf() })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -144,7 +149,9 @@ impl Pods {
         fs::create_dir(&staging).map_err(|e| PodError::io(&staging, "create pod directory", e))?;
         let lock = match Lock::try_lock_dir(&staging, LockKind::Exclusive)? {
             Some(l) => l,
-            None => return Err(PodError::Invalid { uuid, why: "a fresh pod directory is locked by someone else".into() }),
+            None => {
+                return Err(PodError::Invalid { uuid, why: "a fresh pod directory is locked by someone else".into() })
+            }
         };
         let holder = staging.join(husk_types::pod::LOCK_HOLDER_FILE);
         husk_sys::atomic_write_volatile(&holder, format!("{}\n", std::process::id()).as_bytes(), 0o644)
@@ -338,7 +345,7 @@ impl Pods {
                     });
                 }
                 None => {
-                    return Err(PodError::Busy { uuid: uuid.to_string(), phase: phase.as_str().to_string() });
+                    return Err(PodError::Busy { uuid: uuid.to_string() });
                 }
             }
         }

@@ -79,6 +79,12 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
             Ok(result) => {
                 states.last_mut().unwrap().result = Some(result);
                 write_json(&state_path(pod_dir), &states)?;
+                for ifname in states.last().unwrap().host_interfaces() {
+                    if let Err(e) = loopback_guard("-I", &m.uuid, &ifname) {
+                        teardown(pod_dir, &m.uuid, plugin_dirs);
+                        return Err(e);
+                    }
+                }
             }
             Err(e) => {
                 teardown(pod_dir, &m.uuid, plugin_dirs);
@@ -103,6 +109,15 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         if let Err(e) = run_chain("DEL", uuid, &netns, s, ports, plugin_dirs) {
             errors.push(e);
         }
+        // After DEL: the guard goes last, once nothing of the pod can send on the interface.
+        for ifname in s.host_interfaces() {
+            while loopback_guard("-C", uuid, &ifname).is_ok() {
+                if let Err(e) = loopback_guard("-D", uuid, &ifname) {
+                    errors.push(e);
+                    break;
+                }
+            }
+        }
     }
     if pin.exists() {
         let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
@@ -115,6 +130,26 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         let _ = std::fs::rename(state_path(pod_dir), pod_dir.join("net").join("released.json"));
     }
     errors
+}
+
+/// Inserts (`-I`), checks (`-C`) or deletes (`-D`) the rule of
+/// [`husk_types::net::loopback_guard_rule`] in the host's raw table.
+fn loopback_guard(action: &str, uuid: &str, ifname: &str) -> Result<(), Fail> {
+    let bin =
+        ["/usr/sbin/iptables", "/sbin/iptables"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("iptables");
+    let out = Command::new(bin)
+        .args(["-w", "-t", "raw", action])
+        .args(husk_types::net::loopback_guard_rule(uuid, ifname))
+        .stdin(Stdio::null())
+        .output()
+        .ctx(|| format!("cannot run {bin} (needed to keep pods off the host's loopback)"))?;
+    if !out.status.success() {
+        return Err(Fail(format!(
+            "iptables {action} of the loopback guard on {ifname} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 fn net_lock(pod_dir: &Path) -> PathBuf {

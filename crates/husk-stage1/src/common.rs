@@ -126,8 +126,11 @@ mod tests {
 
     #[test]
     fn entrypoint_arguments_split_at_the_double_dash_and_keep_bytes() {
-        let raw: Vec<OsString> =
-            ["x", "enter", "--app=a", "--", "sh", "--"].iter().map(OsString::from).chain([OsString::from_vec(vec![0xff])]).collect();
+        let raw: Vec<OsString> = ["x", "enter", "--app=a", "--", "sh", "--"]
+            .iter()
+            .map(OsString::from)
+            .chain([OsString::from_vec(vec![0xff])])
+            .collect();
         let (flags, cmd) = split_args(raw);
         assert_eq!(flags, vec!["x", "enter", "--app=a"]);
         let cmd = cmd.unwrap();

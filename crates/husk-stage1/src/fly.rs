@@ -47,6 +47,14 @@ fn run() -> Result<i32, Fail> {
     crate::common::write_lock_holder(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();
+    let (logger, mut log_fds) = match m.stdio {
+        husk_types::pod::Stdio::Log => {
+            let (pid, fds) = crate::logger::spawn(&dir, std::slice::from_ref(&app.name), m.log_limits)?;
+            (Some(pid), fds)
+        }
+        _ => (None, vec![]),
+    };
+    let log_fd = log_fds.pop();
     let child = match fork().ctx(|| "cannot fork".into())? {
         ForkResult::Child => {
             let r = (|| {
@@ -55,7 +63,7 @@ fn run() -> Result<i32, Fail> {
                 crate::rootfs::make_root_slave().map_err(setup)?;
                 crate::rootfs::mount_roots(&dir, &m, None).map_err(setup)?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
-                wire_stdio(&dir, &m, app).map_err(setup)?;
+                wire_stdio(&m, log_fd.as_ref()).map_err(setup)?;
                 nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;
                 crate::ns::become_app_user(app).map_err(setup)?;
                 exec_in_root(app, &app.exec)
@@ -69,6 +77,7 @@ fn run() -> Result<i32, Fail> {
         }
         ForkResult::Parent { child } => child,
     };
+    drop(log_fd);
     let me = nix::unistd::getpid().as_raw();
     let mut app_pids = std::collections::BTreeMap::new();
     app_pids.insert(app.name.clone(), child.as_raw());
@@ -93,6 +102,10 @@ fn run() -> Result<i32, Fail> {
             r => break r.ok(),
         }
     };
+    if let Some(pid) = logger {
+        // The writer ends when the app's output does (a process it left behind may keep it).
+        let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
     let st = status_of(ws, Some(started));
     write_status(&dir, &app.name, &st)?;
     Ok(st.shell_status())

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod common;
 pub mod fly;
+pub mod logger;
 pub mod ns;
 pub mod rootfs;
 pub mod seccomp;

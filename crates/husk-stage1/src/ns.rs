@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use husk_sys::proc::{fork, ForkResult};
-use husk_types::ByteStr;
 use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
+use husk_types::ByteStr;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -408,8 +408,21 @@ fn pod_init(
     }
 
     let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
-    for app in &m.apps {
-        match spawn_app(dir, m, app, layout) {
+    // A detached pod's output goes through the log writer, which bounds what is kept.
+    let (logger, mut log_fds) = match m.stdio {
+        Stdio::Log => {
+            let names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
+            let (pid, fds) = crate::logger::spawn(dir, &names, m.log_limits)?;
+            (Some(pid), fds.into_iter().map(Some).collect())
+        }
+        _ => (None, m.apps.iter().map(|_| None).collect::<Vec<Option<OwnedFd>>>()),
+    };
+    for (k, app) in m.apps.iter().enumerate() {
+        let log_fd = log_fds[k].take();
+        let spawned = spawn_app(dir, m, app, layout, log_fd.as_ref());
+        // Our copy of the app's write end goes now: the writer sees the stream end with the app.
+        drop(log_fd);
+        match spawned {
             Ok(pid) => {
                 let _ = writeln!(report, "{} {}", app.name, pid.as_raw());
                 live.insert(pid.as_raw(), (app.name.clone(), chrono::Utc::now()));
@@ -482,7 +495,24 @@ fn pod_init(
             other => signal_all(&live, other),
         }
     }
+    drop(log_fds);
+    if let Some(pid) = logger {
+        wait_for_logger(pid);
+    }
     Ok(first_failure.unwrap_or(0))
+}
+
+/// Lets the log writer drain what the apps wrote last (it ends when every writer closed its
+/// pipe). A process the apps left behind may hold a pipe open: after a short while the pod
+/// ends anyway, which ends that process and the writer with it.
+fn wait_for_logger(pid: Pid) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            _ => return, // exited, or reaped already by the SIGCHLD loop
+        }
+    }
 }
 
 fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig: Signal) {
@@ -502,12 +532,18 @@ pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono
 
 /// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
 /// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
-fn spawn_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<Pid, (i32, Fail)> {
+fn spawn_app(
+    dir: &Path,
+    m: &PodManifest,
+    app: &App,
+    layout: &Layout,
+    log: Option<&OwnedFd>,
+) -> Result<Pid, (i32, Fail)> {
     let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
     match fork().map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))? {
         ForkResult::Child => {
             drop(err_r);
-            let (code, Fail(msg)) = match exec_app(dir, m, app, layout) {
+            let (code, Fail(msg)) = match exec_app(dir, m, app, layout, log) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -531,7 +567,13 @@ fn spawn_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<
 
 pub enum Never {}
 
-fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<Never, (i32, Fail)> {
+fn exec_app(
+    dir: &Path,
+    m: &PodManifest,
+    app: &App,
+    layout: &Layout,
+    log: Option<&OwnedFd>,
+) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail(e.to_string())))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
@@ -539,7 +581,7 @@ fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<N
     // `<pod>/apps` is shared with the supervisor: keep this app's mounts to itself.
     rootfs::make_root_slave().map_err(setup)?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
-    wire_stdio(dir, m, app).map_err(setup)?;
+    wire_stdio(m, log).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
@@ -554,24 +596,19 @@ fn exec_app(dir: &Path, m: &PodManifest, app: &App, layout: &Layout) -> Result<N
     exec_in_root(app, &app.exec)
 }
 
-pub fn wire_stdio(dir: &Path, m: &PodManifest, app: &App) -> Result<(), Fail> {
+/// The app's standard streams: the invoker's (foreground), the terminal (interactive), or, for
+/// a detached pod, `/dev/null` in and the log writer's pipe (`log`) out.
+pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
     let null =
         std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
     match m.stdio {
         Stdio::Interactive => {}
         Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?,
         Stdio::Log => {
-            let logs = dir.join("logs");
-            std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
-            let p = logs.join(format!("{}.log", app.name));
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .ctx(|| format!("cannot open {}", p.display()))?;
+            let out = log.ok_or_else(|| Fail("a detached app has no log pipe".into()))?;
             nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?;
-            nix::unistd::dup2_stdout(&f).ctx(|| "cannot redirect stdout".into())?;
-            nix::unistd::dup2_stderr(&f).ctx(|| "cannot redirect stderr".into())?;
+            nix::unistd::dup2_stdout(out).ctx(|| "cannot redirect stdout".into())?;
+            nix::unistd::dup2_stderr(out).ctx(|| "cannot redirect stderr".into())?;
         }
     }
     Ok(())
@@ -604,7 +641,10 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     let r = nix::unistd::getresuid().ctx(|| "cannot read the uids".into())?;
     let g = nix::unistd::getresgid().ctx(|| "cannot read the gids".into())?;
     if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
-        return Err(Fail(format!("the app runs as uid {}/gid {}, not the {}/{} it asked for", r.effective, g.effective, uid, gid)));
+        return Err(Fail(format!(
+            "the app runs as uid {}/gid {}, not the {}/{} it asked for",
+            r.effective, g.effective, uid, gid
+        )));
     }
     if app.user.uid == 0 {
         // Effective first: it must stay a subset of permitted at every step.
@@ -644,11 +684,11 @@ pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
         .map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
     let argv_c: Vec<CString> = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<Result<_, _>>()?;
-    let env_c: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat()))
-        .collect::<Result<_, _>>()?;
+    let env_c: Vec<CString> =
+        env.iter().map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<Result<_, _>>()?;
     husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
+    // The app starts with default signal dispositions (stage1's runtime ignores SIGPIPE).
+    husk_sys::proc::reset_signal_dispositions();
     // Last: from here on only execve runs under the filter.
     if let Some(policy) = &app.security.seccomp {
         let programs = crate::seccomp::compile(policy).map_err(|e| (exit::STAGE1_FAILED, e))?;

@@ -396,7 +396,10 @@ fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     let st = rustix::fs::fstat(&fd).ctx(|| format!("cannot inspect /{rel}"))?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile | FileType::Directory => Ok(fd),
-        ft => Err(Fail(format!("/{rel} in the image is a {} where a file is needed; refusing to mount over it", kind(ft)))),
+        ft => Err(Fail(format!(
+            "/{rel} in the image is a {} where a file is needed; refusing to mount over it",
+            kind(ft)
+        ))),
     }
 }
 

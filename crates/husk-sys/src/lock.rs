@@ -255,8 +255,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let _held = Lock::try_lock_dir(d.path(), LockKind::Exclusive).unwrap().unwrap();
         let mut told = false;
-        let err = Lock::lock_dir_timeout(d.path(), LockKind::Exclusive, Some(Duration::from_millis(50)), || told = true)
-            .unwrap_err();
+        let err =
+            Lock::lock_dir_timeout(d.path(), LockKind::Exclusive, Some(Duration::from_millis(50)), || told = true)
+                .unwrap_err();
         assert!(told);
         assert!(err.to_string().contains(&d.path().display().to_string()));
     }

@@ -85,8 +85,11 @@ impl Serialize for ByteStr {
             Ok(text) => s.serialize_str(text),
             Err(_) => {
                 use serde::ser::SerializeMap;
-                let hex: String =
-                    self.0.iter().flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 15) as usize] as char]).collect();
+                let hex: String = self
+                    .0
+                    .iter()
+                    .flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 15) as usize] as char])
+                    .collect();
                 let mut m = s.serialize_map(Some(1))?;
                 m.serialize_entry("hex", &hex)?;
                 m.end()

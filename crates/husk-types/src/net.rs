@@ -121,6 +121,41 @@ pub fn parse_port(s: &str) -> Result<PortMapping, NetSpecError> {
     Ok(PortMapping { host_ip, host_port: port(host)?, pod_port: port(pod)?, protocol })
 }
 
+/// A Linux interface name as it may appear on an iptables command line: 1 to 15 characters, no
+/// '/', whitespace, ':' or '!' (nothing that iptables could read as another argument).
+pub fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        && !n.starts_with('-')
+}
+
+/// The iptables arguments (after `-I` or `-D`) of the rule that keeps a pod off the host's
+/// loopback-only services (the CVE-2020-8558 class): the portmap plugin sets `route_localnet=1` on
+/// the pod's host-side interface so that `--port` works from the host's 127.0.0.1, and that same
+/// setting would let a pod with CAP_NET_RAW send packets to 127.0.0.0/8 and reach services bound
+/// there. The raw table's PREROUTING runs before routing and conntrack, so a packet arriving from
+/// the pod for 127.0.0.0/8 is dropped before anything could accept it; answers to port-forwarded
+/// connections are addressed to the host side's own address (portmap's SNAT), never to 127/8.
+pub fn loopback_guard_rule(uuid: &str, ifname: &str) -> Vec<String> {
+    [
+        "PREROUTING",
+        "-i",
+        ifname,
+        "-d",
+        "127.0.0.0/8",
+        "-m",
+        "comment",
+        "--comment",
+        &format!("husk {uuid}: pods never reach the host's loopback"),
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// The built-in networks: `default` (routed, masqueraded: pods reach what the host reaches) and
 /// `default-restricted` (host-only: no route out, no masquerading). Both use the standard ptp,
 /// host-local and portmap plugins; a user file of the same name replaces them. Leases live in
@@ -178,6 +213,20 @@ pub struct NetState {
 }
 
 impl NetState {
+    /// The host-side interfaces of this network (those of the CNI result without a `sandbox`):
+    /// the veth peer for ptp, the bridge and the veth peer for bridge.
+    pub fn host_interfaces(&self) -> Vec<String> {
+        let Some(ifs) = self.result.as_ref().and_then(|r| r.get("interfaces")).and_then(|i| i.as_array()) else {
+            return vec![];
+        };
+        ifs.iter()
+            .filter(|i| i.get("sandbox").and_then(|s| s.as_str()).is_none_or(str::is_empty))
+            .filter_map(|i| i.get("name").and_then(|n| n.as_str()))
+            .filter(|n| valid_ifname(n))
+            .map(String::from)
+            .collect()
+    }
+
     /// The pod's addresses on this network (from the CNI result).
     pub fn addresses(&self) -> Vec<String> {
         self.result
@@ -235,6 +284,27 @@ mod tests {
         assert_eq!(d["plugins"][0]["ipMasq"], true);
         assert_eq!(builtin_network("default-restricted").unwrap()["plugins"][0]["ipMasq"], false);
         assert!(builtin_network("other").is_none());
+    }
+
+    #[test]
+    fn pods_never_reach_the_host_loopback_rule() {
+        let r = loopback_guard_rule("u1", "veth1234");
+        assert_eq!(r[..5], ["PREROUTING", "-i", "veth1234", "-d", "127.0.0.0/8"]);
+        assert_eq!(r.last().unwrap(), "DROP");
+        let st = NetState {
+            name: "default".into(),
+            ifname: "eth0".into(),
+            config: serde_json::json!({}),
+            args: vec![],
+            result: Some(serde_json::json!({"interfaces": [
+                {"name": "veth1a2b", "mac": "x"},
+                {"name": "eth0", "mac": "y", "sandbox": "/run/husk/netns/u1"},
+                {"name": "cni0", "sandbox": ""},
+                {"name": "-j ACCEPT"},
+                {"name": "waytoolonginterfacename"}
+            ]})),
+        };
+        assert_eq!(st.host_interfaces(), vec!["veth1a2b", "cni0"]);
         let c = as_conflist(serde_json::json!({"cniVersion": "0.4.0", "name": "n", "type": "bridge"})).unwrap();
         assert_eq!(c["plugins"][0]["type"], "bridge");
         assert_eq!(c["name"], "n");

@@ -275,6 +275,20 @@ pub struct Dns {
     pub none: bool,
 }
 
+/// How much of a detached pod's output is kept, per app: `max_files` files of at most `max_size`
+/// bytes (`logs/<app>.log`, then `.log.1`, … oldest last). The oldest output is dropped first.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits { max_size: 50 << 20, max_files: 2 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PodManifest {
     pub abi_version: u32,
@@ -301,6 +315,9 @@ pub struct PodManifest {
     pub private_users: Option<IdRange>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Bounds of the apps' logs of a detached pod.
+    #[serde(default)]
+    pub log_limits: LogLimits,
 }
 
 /// How an app ended, written by stage1 into `apps/<name>/status.json`.
@@ -424,7 +441,10 @@ mod tests {
             security: AppSecurity::default(),
             resources: Default::default(),
         };
-        assert_eq!(app.environment(), vec![("A".to_string(), ByteStr::from("3")), ("B".to_string(), ByteStr::from("2"))]);
+        assert_eq!(
+            app.environment(),
+            vec![("A".to_string(), ByteStr::from("3")), ("B".to_string(), ByteStr::from("2"))]
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! husk-workload: a tiny static program run inside test pods. It prints, as one JSON object,
 //! the facts a test needs to assert on: identity, capabilities, environment, working
-//! directory, hostname, mounts, namespaces, cgroups. Standard library only, so it links
-//! statically and runs in any image.
+//! directory, hostname, mounts, namespaces, cgroups. It links statically and runs in any
+//! image.
 //!
 //! Usage: `husk-workload [report]` (default), `argv [ARGS…]` (argv and environment as hex),
+//! `syn DST PORT [MS]` (a raw TCP SYN out of eth0: does a SYN-ACK come back?),
 //! `exit N`, `sleep SECS`, `write PATH TEXT`, `cat PATH`.
+
+mod syn;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -96,10 +99,10 @@ fn report() -> String {
 fn argv_report() -> String {
     use std::os::unix::ffi::OsStrExt;
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| json_str(&hex(a.as_bytes()))).collect();
-    let env: Vec<String> = std::env::vars_os()
-        .map(|(k, v)| json_str(&hex(&[k.as_bytes(), b"=", v.as_bytes()].concat())))
-        .collect();
+    // After the program and the mode.
+    let argv: Vec<String> = std::env::args_os().skip(2).map(|a| json_str(&hex(a.as_bytes()))).collect();
+    let env: Vec<String> =
+        std::env::vars_os().map(|(k, v)| json_str(&hex(&[k.as_bytes(), b"=", v.as_bytes()].concat()))).collect();
     format!("{{\"argv\":[{}],\"env\":[{}]}}", argv.join(","), env.join(","))
 }
 
@@ -109,6 +112,17 @@ fn main() {
     match args.first().map(String::as_str) {
         None | Some("report") => println!("{}", report()),
         Some("argv") => println!("{}", argv_report()),
+        Some("syn") => match syn::run(
+            args.get(1).map(String::as_str).unwrap_or(""),
+            args.get(2).map(String::as_str).unwrap_or(""),
+            args.get(3).map(String::as_str),
+        ) {
+            Ok(r) => println!("{r}"),
+            Err(e) => {
+                eprintln!("syn: {e}");
+                std::process::exit(1);
+            }
+        },
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         Some("sleep") => std::thread::sleep(std::time::Duration::from_secs_f64(
             args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3600.0),

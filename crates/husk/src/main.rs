@@ -160,10 +160,8 @@ mod tests {
 
     #[test]
     fn apps_split_at_triple_dash_even_after_double_dash() {
-        let args: Vec<OsString> = ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> =
+            ["husk", "run", "a", "--", "x", "---", "b", "--name", "n", "---", "c"].iter().map(OsString::from).collect();
         let (first, rest) = split_apps(args);
         assert_eq!(first, vec!["husk", "run", "a", "--", "x"]);
         assert_eq!(rest, vec![vec![OsString::from("b"), "--name".into(), "n".into()], vec![OsString::from("c")]]);

@@ -12,8 +12,8 @@ use clap::{Args, Parser};
 use husk_pod::prepare::{build_app, default_app_name, parse_env_file, AppSpec};
 use husk_pod::state::LockedPod;
 use husk_pod::{Phase, PodError, PodInfo, Pods};
-use husk_types::ByteStr;
 use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
+use husk_types::ByteStr;
 
 use crate::cli::{parse_duration, Format, PullPolicyArg};
 use crate::exit::{self, Failure};
@@ -118,6 +118,12 @@ pub struct RunArgs {
     /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
     #[arg(short, long)]
     pub detach: bool,
+    /// With --detach: the most each app's log file may hold before it is rotated (e.g. 10M).
+    #[arg(long, default_value = "50M", value_parser = parse_log_size)]
+    pub log_max_size: u64,
+    /// With --detach: how many log files (the current one and rotated ones) each app keeps.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub log_max_files: u32,
     /// Networks: default (routed, masqueraded), default-restricted (host only), none (loopback
     /// only), host, or CNI networks from the config dir's net.d: NAME[:IP=ADDR;K=V][,NAME…].
     /// Default: default (host for --stage1=fly).
@@ -274,6 +280,24 @@ fn parse_port(s: &str) -> Result<husk_types::net::PortMapping, String> {
     husk_types::net::parse_port(s).map_err(|e| e.to_string())
 }
 
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 64K, 10M, 1G)"))?;
+    let mult: u64 = match unit.trim_end_matches(['B', 'b', 'i']) {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return Err(format!("{s:?} is not a size (examples: 64K, 10M, 1G)")),
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v >= 4096 => Ok(v),
+        _ => Err(format!("{s:?}: a log file holds at least 4K and at most 16E")),
+    }
+}
+
 fn parse_hostname(s: &str) -> Result<String, String> {
     husk_types::pod::validate_hostname(s).map(|_| s.to_string())
 }
@@ -428,7 +452,10 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     }
     for (i, v) in a.volume.iter().enumerate() {
         if a.volume[..i].iter().any(|w| w.name == v.name) {
-            return Err(Failure::usage(format!("--volume {:?} is given twice; give each volume a name of its own", v.name)));
+            return Err(Failure::usage(format!(
+                "--volume {:?} is given twice; give each volume a name of its own",
+                v.name
+            )));
         }
     }
     if a.private_users && a.stage1 == Flavor::Fly {
@@ -466,11 +493,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     for v in &a.volume {
         if let VolumeKind::Host { source, .. } = &v.kind {
             if !source.exists() {
-                return Err(Failure::usage(format!(
-                    "volume {}: source {} does not exist",
-                    v.name,
-                    source.display()
-                )));
+                return Err(Failure::usage(format!("volume {}: source {} does not exist", v.name, source.display())));
             }
         }
     }
@@ -521,7 +544,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     let mut pod = pods.create()?;
     let result = (|| -> Result<PodManifest, Failure> {
         // Held until the manifest naming the range is written, at the end of this closure.
-        let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods)?) } else { None };
+        let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods, &pod.uuid)?) } else { None };
         let mut apps = Vec::new();
         for (s, f) in specs.iter().zip(&fetched) {
             let base = s.name.clone().unwrap_or_else(|| default_app_name(&f.name));
@@ -574,6 +597,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             stdio,
             private_users: ids.as_ref().map(|i| i.range),
             annotations: Default::default(),
+            log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
         };
         write_pod_dirs(&pod.dir, &m)?;
         Ok(m)
@@ -877,8 +901,8 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
                         .unwrap_or_else(|| "disabled (insecure)".into());
                     let paths = if a.security.masked_paths { "masked" } else { "unmasked (insecure)" };
                     println!(
-                        "app-{name}-security=uid:{} caps:{caps} seccomp:{seccomp} paths:{paths} no-new-privs:on",
-                        a.user.uid
+                        "app-{name}-security=uid:{} gid:{} caps:{caps} seccomp:{seccomp} paths:{paths} no-new-privs:on",
+                        a.user.uid, a.user.gid
                     );
                 }
             }
@@ -929,29 +953,55 @@ pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
         }
         None => m.apps.iter().map(|x| x.name.as_str()).collect(),
     };
-    let mut offsets = vec![0u64; apps.len()];
+    let logs = i.dir.join("logs");
+    let max_files = m.log_limits.max_files.max(1);
     let prefix = apps.len() > 1;
-    loop {
-        for (k, app) in apps.iter().enumerate() {
-            let p = i.dir.join("logs").join(format!("{app}.log"));
-            let Ok(mut f) = std::fs::File::open(&p) else { continue };
-            use std::io::Seek;
-            f.seek(std::io::SeekFrom::Start(offsets[k])).ok();
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf).ok();
-            offsets[k] += buf.len() as u64;
-            let mut out = std::io::stdout().lock();
-            if prefix {
-                for line in buf.split_inclusive(|b| *b == b'\n') {
-                    let _ = write!(out, "{app}: ");
-                    let _ = out.write_all(line);
-                }
-            } else {
-                let _ = out.write_all(&buf);
+    let print = |app: &str, buf: &[u8]| {
+        let mut out = std::io::stdout().lock();
+        if prefix {
+            for line in buf.split_inclusive(|b| *b == b'\n') {
+                let _ = write!(out, "{app}: ");
+                let _ = out.write_all(line);
             }
-            let _ = out.flush();
+        } else {
+            let _ = out.write_all(buf);
         }
-        if !a.follow || pods.observe(&uuid).map(|(p, _)| p != Phase::Running).unwrap_or(true) {
+        let _ = out.flush();
+    };
+    // What rotation kept, oldest first; then the current file, followed while the pod runs.
+    let mut current: Vec<Option<std::fs::File>> = Vec::new();
+    for app in &apps {
+        for g in (1..max_files).rev() {
+            if let Ok(data) = std::fs::read(logs.join(format!("{app}.log.{g}"))) {
+                print(app, &data);
+            }
+        }
+        current.push(std::fs::File::open(logs.join(format!("{app}.log"))).ok());
+    }
+    loop {
+        let running = a.follow && pods.observe(&uuid).map(|(p, _)| p == Phase::Running).unwrap_or(false);
+        for (k, app) in apps.iter().enumerate() {
+            let path = logs.join(format!("{app}.log"));
+            if let Some(f) = current[k].as_mut() {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf).ok();
+                print(app, &buf);
+            }
+            // Rotated meanwhile: what we hold is now .log.1 and is read to its end; go on with
+            // the new file.
+            use std::os::unix::fs::MetadataExt;
+            let held = current[k].as_ref().and_then(|f| f.metadata().ok()).map(|m| m.ino());
+            let now = std::fs::metadata(&path).ok().map(|m| m.ino());
+            if now.is_some() && held != now {
+                current[k] = std::fs::File::open(&path).ok();
+                if let Some(f) = current[k].as_mut() {
+                    let mut buf = Vec::new();
+                    f.read_to_end(&mut buf).ok();
+                    print(app, &buf);
+                }
+            }
+        }
+        if !running {
             // One last read after the pod exited has been done above.
             return Ok(0);
         }
@@ -1056,7 +1106,7 @@ fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(
             // The holder ended meanwhile, or the lock is held by another husk command.
             return match wait(Duration::from_secs(2)) {
                 Ok(_) => Ok(()),
-                Err(_) => Err(PodError::Busy { uuid: uuid.to_string(), phase: i.phase.as_str().into() }.into()),
+                Err(_) => Err(PodError::Busy { uuid: uuid.to_string() }.into()),
             };
         };
         kill_pid(pid, if force { libc::SIGKILL } else { libc::SIGTERM });

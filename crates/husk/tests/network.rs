@@ -18,10 +18,13 @@ fn host_net_state(_env: &Env) -> BTreeSet<String> {
     for l in String::from_utf8_lossy(&links.stdout).lines() {
         s.insert(format!("link {}", l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("")));
     }
-    for table in ["nat", "filter"] {
+    for table in ["nat", "filter", "raw"] {
         let rules = Command::new("iptables-save").args(["-t", table]).output().unwrap();
         for r in String::from_utf8_lossy(&rules.stdout).lines() {
-            if r.contains("CNI") && !r.contains("CNI-HOSTPORT-") || r.contains("172.16.28.") || r.contains("172.17.4.")
+            if r.contains("CNI") && !r.contains("CNI-HOSTPORT-")
+                || r.contains("172.16.28.")
+                || r.contains("172.17.4.")
+                || r.contains("husk ")
             {
                 s.insert(format!("rule {r}"));
             }
