@@ -191,6 +191,22 @@ pub fn holds_dir_open(pid: i32, dir: &std::path::Path) -> bool {
     fds.flatten().any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino()))
 }
 
+/// Resets every catchable signal's disposition to the default, as runc and crun do before they
+/// exec a container's process. Rust's runtime ignores SIGPIPE in husk's own binaries, and an
+/// ignored disposition survives `execve`: an app would never die of SIGPIPE (`yes | head` in a
+/// pod would spin forever once `head` exits).
+pub fn reset_signal_dispositions() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL registers no handler code, so no async-signal-safety
+        // requirement applies; it only changes what the kernel does with the signal.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}
+
 #[cfg(test)]
 mod holder_tests {
     use super::*;
@@ -208,21 +224,5 @@ mod holder_tests {
         assert!(!holds_dir_open(me, d.path()));
         assert!(!holds_dir_open(1, &d.path().join("b")));
         assert!(!holds_dir_open(0, &d.path().join("b")));
-    }
-}
-
-/// Resets every catchable signal's disposition to the default, as runc and crun do before they
-/// exec a container's process. Rust's runtime ignores SIGPIPE in husk's own binaries, and an
-/// ignored disposition survives `execve`: an app would never die of SIGPIPE (`yes | head` in a
-/// pod would spin forever once `head` exits).
-pub fn reset_signal_dispositions() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    for sig in Signal::iterator() {
-        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
-            continue;
-        }
-        // SAFETY: installing SIG_DFL registers no handler code, so no async-signal-safety
-        // requirement applies; it only changes what the kernel does with the signal.
-        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
