@@ -95,8 +95,18 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
             let (mut bytes, mut digest) = reg.manifest(None)?;
             if let Some(kind) = manifest_kind(&bytes, None) {
                 if kind == MT_OCI_INDEX || kind == MT_DOCKER_LIST {
-                    let (d, _) = select_platform(&name, &bytes)?;
+                    let (d, size) = select_platform(&name, &bytes)?;
                     (bytes, digest) = reg.manifest(Some(&d))?;
+                    if size != bytes.len() as u64 {
+                        return Err(FetchError::Store {
+                            image: name,
+                            source: crate::StoreError::SizeMismatch {
+                                digest,
+                                expected: size,
+                                actual: bytes.len() as u64,
+                            },
+                        });
+                    }
                 }
             }
             let unchanged = existing.as_ref().is_some_and(|e| e.manifest == digest);

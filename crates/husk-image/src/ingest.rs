@@ -393,7 +393,7 @@ pub struct LayoutBlobs<'a> {
 impl BlobSource for LayoutBlobs<'_> {
     fn open(&self, digest: &Digest, _size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         let p = self.dir.join("blobs/sha256").join(digest.hex());
-        let f = std::fs::File::open(&p).map_err(|e| FetchError::Source {
+        let f = husk_sys::fsutil::open_regular(&p).map_err(|e| FetchError::Source {
             image: self.image.to_string(),
             why: format!("missing blob {}: {e}", p.display()),
         })?;

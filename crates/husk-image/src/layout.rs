@@ -22,12 +22,15 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Vec<u8>, Digest), FetchError> {
     let src_err = |why: String| FetchError::Source { image: image.to_string(), why };
     let index_path = dir.join("index.json");
-    if let Ok(m) = std::fs::metadata(&index_path) {
-        check_metadata_size(image, "index.json", m.len())?;
-    }
-    let data = std::fs::read(&index_path).map_err(|e| {
-        src_err(format!("{} is not an OCI image layout ({}: {e})", dir.display(), index_path.display()))
-    })?;
+    let not_layout =
+        |e: io::Error| src_err(format!("{} is not an OCI image layout ({}: {e})", dir.display(), index_path.display()));
+    let mut data = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(husk_sys::fsutil::open_regular(&index_path).map_err(not_layout)?, MAX_METADATA_SIZE + 1),
+        &mut data,
+    )
+    .map_err(not_layout)?;
+    check_metadata_size(image, "index.json", data.len() as u64)?;
     let index: ImageIndex = serde_json::from_slice(&data).map_err(|e| FetchError::Invalid {
         image: image.to_string(),
         what: "index.json",
@@ -57,12 +60,19 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
         }
     };
     let mut digest = parse_digest(image, chosen.digest().as_ref())?;
+    let mut want_size = chosen.size();
     let blobs = LayoutBlobs { dir, image };
     for _ in 0..4 {
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut io::Read::take(blobs.open(&digest, 0)?, MAX_METADATA_SIZE + 1), &mut bytes)
             .map_err(|e| src_err(e.to_string()))?;
         check_metadata_size(image, "manifest", bytes.len() as u64)?;
+        if want_size != 0 && want_size != bytes.len() as u64 {
+            return Err(FetchError::Store {
+                image: image.to_string(),
+                source: StoreError::SizeMismatch { digest, expected: want_size, actual: bytes.len() as u64 },
+            });
+        }
         let (actual, _) = hash_reader(&bytes[..]).expect("memory");
         if actual != digest {
             return Err(FetchError::Store {
@@ -71,7 +81,7 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
             });
         }
         match manifest_kind(&bytes, None).as_deref() {
-            Some(MT_OCI_INDEX) | Some(MT_DOCKER_LIST) => digest = select_platform(image, &bytes)?.0,
+            Some(MT_OCI_INDEX) | Some(MT_DOCKER_LIST) => (digest, want_size) = select_platform(image, &bytes)?,
             _ => return Ok((bytes, digest)),
         }
     }

@@ -19,6 +19,29 @@ pub fn atomic_write_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<
     write_replace(path, data, mode, false)
 }
 
+/// Opens a file for reading only if it is a regular file. The open is non-blocking, so a FIFO
+/// placed where a file is expected (an OCI layout's `index.json` or a blob) cannot hang the
+/// caller; anything but a regular file is refused with `InvalidInput` naming what it is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device or special file"
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}, not a file", path.display())));
+    }
+    // Regular files ignore O_NONBLOCK; nothing to undo.
+    Ok(f)
+}
+
 fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path
@@ -56,6 +79,18 @@ pub fn is_temp_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_where_a_file_is_expected_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("index.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_regular(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        assert!(open_regular(&d.path().join("f")).is_ok());
+        assert!(open_regular(d.path()).is_err());
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temp() {

@@ -12,7 +12,7 @@ use crate::security::{Resources, SeccompPolicy};
 
 /// Version of the stage1 ABI (pod manifest schema, arguments, files). A stage1 refuses a manifest
 /// of a newer version than it knows.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Exit codes of the stage1 `run` entrypoint that are not an app's status. They are chosen above
 /// 128+64 so that they cannot be read as an app's exit code in the common range; an app's own

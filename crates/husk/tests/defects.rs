@@ -519,6 +519,22 @@ fn untrusted_sizes_are_bounded() {
     });
     let err = env.fails(&["fetch", "-q", &lying_config], 121);
     assert!(err.contains("size mismatch"), "{err}");
+    // The index's descriptor of the manifest, too.
+    let lying_index = derived_layout(&env, "busybox", "lying-index", |_, _| {});
+    let dir = PathBuf::from(lying_index.trim_start_matches("oci:"));
+    let mut idx: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    idx["manifests"][0]["size"] = (idx["manifests"][0]["size"].as_u64().unwrap() + 1).into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    let err = env.fails(&["fetch", "-q", &lying_index], 121);
+    assert!(err.contains("size mismatch"), "{err}");
+    // A FIFO where a layout's index.json belongs is refused at once, not waited on.
+    let fifo_layout = env.tmp.path().join("fifo-layout");
+    std::fs::create_dir_all(&fifo_layout).unwrap();
+    assert!(Command::new("mkfifo").arg(fifo_layout.join("index.json")).status().unwrap().success());
+    let arg = format!("oci:{}", fifo_layout.display());
+    let o = run_with_limit(&env, &[OsStr::new("fetch"), OsStr::new("-q"), OsStr::new(&arg)], Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(121), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a FIFO"), "{}", stderr(&o));
 }
 
 #[test]
