@@ -322,12 +322,16 @@ fn exec_plugin(
         .stderr(Stdio::piped())
         .spawn()
         .ctx(|| format!("cannot run CNI plugin {}", bin.display()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(conf.to_string().as_bytes())
-        .ctx(|| format!("cannot write to CNI plugin {kind}"))?;
+    // A plugin may exit without reading its configuration (a DEL with nothing to do): a broken
+    // pipe here is no failure; its exit status decides.
+    match child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Fail(format!("cannot write to CNI plugin {kind}: {e}")));
+        }
+        _ => {}
+    }
     let out = child.wait_with_output().ctx(|| format!("CNI plugin {kind} failed"))?;
     let stdout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     if !out.status.success() {

@@ -156,8 +156,8 @@ fn is_host_label(buf: &[u8]) -> bool {
 fn private_user_ranges_are_unique_across_data_dirs() {
     let (a, b) = (Env::new(), Env::new());
     let bb = image("busybox");
-    let ua = a.ok(&["run", "-q", "-d", "--net=none", "--private-users", &bb, "--", "sleep", "60"]).trim().to_string();
-    let ub = b.ok(&["run", "-q", "-d", "--net=none", "--private-users", &bb, "--", "sleep", "60"]).trim().to_string();
+    let ua = a.detached(&["--net=none", "--private-users", &bb, "--", "sleep", "60"]);
+    let ub = b.detached(&["--net=none", "--private-users", &bb, "--", "sleep", "60"]);
     let ra = a.json(&["status", &ua, "--format", "json"])["private_users"]["host_base"].as_u64().unwrap();
     let rb = b.json(&["status", &ub, "--format", "json"])["private_users"]["host_base"].as_u64().unwrap();
     assert_ne!(ra, rb, "two live pods of two data dirs share the host range {ra}");
@@ -326,7 +326,7 @@ fn invalid_utf8_in_any_argument_never_panics_and_app_bytes_arrive_unchanged() {
     assert_eq!(r["argv"], serde_json::json!(["78fffe79"]));
     assert!(r["env"].as_array().unwrap().contains(&serde_json::json!("5241573dfe01")), "{r}");
     // And through enter.
-    let uuid = env.ok(&["run", "-q", "-d", "--net=none", &image("workload"), "--", "sleep", "60"]).trim().to_string();
+    let uuid = env.detached(&["--net=none", &image("workload"), "--", "sleep", "60"]);
     let o = env.cmd().args(["enter", &uuid, "--", "/usr/bin/husk-workload", "argv"]).arg(bad).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -540,24 +540,18 @@ fn untrusted_sizes_are_bounded() {
 #[test]
 fn a_detached_pods_logs_are_bounded_with_rotation() {
     let env = Env::new();
-    let uuid = env
-        .ok(&[
-            "run",
-            "-q",
-            "-d",
-            "--net=none",
-            "--log-max-size",
-            "64K",
-            "--log-max-files",
-            "2",
-            &image("busybox"),
-            "--",
-            "sh",
-            "-c",
-            "yes husk-log-line | head -c 3000000; echo; echo the-end",
-        ])
-        .trim()
-        .to_string();
+    let uuid = env.detached(&[
+        "--net=none",
+        "--log-max-size",
+        "64K",
+        "--log-max-files",
+        "2",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        "yes husk-log-line | head -c 3000000; echo; echo the-end",
+    ]);
     env.ok(&["status", &uuid, "--wait=60s"]);
     let logs = env.dir().join("pods/run").join(&uuid).join("logs");
     let size = |f: &str| std::fs::metadata(logs.join(f)).map(|m| m.len()).unwrap_or(0);
@@ -583,20 +577,14 @@ fn a_detached_pods_logs_are_bounded_with_rotation() {
 #[test]
 fn an_app_killed_at_the_stop_timeout_has_status_137() {
     let env = Env::new();
-    let uuid = env
-        .ok(&[
-            "run",
-            "-q",
-            "-d",
-            "--net=none",
-            &image("busybox"),
-            "--",
-            "sh",
-            "-c",
-            "trap '' TERM; while true; do sleep 1; done",
-        ])
-        .trim()
-        .to_string();
+    let uuid = env.detached(&[
+        "--net=none",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 1; done",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     env.ok(&["stop", "--timeout", "1s", &uuid]);
@@ -605,7 +593,7 @@ fn an_app_killed_at_the_stop_timeout_has_status_137() {
     assert_eq!(s["apps"][0]["status"]["signal"], 9, "{s}");
     assert_eq!(s["exit_status"], 137, "{s}");
     // --force: killed at once, status recorded too.
-    let uuid = env.ok(&["run", "-q", "-d", "--net=none", &image("busybox"), "--", "sleep", "600"]).trim().to_string();
+    let uuid = env.detached(&["--net=none", &image("busybox"), "--", "sleep", "600"]);
     std::thread::sleep(Duration::from_millis(300));
     env.ok(&["stop", "--force", &uuid]);
     assert_eq!(env.json(&["status", &uuid, "--format", "json"])["exit_status"], 137);

@@ -107,6 +107,13 @@ impl Env {
         err
     }
 
+    /// `husk run -q -d ARGS…`: starts a detached pod, returns its UUID.
+    pub fn detached(&self, args: &[&str]) -> String {
+        let mut a = vec!["run", "-q", "-d"];
+        a.extend_from_slice(args);
+        self.ok(&a).trim().to_string()
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
