@@ -3,6 +3,7 @@
 //! Images enter through [`fetch::fetch`] (a registry, an OCI layout or archive, a docker
 //! archive), are verified while they stream, and are kept as content-addressed blobs plus one
 //! unpacked tree per layer, which pods use as overlay lower dirs.
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 pub mod error;
 pub mod fetch;

@@ -13,6 +13,7 @@
 //! Transitions are `rename`s of a locked directory. The running pod's supervisor (stage1) holds
 //! the lock for the pod's whole life, so a pod whose supervisor died is seen as exited by every
 //! command, with no daemon to tell them.
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 pub mod error;
 pub mod idrange;

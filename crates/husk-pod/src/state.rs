@@ -15,9 +15,12 @@ use crate::error::PodError;
 /// Names a pod directory has in `embryo/` between its creation and its lock (see [`Pods::create`]).
 pub const STAGING_PREFIX: &str = ".new-";
 
-/// How old an unlocked staging directory must be before `gc` removes it: its creator died
-/// between `mkdir` and `flock`, or is about to take the lock right now.
-const STAGING_GRACE: Duration = Duration::from_secs(600);
+/// How [`Pods::create`]'s one try ended badly: lost to a `gc` that removed the staging
+/// directory before it was locked (try again), or failed.
+enum CreateRace {
+    Lost(PodError),
+    Failed(PodError),
+}
 
 /// The phase directories, in lifecycle order.
 pub const PHASE_DIRS: [&str; 6] = ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"];
@@ -142,24 +145,38 @@ impl Pods {
     ///
     /// The directory is made and locked under a staging name (`embryo/.new-<uuid>`, which no
     /// command takes for a pod) and only then renamed to its UUID: a `gc` running beside us can
-    /// never see the new pod unlocked and collect it as an aborted one.
+    /// never see the new pod unlocked and collect it as an aborted one. `gc` removes a staging
+    /// directory it can lock (its creator died before locking it, or has not locked it yet); the
+    /// creator that loses that race starts over with a new UUID.
     pub fn create(&self) -> Result<LockedPod, PodError> {
+        let mut last = None;
+        for _ in 0..8 {
+            match self.try_create() {
+                Ok(pod) => return Ok(pod),
+                Err(CreateRace::Lost(e)) => last = Some(e),
+                Err(CreateRace::Failed(e)) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    fn try_create(&self) -> Result<LockedPod, CreateRace> {
         let uuid = uuid::Uuid::new_v4().to_string();
         let staging = self.root.join("embryo").join(format!("{STAGING_PREFIX}{uuid}"));
-        fs::create_dir(&staging).map_err(|e| PodError::io(&staging, "create pod directory", e))?;
-        let lock = match Lock::try_lock_dir(&staging, LockKind::Exclusive)? {
-            Some(l) => l,
-            None => {
-                return Err(PodError::Invalid { uuid, why: "a fresh pod directory is locked by someone else".into() })
-            }
+        fs::create_dir(&staging).map_err(|e| CreateRace::Failed(PodError::io(&staging, "create pod directory", e)))?;
+        let lost = |e: PodError| CreateRace::Lost(e);
+        let lock = match Lock::try_lock_dir(&staging, LockKind::Exclusive) {
+            Ok(Some(l)) if l.still_at(&staging) => l,
+            Ok(_) => return Err(lost(PodError::Busy { uuid })),
+            Err(e) => return Err(lost(e.into())),
         };
         let holder = staging.join(husk_types::pod::LOCK_HOLDER_FILE);
         husk_sys::atomic_write_volatile(&holder, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-            .map_err(|e| PodError::io(&holder, "write", e))?;
+            .map_err(|e| lost(PodError::io(&holder, "write", e)))?;
         let dir = self.root.join("embryo").join(&uuid);
-        fs::rename(&staging, &dir).map_err(|e| PodError::io(&dir, "create pod directory", e))?;
+        fs::rename(&staging, &dir).map_err(|e| lost(PodError::io(&dir, "create pod directory", e)))?;
         let mut pod = LockedPod { uuid, dir, lock };
-        self.transition(&mut pod, "prepare")?;
+        self.transition(&mut pod, "prepare").map_err(CreateRace::Failed)?;
         Ok(pod)
     }
 
@@ -425,7 +442,7 @@ impl Pods {
 }
 
 impl Pods {
-    /// What no pod owns: staging directories whose creator died before locking them, and the
+    /// What no pod owns: staging directories nobody holds locked, and the
     /// empty lock files older husk versions could leave where a pod directory had just been
     /// renamed away.
     fn remove_strays(&self) {
@@ -438,11 +455,9 @@ impl Pods {
                 if is_pod_name && meta.is_file() && meta.len() == 0 {
                     let _ = fs::remove_file(e.path());
                 } else if d == "embryo" && name.starts_with(STAGING_PREFIX) && meta.is_dir() {
-                    let old = meta.modified().ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-                    if old.is_some_and(|a| a >= STAGING_GRACE) {
-                        if let Ok(Some(_l)) = Lock::try_lock_dir(&e.path(), LockKind::Exclusive) {
-                            let _ = fs::remove_dir_all(e.path());
-                        }
+                    // Unlocked: its creator died, or will find it gone and start over.
+                    if let Ok(Some(_l)) = Lock::try_lock_dir(&e.path(), LockKind::Exclusive) {
+                        let _ = fs::remove_dir_all(e.path());
                     }
                 }
             }
@@ -526,6 +541,27 @@ mod tests {
         assert_eq!(pods.observe(&uuid).unwrap().0, Phase::ExitedGarbage);
         let r = pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
         assert_eq!(r.removed, vec![uuid]);
+    }
+
+    #[test]
+    fn gc_removes_unlocked_staging_dirs_and_stray_lock_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let embryo = pods.root().join("embryo");
+        let dead = embryo.join(format!("{STAGING_PREFIX}00000000-0000-4000-8000-000000000001"));
+        let live = embryo.join(format!("{STAGING_PREFIX}00000000-0000-4000-8000-000000000002"));
+        fs::create_dir(&dead).unwrap();
+        fs::create_dir(&live).unwrap();
+        let _held = Lock::try_lock_dir(&live, LockKind::Exclusive).unwrap().unwrap();
+        // What an older husk's directory lock left where a pod had just been renamed from.
+        let stray = pods.root().join("garbage/00000000-0000-4000-8000-000000000003");
+        fs::write(&stray, b"").unwrap();
+        pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
+        assert!(!dead.exists() && !stray.exists());
+        assert!(live.exists(), "a staging dir its creator holds was removed");
+        // A pod created beside all this is complete and locked.
+        let pod = pods.create().unwrap();
+        assert_eq!(pods.observe(&pod.uuid).unwrap().0, Phase::Preparing);
     }
 
     #[test]

@@ -156,40 +156,54 @@ fn net_lock(pod_dir: &Path) -> PathBuf {
     pod_dir.join("net").join("lock")
 }
 
-/// Tears the networks down in a detached process, so that the pod's exit status reaches its
-/// invoker without waiting for the plugins (masquerade rules alone take tens of milliseconds).
-/// The cleanup holds `net/lock` until it is done; [`teardown_locked`] (stage1's `gc`) waits for
-/// it. `pod_lock_fd` is the pod lock, which the cleanup must not keep: the pod is exited.
-pub fn teardown_in_background(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf], pod_lock_fd: i32) {
-    let lock = match husk_sys::Lock::acquire(&net_lock(pod_dir), husk_sys::LockKind::Exclusive, || {}) {
-        Ok(l) => l,
-        Err(_) => {
-            teardown(pod_dir, uuid, plugin_dirs);
+/// The networks' teardown after the pod exited, run in a detached process so that the pod's
+/// exit status reaches its invoker without waiting for the plugins (masquerade rules alone take
+/// tens of milliseconds). [`Teardown::prepare`] takes `net/lock` while the supervisor still
+/// holds the pod lock; the supervisor then releases the pod lock and calls [`Teardown::spawn`],
+/// so the cleanup process holds `net/lock` (which [`teardown_locked`], stage1's `gc`, waits
+/// for) and never the pod's lock.
+pub struct Teardown {
+    dir: PathBuf,
+    uuid: String,
+    plugin_dirs: Vec<PathBuf>,
+    lock: Option<husk_sys::Lock>,
+}
+
+impl Teardown {
+    pub fn prepare(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Teardown {
+        let lock = husk_sys::Lock::acquire(&net_lock(pod_dir), husk_sys::LockKind::Exclusive, || {}).ok();
+        Teardown { dir: pod_dir.to_path_buf(), uuid: uuid.to_string(), plugin_dirs: plugin_dirs.to_vec(), lock }
+    }
+
+    pub fn spawn(self) {
+        let (dir, uuid, dirs) = (&self.dir, self.uuid.as_str(), self.plugin_dirs.as_slice());
+        if self.lock.is_none() {
+            // No lock file to hold (the pod dir is gone?): do what can be done, in the foreground.
+            teardown(dir, uuid, dirs);
             return;
         }
-    };
-    match husk_sys::proc::fork() {
-        Ok(husk_sys::proc::ForkResult::Child) => {
-            husk_sys::proc::close_inherited(pod_lock_fd);
-            let _ = nix::unistd::setsid();
-            // Nothing of the invoker's: a captured stdout must not wait for this process.
-            let log =
-                std::fs::OpenOptions::new().create(true).append(true).open(pod_dir.join("net").join("teardown.log"));
-            let null = std::fs::File::open("/dev/null");
-            if let (Ok(log), Ok(null)) = (log, null) {
-                let _ = nix::unistd::dup2_stdin(&null);
-                let _ = nix::unistd::dup2_stdout(&log);
-                let _ = nix::unistd::dup2_stderr(&log);
+        match husk_sys::proc::fork() {
+            Ok(husk_sys::proc::ForkResult::Child) => {
+                let _ = nix::unistd::setsid();
+                // Nothing of the invoker's: a captured stdout must not wait for this process.
+                let log =
+                    std::fs::OpenOptions::new().create(true).append(true).open(dir.join("net").join("teardown.log"));
+                let null = std::fs::File::open("/dev/null");
+                if let (Ok(log), Ok(null)) = (log, null) {
+                    let _ = nix::unistd::dup2_stdin(&null);
+                    let _ = nix::unistd::dup2_stdout(&log);
+                    let _ = nix::unistd::dup2_stderr(&log);
+                }
+                for Fail(e) in teardown(dir, uuid, dirs) {
+                    eprintln!("husk stage1: {e}; `husk gc` retries");
+                }
+                drop(self);
+                std::process::exit(0);
             }
-            for Fail(e) in teardown(pod_dir, uuid, plugin_dirs) {
-                eprintln!("husk stage1: {e}; `husk gc` retries");
+            Ok(husk_sys::proc::ForkResult::Parent { .. }) => drop(self),
+            Err(_) => {
+                teardown(dir, uuid, dirs);
             }
-            drop(lock);
-            std::process::exit(0);
-        }
-        Ok(husk_sys::proc::ForkResult::Parent { .. }) => drop(lock),
-        Err(_) => {
-            teardown(pod_dir, uuid, plugin_dirs);
         }
     }
 }

@@ -34,15 +34,11 @@ fn run() -> Result<i32, Fail> {
     let [app] = m.apps.as_slice() else {
         return Err(Fail(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
-    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set".into()))?;
-    let _lock = husk_sys::proc::adopt_fd(lock_fd).ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not open"))?;
-    let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
-        Some(fd) => Some(std::fs::File::from(husk_sys::proc::adopt_fd(fd).ctx(|| "HUSK_READY_FD is not open".into())?)),
-        None => None,
-    };
+    let _lock = husk_sys::Lock::from_inherited("HUSK_LOCK_FD", dir.clone())
+        .ctx(|| "HUSK_LOCK_FD".into())?
+        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
+    let mut ready =
+        husk_sys::proc::take_inherited_fd("HUSK_READY_FD").ctx(|| "HUSK_READY_FD".into())?.map(std::fs::File::from);
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;

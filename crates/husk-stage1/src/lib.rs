@@ -9,6 +9,7 @@
 //!                 ├ app 1 (own mount namespace, pivot_root into its overlay root, own cgroup namespace)
 //!                 └ app 2
 //! ```
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 pub mod cgroup;
 pub mod cni;

@@ -74,31 +74,31 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
         return Err(Fail(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
-    let lock_fd: i32 = std::env::var("HUSK_LOCK_FD")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let lock = husk_sys::Lock::from_inherited("HUSK_LOCK_FD", dir.clone())
+        .ctx(|| "HUSK_LOCK_FD".into())?
         .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let lock = husk_sys::Lock::from_raw_inherited(lock_fd, dir.clone())
-        .ctx(|| format!("HUSK_LOCK_FD {lock_fd} is not an open fd"))?;
-    let mut ready = match std::env::var("HUSK_READY_FD").ok().and_then(|v| v.parse::<i32>().ok()) {
-        Some(fd) => Some(std::fs::File::from(
-            husk_sys::proc::adopt_fd(fd).ctx(|| format!("HUSK_READY_FD {fd} is not an open fd"))?,
-        )),
-        None => None,
-    };
+    let mut ready =
+        husk_sys::proc::take_inherited_fd("HUSK_READY_FD").ctx(|| "HUSK_READY_FD".into())?.map(std::fs::File::from);
     // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
     let debug = debug_enabled(args);
 
-    let result = supervise(&dir, &m, debug, &mut ready, lock_fd);
+    let result = supervise(&dir, &m, debug, &mut ready);
     if let Err(Fail(msg)) = &result {
         if let Some(r) = ready.as_mut() {
             let _ = writeln!(r, "error {msg}");
         }
     }
+    // The pod has exited: release its lock before the network cleanup starts, so that the
+    // cleanup (which holds net/lock, taken in `supervise`) never holds the pod's.
     drop(lock);
-    result
+    result.map(|(code, cleanup)| {
+        if let Some(c) = cleanup {
+            c.spawn();
+        }
+        code
+    })
 }
 
 fn supervise(
@@ -106,8 +106,7 @@ fn supervise(
     m: &PodManifest,
     debug: bool,
     ready: &mut Option<std::fs::File>,
-    lock_fd: i32,
-) -> Result<i32, Fail> {
+) -> Result<(i32, Option<cni::Teardown>), Fail> {
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &app_names)?;
@@ -238,10 +237,11 @@ fn supervise(
     if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
         eprintln!("husk stage1: {e}");
     }
-    if matches!(m.net, NetMode::Cni { .. }) {
-        cni::teardown_in_background(dir, &m.uuid, &plugin_dirs, lock_fd);
-    }
-    Ok(code)
+    let cleanup = match m.net {
+        NetMode::Cni { .. } => Some(cni::Teardown::prepare(dir, &m.uuid, &plugin_dirs)),
+        _ => None,
+    };
+    Ok((code, cleanup))
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
@@ -722,6 +722,8 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     };
     let layout = cgroup::detect()?;
     layout.join(&m.uuid, &app.name, 0)?;
+    // Before the pod's mount namespace hides our /proc/self: fork checks it.
+    husk_sys::proc::check_single_threaded().ctx(|| "enter".into())?;
     let ns = |n: &str| -> Result<std::fs::File, Fail> {
         std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone"))
     };

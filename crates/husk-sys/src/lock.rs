@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -162,21 +162,16 @@ impl Lock {
         }
     }
 
-    /// Adopts an already-locked fd inherited from stage0 (the stage1 ABI's `HUSK_LOCK_FD`).
-    ///
-    /// The caller asserts that `fd` is open and owned by nobody else in this process.
-    pub fn from_inherited_fd(fd: OwnedFd, path: PathBuf) -> Lock {
-        Lock { file: File::from(fd), path }
+    /// Adopts the locked fd inherited from stage0, named by environment variable `var` (the
+    /// stage1 ABI's `HUSK_LOCK_FD`), through [`crate::proc::take_inherited_fd`]; `Ok(None)` when
+    /// the variable is not set.
+    pub fn from_inherited(var: &str, path: PathBuf) -> io::Result<Option<Lock>> {
+        Ok(crate::proc::take_inherited_fd(var)?.map(|fd| Lock { file: File::from(fd), path }))
     }
 
-    /// Adopts a raw inherited fd number, checking that it is open.
-    pub fn from_raw_inherited(fd: RawFd, path: PathBuf) -> io::Result<Lock> {
-        // Check that the fd is open before taking ownership of it.
-        rustix::io::fcntl_getfd(unsafe_borrow(fd)?)?;
-        // SAFETY: the fd was checked to be open just above, and the stage1 ABI hands its
-        // ownership to this process (stage0 exec'd us with it and holds no other reference).
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Lock::from_inherited_fd(owned, path))
+    /// The raw number of the locked fd (for the stage1 ABI's `HUSK_LOCK_FD`).
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 
     pub fn path(&self) -> &Path {
@@ -212,15 +207,6 @@ impl AsFd for Lock {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
-}
-
-fn unsafe_borrow(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
-    if fd < 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: the borrowed fd is only used for an `fcntl(F_GETFD)` probe, which is harmless on
-    // any fd number and reports EBADF when it is not open.
-    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 fn retry_eintr(mut f: impl FnMut() -> rustix::io::Result<()>) -> rustix::io::Result<()> {

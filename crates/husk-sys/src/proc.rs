@@ -1,19 +1,74 @@
 //! Process creation and fd hygiene: the parts of the clone/exec dance that need `unsafe`.
 
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::FromRawFd as _;
 
 pub use nix::unistd::ForkResult;
 
+/// This process's `/proc/self/stat`, opened once per process (a forked child reopens its own):
+/// the fd keeps naming this task after the process joins a mount namespace whose /proc does
+/// not show it (`enter`).
+static SELF_STAT: std::sync::Mutex<Option<(u32, std::fs::File)>> = std::sync::Mutex::new(None);
+
+/// How many threads this process has (from `/proc/self/stat`).
+fn thread_count() -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let pid = std::process::id();
+    let mut cached = SELF_STAT.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.as_ref().is_none_or(|(p, _)| *p != pid) {
+        *cached = Some((pid, std::fs::File::open("/proc/self/stat")?));
+    }
+    let (_, f) = cached.as_ref().expect("just set");
+    let mut buf = vec![0u8; 4096];
+    let n = f.read_at(&mut buf, 0)?;
+    let stat = String::from_utf8_lossy(&buf[..n]);
+    // The command name (field 2) may contain spaces; fields after its ')' are plain numbers.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    // State is field 3 (first after the name), num_threads field 20.
+    after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot read the thread count in /proc/self/stat"))
+}
+
+/// Checks that this process is single-threaded, and keeps what the check reads open: call it
+/// before joining another mount namespace if [`fork`] is to work there.
+pub fn check_single_threaded() -> io::Result<()> {
+    ensure_single_threaded("fork")
+}
+
+/// Refuses to continue in a multi-threaded process: the precondition of [`fork_unchecked`] and
+/// [`clone_unchecked`], checked at run time so that [`fork`] and [`clone_process`] are sound
+/// to call from safe code.
+fn ensure_single_threaded(what: &str) -> io::Result<()> {
+    match thread_count()? {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "{what} from a process with {n} threads: the child could inherit a lock held by another thread"
+        ))),
+    }
+}
+
 /// `fork(2)`.
 ///
-/// Callers must be single-threaded (the stage1 supervisor and pod init are), so the child
-/// cannot inherit a lock held by another thread; the child only performs syscalls and `exec`s
-/// or exits.
-pub fn fork() -> io::Result<ForkResult> {
-    // SAFETY: husk calls this only from single-threaded processes (stage1 never spawns threads),
-    // which is the condition under which using arbitrary code in the child is sound.
+/// # Safety
+///
+/// The calling process must be single-threaded. In the child of a multi-threaded process only
+/// async-signal-safe functions may run (another thread may have held the allocator's lock at the
+/// moment of the fork); husk's child code allocates.
+pub unsafe fn fork_unchecked() -> io::Result<ForkResult> {
+    // SAFETY: the caller guarantees the process is single-threaded (this function's contract),
+    // the condition under which running arbitrary code in the child is sound.
     unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// `fork(2)`, after checking that this process is single-threaded (the stage1 supervisor and
+/// pod init are); fails otherwise instead of forking unsoundly.
+pub fn fork() -> io::Result<ForkResult> {
+    ensure_single_threaded("fork")?;
+    // SAFETY: single-threaded, checked just above; the process creates no threads in between.
+    unsafe { fork_unchecked() }
 }
 
 /// Marks every fd from `first` up close-on-exec, so that nothing of the runtime (the pod lock,
@@ -58,8 +113,8 @@ fn zeroed_ifreq() -> libc::ifreq {
     unsafe { std::mem::zeroed() }
 }
 
-/// Borrows a raw fd after checking it is open.
-pub fn borrow_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::BorrowedFd<'static>> {
+/// Borrows a raw fd after checking it is open (for an `F_GETFD` probe only).
+fn borrow_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::BorrowedFd<'static>> {
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -70,12 +125,44 @@ pub fn borrow_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::BorrowedFd<'
     Ok(b)
 }
 
-/// Takes ownership of an fd number inherited through the stage1 ABI, after checking it is open.
-pub fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+/// Takes ownership of a raw fd number, after checking it is open.
+///
+/// # Safety
+///
+/// Nothing else in the process may own `fd` (no `File`, `OwnedFd` or other owner that would
+/// close it), now or later: the returned `OwnedFd` closes it when dropped.
+pub unsafe fn adopt_fd_unchecked(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
     borrow_fd(fd)?;
-    // SAFETY: the fd is open (checked above) and, per the stage1 ABI, handed to this process
-    // alone; nothing else in the process owns it.
+    // SAFETY: the fd is open (checked above); the caller guarantees no other owner.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The fd numbers [`take_inherited_fd`] handed out: each at most once per process.
+static ADOPTED: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes ownership of an fd inherited across `exec` and named by environment variable `var`
+/// (the stage1 ABI's `HUSK_LOCK_FD` and `HUSK_READY_FD`). `Ok(None)` when the variable is not
+/// set; an error when it does not name an open fd (0 to 2 are never taken: they are stdio).
+///
+/// Sound because an fd inherited across exec has no owner in this process until this function
+/// creates one, and it creates at most one per fd number (a second call for the same number,
+/// through another variable, is refused).
+pub fn take_inherited_fd(var: &str) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    let Some(value) = std::env::var_os(var) else { return Ok(None) };
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("{var}={value:?} is not an inherited fd number"));
+    let fd: std::os::fd::RawFd = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    if fd <= 2 {
+        return Err(bad());
+    }
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    if adopted.contains(&fd) {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("fd {fd} ({var}) was already taken")));
+    }
+    // SAFETY: an fd inherited across exec is owned by nothing in this process until adopted,
+    // and `ADOPTED` ensures it is adopted only once.
+    let owned = unsafe { adopt_fd_unchecked(fd) }?;
+    adopted.push(fd);
+    Ok(Some(owned))
 }
 
 /// Spawns `cmd` in a new session (setsid), detached from the invoker's terminal: the detached
@@ -144,12 +231,23 @@ pub fn release_startup_memory() {
 /// namespaces: with `CLONE_NEWUSER | CLONE_NEWPID` the PID namespace is owned by the new user
 /// namespace, which `unshare` then `fork` cannot achieve.
 ///
-/// Callers must be single-threaded, as for [`fork`].
+/// Checks that the process is single-threaded, as [`fork`] does.
 pub fn clone_process(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
+    ensure_single_threaded("clone")?;
+    // SAFETY: single-threaded, checked just above.
+    unsafe { clone_unchecked(flags) }
+}
+
+/// [`clone_process`] without the check.
+///
+/// # Safety
+///
+/// As for [`fork_unchecked`]: the calling process must be single-threaded.
+pub unsafe fn clone_unchecked(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
     // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child gets a
-    // copy-on-write copy of the address space and returns here with 0. The caller is
-    // single-threaded (the stage1 supervisor), so no lock can be held by another thread in the
-    // child. Only flags and SIGCHLD are passed; the pointer arguments are null.
+    // copy-on-write copy of the address space and returns here with 0. The caller guarantees a
+    // single-threaded process, so no lock can be held by another thread in the child. Only
+    // flags and SIGCHLD are passed; the pointer arguments are null.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -164,16 +262,6 @@ pub fn clone_process(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(ForkResult::Child),
         pid => Ok(ForkResult::Parent { child: nix::unistd::Pid::from_raw(pid as i32) }),
-    }
-}
-
-/// Closes this process's copy of an inherited fd number (after `fork`, in the child, to let go
-/// of a lock the parent keeps).
-pub fn close_inherited(fd: std::os::fd::RawFd) {
-    if borrow_fd(fd).is_ok() {
-        // SAFETY: the fd is open (checked) and, in this freshly forked child, no Rust object
-        // that owns this number is used again before the process exits.
-        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     }
 }
 
@@ -224,5 +312,29 @@ mod holder_tests {
         assert!(!holds_dir_open(me, d.path()));
         assert!(!holds_dir_open(1, &d.path().join("b")));
         assert!(!holds_dir_open(0, &d.path().join("b")));
+    }
+
+    #[test]
+    fn fork_refuses_a_multi_threaded_process() {
+        // The test harness runs tests on threads: this process has several.
+        let _t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
+        assert!(thread_count().unwrap() > 1);
+        let e = fork().expect_err("fork from a multi-threaded process is refused");
+        assert!(e.to_string().contains("threads"), "{e}");
+        assert!(clone_process(nix::sched::CloneFlags::empty()).is_err());
+    }
+
+    #[test]
+    fn an_inherited_fd_is_taken_once() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::IntoRawFd;
+        let raw = f.into_raw_fd();
+        std::env::set_var("HUSK_TEST_FD_A", raw.to_string());
+        std::env::set_var("HUSK_TEST_FD_B", raw.to_string());
+        assert!(take_inherited_fd("HUSK_TEST_FD_A").unwrap().is_some());
+        assert_eq!(take_inherited_fd("HUSK_TEST_FD_B").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert!(take_inherited_fd("HUSK_TEST_FD_UNSET").unwrap().is_none());
+        std::env::set_var("HUSK_TEST_FD_C", "1");
+        assert!(take_inherited_fd("HUSK_TEST_FD_C").is_err());
     }
 }

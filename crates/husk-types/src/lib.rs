@@ -3,6 +3,7 @@
 //! Nothing here performs I/O, so every function can be unit-, property- and fuzz-tested in
 //! isolation. The stage1 ABI types ([`pod`]) live here because both stage0 (`husk`) and each
 //! stage1 flavor read and write them.
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 pub mod bytes;
 pub mod digest;

@@ -6,6 +6,7 @@
 //! Usage: `husk-workload [report]` (default), `argv [ARGS…]` (argv and environment as hex),
 //! `syn DST PORT [MS]` (a raw TCP SYN out of eth0: does a SYN-ACK come back?),
 //! `exit N`, `sleep SECS`, `write PATH TEXT`, `cat PATH`.
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 mod syn;
 

@@ -1,5 +1,6 @@
 //! The `husk` binary: parses the command line and dispatches to the libraries. Only this crate
 //! prints; errors are reported once, here, with a `hint:` line where one helps.
+#![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 mod cli;
 mod config;
