@@ -20,6 +20,8 @@ pub enum PodError {
     WrongPhase { uuid: String, phase: String, why: String },
     #[error("pod {uuid} is being worked on by another husk command (a parallel rm, gc or stop)")]
     Busy { uuid: String },
+    #[error("pod {uuid} cannot move from {from}/ to {to}/ (a husk bug: report it)")]
+    IllegalMove { uuid: String, from: &'static str, to: &'static str },
     #[error("pod {uuid}: {why}")]
     Invalid { uuid: String, why: String },
     #[error("pod file {path} is corrupt: {why}")]

@@ -26,7 +26,7 @@ pub fn lowest_free(used: &BTreeSet<u32>) -> Option<u32> {
 /// The host-wide registry of ranges: one lock and one claim file per range, shared by every data
 /// dir on the host (a range must be unique among all live pods, not only those of one `--dir`).
 /// /run is per boot, as pods are.
-pub const HOST_REGISTRY: &str = "/run/husk/id-ranges";
+pub const HOST_REGISTRY: &str = husk_types::abi::ID_RANGES_DIR;
 
 /// A claim: which pod (of which data dir) holds a range.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -95,7 +95,8 @@ fn pods_dir_range(pods: &Pods, uuid: &str) -> Option<IdRange> {
 }
 
 fn read_range(dir: &Path) -> Option<IdRange> {
-    let m: PodManifest = serde_json::from_slice(&std::fs::read(dir.join("pod.json")).ok()?).ok()?;
+    let m: PodManifest =
+        serde_json::from_slice(&std::fs::read(husk_types::abi::PodDir::new(dir).manifest()).ok()?).ok()?;
     m.private_users
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use husk_sys::{Lock, LockKind};
+use husk_types::abi::PodDir;
 use husk_types::pod::{AppStatus, PodManifest, Stage1State};
 use husk_types::Digest;
 use serde::Serialize;
@@ -22,8 +23,69 @@ enum CreateRace {
     Failed(PodError),
 }
 
-/// The phase directories, in lifecycle order.
-pub const PHASE_DIRS: [&str; 6] = ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"];
+/// The directory a pod is in: with whether its lock is held, this is its phase. The only place
+/// the directory names are spelled, and the table of the moves between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseDir {
+    Embryo,
+    Prepare,
+    Prepared,
+    Run,
+    ExitedGarbage,
+    Garbage,
+}
+
+impl PhaseDir {
+    /// In lifecycle order.
+    pub const ALL: [PhaseDir; 6] = [
+        PhaseDir::Embryo,
+        PhaseDir::Prepare,
+        PhaseDir::Prepared,
+        PhaseDir::Run,
+        PhaseDir::ExitedGarbage,
+        PhaseDir::Garbage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseDir::Embryo => "embryo",
+            PhaseDir::Prepare => "prepare",
+            PhaseDir::Prepared => "prepared",
+            PhaseDir::Run => "run",
+            PhaseDir::ExitedGarbage => "exited-garbage",
+            PhaseDir::Garbage => "garbage",
+        }
+    }
+
+    /// The legal moves (rkt's `ToPrepared`/`ToRun` guards): a pod only ever moves forward, and
+    /// any pod its holder gives up on may go to garbage.
+    pub fn may_move_to(self, to: PhaseDir) -> bool {
+        use PhaseDir::*;
+        matches!(
+            (self, to),
+            (Embryo, Prepare)
+                | (Prepare, Prepared | Run)
+                | (Prepared, Run)
+                | (Run, ExitedGarbage)
+                | (Embryo | Prepare | Prepared | Run | ExitedGarbage, Garbage)
+        )
+    }
+
+    /// The phase a pod in this directory has, given whether its lock is held.
+    pub fn phase(self, locked: bool) -> Phase {
+        match (self, locked) {
+            (PhaseDir::Embryo, true) => Phase::Embryo,
+            (PhaseDir::Embryo | PhaseDir::Prepare, false) => Phase::AbortedPrepare,
+            (PhaseDir::Prepare, true) => Phase::Preparing,
+            (PhaseDir::Prepared, _) => Phase::Prepared,
+            (PhaseDir::Run, true) => Phase::Running,
+            (PhaseDir::Run, false) => Phase::Exited,
+            (PhaseDir::ExitedGarbage, _) => Phase::ExitedGarbage,
+            (PhaseDir::Garbage, _) => Phase::Garbage,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -61,11 +123,12 @@ pub struct Pods {
     root: PathBuf,
 }
 
-/// A pod whose exclusive lock this process holds.
+/// A pod whose exclusive lock this process holds, and the directory it is in.
 #[derive(Debug)]
 pub struct LockedPod {
     pub uuid: String,
     pub dir: PathBuf,
+    pub at: PhaseDir,
     pub lock: Lock,
 }
 
@@ -119,8 +182,8 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, PodE
 impl Pods {
     pub fn open(data_dir: &Path) -> Result<Pods, PodError> {
         let root = data_dir.join("pods");
-        for d in PHASE_DIRS {
-            let p = root.join(d);
+        for d in PhaseDir::ALL {
+            let p = root.join(d.name());
             if !p.is_dir() {
                 fs::create_dir_all(&p).map_err(|e| PodError::io(&p, "create", e))?;
             }
@@ -130,15 +193,15 @@ impl Pods {
 
     /// The pods directory of another data dir, if it exists (never creates anything).
     pub fn existing(root: &Path) -> Option<Pods> {
-        root.join("run").is_dir().then(|| Pods { root: root.to_path_buf() })
+        root.join(PhaseDir::Run.name()).is_dir().then(|| Pods { root: root.to_path_buf() })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn phase_dir(&self, phase_dir: &str) -> PathBuf {
-        self.root.join(phase_dir)
+    pub fn phase_dir(&self, d: PhaseDir) -> PathBuf {
+        self.root.join(d.name())
     }
 
     /// Creates a new pod in `embryo`, locked, then moves it to `prepare`.
@@ -162,7 +225,7 @@ impl Pods {
 
     fn try_create(&self) -> Result<LockedPod, CreateRace> {
         let uuid = uuid::Uuid::new_v4().to_string();
-        let staging = self.root.join("embryo").join(format!("{STAGING_PREFIX}{uuid}"));
+        let staging = self.phase_dir(PhaseDir::Embryo).join(format!("{STAGING_PREFIX}{uuid}"));
         fs::create_dir(&staging).map_err(|e| CreateRace::Failed(PodError::io(&staging, "create pod directory", e)))?;
         let lost = |e: PodError| CreateRace::Lost(e);
         let lock = match Lock::try_lock_dir(&staging, LockKind::Exclusive) {
@@ -170,41 +233,50 @@ impl Pods {
             Ok(_) => return Err(lost(PodError::Busy { uuid })),
             Err(e) => return Err(lost(e.into())),
         };
-        let holder = staging.join(husk_types::pod::LOCK_HOLDER_FILE);
+        let holder = PodDir::new(&staging).lock_holder();
         husk_sys::atomic_write_volatile(&holder, format!("{}\n", std::process::id()).as_bytes(), 0o644)
             .map_err(|e| lost(PodError::io(&holder, "write", e)))?;
-        let dir = self.root.join("embryo").join(&uuid);
+        let dir = self.phase_dir(PhaseDir::Embryo).join(&uuid);
         fs::rename(&staging, &dir).map_err(|e| lost(PodError::io(&dir, "create pod directory", e)))?;
-        let mut pod = LockedPod { uuid, dir, lock };
-        self.transition(&mut pod, "prepare").map_err(CreateRace::Failed)?;
+        let mut pod = LockedPod { uuid, dir, at: PhaseDir::Embryo, lock };
+        self.transition(&mut pod, PhaseDir::Prepare).map_err(CreateRace::Failed)?;
         Ok(pod)
     }
 
     /// Renames a locked pod into another phase directory. Only a move to `prepared` is made
     /// durable: a pod in any other phase is garbage after a reboot anyway, and `gc` finds it in
     /// whichever directory the crash left it.
-    pub fn transition(&self, pod: &mut LockedPod, to: &str) -> Result<(), PodError> {
-        let dest = self.root.join(to).join(&pod.uuid);
-        if to == "prepared" {
-            fs::File::open(pod.dir.join("pod.json"))
+    pub fn transition(&self, pod: &mut LockedPod, to: PhaseDir) -> Result<(), PodError> {
+        if !pod.at.may_move_to(to) {
+            return Err(PodError::IllegalMove { uuid: pod.uuid.clone(), from: pod.at.name(), to: to.name() });
+        }
+        let dest = self.phase_dir(to).join(&pod.uuid);
+        if to == PhaseDir::Prepared {
+            fs::File::open(PodDir::new(&pod.dir).manifest())
                 .and_then(|f| f.sync_all())
                 .map_err(|e| PodError::io(&pod.dir, "sync", e))?;
         }
         fs::rename(&pod.dir, &dest).map_err(|e| PodError::io(&dest, "move pod", e))?;
-        if to == "prepared" {
-            husk_sys::fsync_dir(&self.root.join(to)).map_err(|e| PodError::io(&dest, "sync", e))?;
+        if to == PhaseDir::Prepared {
+            husk_sys::fsync_dir(&self.phase_dir(to)).map_err(|e| PodError::io(&dest, "sync", e))?;
         }
         pod.dir = dest;
+        pod.at = to;
         Ok(())
     }
 
     /// Which phase directory holds `uuid`, if any.
-    fn locate(&self, uuid: &str) -> Option<(&'static str, PathBuf)> {
-        PHASE_DIRS.iter().map(|d| (*d, self.root.join(d).join(uuid))).find(|(_, p)| p.is_dir())
+    fn locate(&self, uuid: &str) -> Option<(PhaseDir, PathBuf)> {
+        PhaseDir::ALL.iter().map(|d| (*d, self.phase_dir(*d).join(uuid))).find(|(_, p)| p.is_dir())
     }
 
     /// Observes a pod's phase: the directory holding it and whether its lock is held.
     pub fn observe(&self, uuid: &str) -> Result<(Phase, PathBuf), PodError> {
+        self.observe_at(uuid).map(|(phase, _, dir)| (phase, dir))
+    }
+
+    /// [`Pods::observe`], with the directory the pod was found in.
+    fn observe_at(&self, uuid: &str) -> Result<(Phase, PhaseDir, PathBuf), PodError> {
         // A pod may move between our look and our lock; look again when it did.
         for _ in 0..5 {
             let Some((dir_name, dir)) = self.locate(uuid) else {
@@ -221,25 +293,15 @@ impl Pods {
                 Err(husk_sys::LockError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            let phase = match (dir_name, locked) {
-                ("embryo", true) => Phase::Embryo,
-                ("embryo", false) | ("prepare", false) => Phase::AbortedPrepare,
-                ("prepare", true) => Phase::Preparing,
-                ("prepared", _) => Phase::Prepared,
-                ("run", true) => Phase::Running,
-                ("run", false) => Phase::Exited,
-                ("exited-garbage", _) => Phase::ExitedGarbage,
-                _ => Phase::Garbage,
-            };
-            return Ok((phase, dir));
+            return Ok((dir_name.phase(locked), dir_name, dir));
         }
         Err(PodError::Unknown(uuid.to_string()))
     }
 
     pub fn all_uuids(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for d in PHASE_DIRS {
-            if let Ok(rd) = fs::read_dir(self.root.join(d)) {
+        for d in PhaseDir::ALL {
+            if let Ok(rd) = fs::read_dir(self.phase_dir(d)) {
                 for e in rd.flatten() {
                     let n = e.file_name().to_string_lossy().into_owned();
                     if uuid::Uuid::parse_str(&n).is_ok() && !out.contains(&n) {
@@ -271,13 +333,14 @@ impl Pods {
 
     pub fn info(&self, uuid: &str) -> Result<PodInfo, PodError> {
         let (phase, dir) = self.observe(uuid)?;
-        let manifest: Option<PodManifest> = read_json(&dir.join("pod.json"))?;
-        let stage1: Option<Stage1State> = read_json(&dir.join("stage1.json"))?;
+        let pd = PodDir::new(&dir);
+        let manifest: Option<PodManifest> = read_json(&pd.manifest())?;
+        let stage1: Option<Stage1State> = read_json(&pd.stage1_state())?;
         let mut apps = Vec::new();
         let mut exited = None;
         if let Some(m) = &manifest {
             for a in &m.apps {
-                let st: Option<AppStatus> = read_json(&dir.join("apps").join(&a.name).join("status.json"))?;
+                let st: Option<AppStatus> = read_json(&pd.app_status(&a.name))?;
                 if let Some(s) = &st {
                     exited = exited.max(Some(s.finished));
                 }
@@ -318,16 +381,16 @@ impl Pods {
     /// Pods (any phase but garbage) whose manifest uses image `id`.
     pub fn pods_using_image(&self, id: &Digest) -> Vec<String> {
         let mut out = Vec::new();
-        for d in ["embryo", "prepare", "prepared", "run"] {
-            if let Ok(rd) = fs::read_dir(self.root.join(d)) {
+        for d in [PhaseDir::Embryo, PhaseDir::Prepare, PhaseDir::Prepared, PhaseDir::Run] {
+            if let Ok(rd) = fs::read_dir(self.phase_dir(d)) {
                 for e in rd.flatten() {
-                    let m: Option<PodManifest> = read_json(&e.path().join("pod.json")).ok().flatten();
+                    let m: Option<PodManifest> = read_json(&PodDir::new(e.path()).manifest()).ok().flatten();
                     match m {
                         Some(m) if m.apps.iter().any(|a| &a.image.id == id) => {
                             out.push(e.file_name().to_string_lossy().into_owned())
                         }
                         // A pod still being prepared has no manifest yet: be safe.
-                        None if (d == "embryo" || d == "prepare")
+                        None if matches!(d, PhaseDir::Embryo | PhaseDir::Prepare)
                             && Lock::try_lock_dir(&e.path(), LockKind::Shared).ok().flatten().is_none() =>
                         {
                             out.push(e.file_name().to_string_lossy().into_owned());
@@ -343,14 +406,14 @@ impl Pods {
     /// Takes a pod's lock exclusively, without waiting: fails if the pod runs or is being worked on.
     pub fn lock_pod(&self, uuid: &str) -> Result<LockedPod, PodError> {
         for _ in 0..5 {
-            let (phase, dir) = self.observe(uuid)?;
+            let (phase, at, dir) = self.observe_at(uuid)?;
             let lock = match Lock::try_lock_dir(&dir, LockKind::Exclusive) {
                 Ok(l) => l,
                 Err(husk_sys::LockError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
             match lock {
-                Some(lock) if lock.still_at(&dir) => return Ok(LockedPod { uuid: uuid.to_string(), dir, lock }),
+                Some(lock) if lock.still_at(&dir) => return Ok(LockedPod { uuid: uuid.to_string(), dir, at, lock }),
                 Some(_) => continue,
                 // A pod in run/ whose lock is held by anything but its own supervisor is an
                 // exited pod another command (a parallel rm or gc) is working on.
@@ -376,8 +439,8 @@ impl Pods {
         gc_hook: &dyn Fn(&Path) -> Result<(), PodError>,
     ) -> Result<(), PodError> {
         gc_hook(&pod.dir)?;
-        if !pod.dir.starts_with(self.root.join("garbage")) {
-            self.transition(&mut pod, "garbage")?;
+        if pod.at != PhaseDir::Garbage {
+            self.transition(&mut pod, PhaseDir::Garbage)?;
         }
         fs::remove_dir_all(&pod.dir).map_err(|e| PodError::io(&pod.dir, "remove pod directory", e))?;
         Ok(())
@@ -405,9 +468,9 @@ impl Pods {
             let result = match phase {
                 Phase::Exited => self.lock_pod(&uuid).and_then(|mut pod| {
                     gc_hook(&pod.dir)?;
-                    self.transition(&mut pod, "exited-garbage")?;
+                    self.transition(&mut pod, PhaseDir::ExitedGarbage)?;
                     // The move marks the start of the grace period.
-                    let _ = fs::File::create(pod.dir.join("gc-marked"));
+                    let _ = fs::File::create(PodDir::new(&pod.dir).gc_marked());
                     report.marked.push(uuid.clone());
                     if grace.is_zero() {
                         self.remove_locked(pod, gc_hook)?;
@@ -415,11 +478,13 @@ impl Pods {
                     }
                     Ok(())
                 }),
-                Phase::ExitedGarbage if age(&dir.join("gc-marked")) >= grace => self.lock_pod(&uuid).and_then(|pod| {
-                    self.remove_locked(pod, gc_hook)?;
-                    report.removed.push(uuid.clone());
-                    Ok(())
-                }),
+                Phase::ExitedGarbage if age(&PodDir::new(&dir).gc_marked()) >= grace => {
+                    self.lock_pod(&uuid).and_then(|pod| {
+                        self.remove_locked(pod, gc_hook)?;
+                        report.removed.push(uuid.clone());
+                        Ok(())
+                    })
+                }
                 Phase::AbortedPrepare | Phase::Garbage => self.lock_pod(&uuid).and_then(|pod| {
                     self.remove_locked(pod, gc_hook)?;
                     report.removed.push(uuid.clone());
@@ -446,15 +511,15 @@ impl Pods {
     /// empty lock files older husk versions could leave where a pod directory had just been
     /// renamed away.
     fn remove_strays(&self) {
-        for d in PHASE_DIRS {
-            let Ok(rd) = fs::read_dir(self.root.join(d)) else { continue };
+        for d in PhaseDir::ALL {
+            let Ok(rd) = fs::read_dir(self.phase_dir(d)) else { continue };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Ok(meta) = e.path().symlink_metadata() else { continue };
                 let is_pod_name = uuid::Uuid::parse_str(&name).is_ok();
                 if is_pod_name && meta.is_file() && meta.len() == 0 {
                     let _ = fs::remove_file(e.path());
-                } else if d == "embryo" && name.starts_with(STAGING_PREFIX) && meta.is_dir() {
+                } else if d == PhaseDir::Embryo && name.starts_with(STAGING_PREFIX) && meta.is_dir() {
                     // Unlocked: its creator died, or will find it gone and start over.
                     if let Ok(Some(_l)) = Lock::try_lock_dir(&e.path(), LockKind::Exclusive) {
                         let _ = fs::remove_dir_all(e.path());
@@ -466,16 +531,16 @@ impl Pods {
 }
 
 /// The process holding a pod's lock while it is prepared or started (from
-/// [`husk_types::pod::LOCK_HOLDER_FILE`]), if it is alive and really holds the pod dir open.
+/// [`PodDir::lock_holder`]), if it is alive and really holds the pod dir open.
 pub fn lock_holder(dir: &Path) -> Option<i32> {
-    let pid: i32 = fs::read_to_string(dir.join(husk_types::pod::LOCK_HOLDER_FILE)).ok()?.trim().parse().ok()?;
+    let pid: i32 = fs::read_to_string(PodDir::new(dir).lock_holder()).ok()?.trim().parse().ok()?;
     husk_sys::proc::holds_dir_open(pid, dir).then_some(pid)
 }
 
 /// Whether the supervisor named in a pod's `stage1.json` is alive and still holds the pod dir
 /// open (a recycled pid is not it). None when the pod has no stage1 state yet.
 pub fn supervisor_alive(dir: &Path) -> Option<bool> {
-    let st: Stage1State = read_json(&dir.join("stage1.json")).ok().flatten()?;
+    let st: Stage1State = read_json(&PodDir::new(dir).stage1_state()).ok().flatten()?;
     Some(husk_sys::proc::holds_dir_open(st.supervisor_pid, dir))
 }
 
@@ -497,7 +562,7 @@ mod tests {
         let mut pod = pods.create().unwrap();
         let uuid = pod.uuid.clone();
         assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Preparing);
-        pods.transition(&mut pod, "run").unwrap();
+        pods.transition(&mut pod, PhaseDir::Run).unwrap();
         assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Running);
         drop(pod); // the supervisor died
         assert_eq!(pods.observe(&uuid).unwrap().0, Phase::Exited);
@@ -521,7 +586,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let pods = Pods::open(d.path()).unwrap();
         let mut pod = pods.create().unwrap();
-        pods.transition(&mut pod, "run").unwrap();
+        pods.transition(&mut pod, PhaseDir::Run).unwrap();
         let r = pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
         assert!(r.removed.is_empty());
         assert!(matches!(pods.lock_pod(&pod.uuid), Err(PodError::WrongPhase { .. })));
@@ -532,7 +597,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let pods = Pods::open(d.path()).unwrap();
         let mut pod = pods.create().unwrap();
-        pods.transition(&mut pod, "run").unwrap();
+        pods.transition(&mut pod, PhaseDir::Run).unwrap();
         let uuid = pod.uuid.clone();
         drop(pod);
         let r = pods.gc(Duration::from_secs(3600), Duration::ZERO, &|_| Ok(())).unwrap();
@@ -547,14 +612,14 @@ mod tests {
     fn gc_removes_unlocked_staging_dirs_and_stray_lock_files_only() {
         let d = tempfile::tempdir().unwrap();
         let pods = Pods::open(d.path()).unwrap();
-        let embryo = pods.root().join("embryo");
+        let embryo = pods.phase_dir(PhaseDir::Embryo);
         let dead = embryo.join(format!("{STAGING_PREFIX}00000000-0000-4000-8000-000000000001"));
         let live = embryo.join(format!("{STAGING_PREFIX}00000000-0000-4000-8000-000000000002"));
         fs::create_dir(&dead).unwrap();
         fs::create_dir(&live).unwrap();
         let _held = Lock::try_lock_dir(&live, LockKind::Exclusive).unwrap().unwrap();
         // What an older husk's directory lock left where a pod had just been renamed from.
-        let stray = pods.root().join("garbage/00000000-0000-4000-8000-000000000003");
+        let stray = pods.phase_dir(PhaseDir::Garbage).join("00000000-0000-4000-8000-000000000003");
         fs::write(&stray, b"").unwrap();
         pods.gc(Duration::ZERO, Duration::ZERO, &|_| Ok(())).unwrap();
         assert!(!dead.exists() && !stray.exists());
@@ -562,6 +627,60 @@ mod tests {
         // A pod created beside all this is complete and locked.
         let pod = pods.create().unwrap();
         assert_eq!(pods.observe(&pod.uuid).unwrap().0, Phase::Preparing);
+    }
+
+    /// Every pair of directories: exactly the documented moves are allowed.
+    #[test]
+    fn the_transition_table_allows_only_forward_moves() {
+        use PhaseDir::*;
+        let allowed = [
+            (Embryo, Prepare),
+            (Embryo, Garbage),
+            (Prepare, Prepared),
+            (Prepare, Run),
+            (Prepare, Garbage),
+            (Prepared, Run),
+            (Prepared, Garbage),
+            (Run, ExitedGarbage),
+            (Run, Garbage),
+            (ExitedGarbage, Garbage),
+        ];
+        for from in PhaseDir::ALL {
+            for to in PhaseDir::ALL {
+                assert_eq!(from.may_move_to(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_illegal_move_is_refused_and_leaves_the_pod_where_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let mut pod = pods.create().unwrap();
+        pods.transition(&mut pod, PhaseDir::Run).unwrap();
+        let err = pods.transition(&mut pod, PhaseDir::Prepared).unwrap_err();
+        assert!(matches!(err, PodError::IllegalMove { from: "run", to: "prepared", .. }), "{err}");
+        assert_eq!(pods.observe(&pod.uuid).unwrap().0, Phase::Running);
+        assert_eq!(pod.at, PhaseDir::Run);
+    }
+
+    #[test]
+    fn phases_of_every_directory_and_lock_state() {
+        use PhaseDir::*;
+        let cases = [
+            (Embryo, true, Phase::Embryo),
+            (Embryo, false, Phase::AbortedPrepare),
+            (Prepare, true, Phase::Preparing),
+            (Prepare, false, Phase::AbortedPrepare),
+            (Prepared, false, Phase::Prepared),
+            (Run, true, Phase::Running),
+            (Run, false, Phase::Exited),
+            (ExitedGarbage, false, Phase::ExitedGarbage),
+            (Garbage, true, Phase::Garbage),
+        ];
+        for (d, locked, want) in cases {
+            assert_eq!(d.phase(locked), want, "{d:?} locked={locked}");
+        }
     }
 
     #[test]
@@ -576,8 +695,8 @@ mod tests {
         assert!(matches!(pods.resolve(""), Err(PodError::Unknown(_))));
         // Both UUIDs match the empty-after-dash prefix of neither; an 8-hex common prefix is
         // unlikely, so build an ambiguous case from two fake directories.
-        fs::create_dir(pods.root().join("prepared/aaaaaaaa-0000-4000-8000-000000000001")).unwrap();
-        fs::create_dir(pods.root().join("prepared/aaaaaaaa-0000-4000-8000-000000000002")).unwrap();
+        fs::create_dir(pods.phase_dir(PhaseDir::Prepared).join("aaaaaaaa-0000-4000-8000-000000000001")).unwrap();
+        fs::create_dir(pods.phase_dir(PhaseDir::Prepared).join("aaaaaaaa-0000-4000-8000-000000000002")).unwrap();
         assert!(matches!(pods.resolve("aaaa"), Err(PodError::Ambiguous { count: 2, .. })));
     }
 }

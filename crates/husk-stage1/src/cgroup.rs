@@ -97,7 +97,7 @@ impl Layout {
 
     /// Creates the pod's cgroups: the pod and one per app.
     pub fn create_pod(&self, uuid: &str, apps: &[String]) -> Result<(), Fail> {
-        let base = format!("husk/{uuid}");
+        let base = husk_types::abi::pod_cgroup(uuid);
         if let Layout::V2(root) = self {
             // Controllers must be enabled on every ancestor for children to get them.
             enable_v2_controllers(root)?;
@@ -131,7 +131,7 @@ impl Layout {
     /// plan, so that both cgroup versions are tested anywhere.
     pub fn limit_plan(&self, uuid: &str, app: &str, r: &Resources) -> Vec<(PathBuf, String)> {
         let mut plan = Vec::new();
-        let rel = format!("husk/{uuid}/{app}");
+        let rel = husk_types::abi::app_cgroup(uuid, app);
         match self {
             Layout::V2(root) => {
                 let d = root.join(&rel);
@@ -205,9 +205,9 @@ impl Layout {
     /// Whether the kernel's OOM killer killed a process of the app's cgroup.
     pub fn oom_killed(&self, uuid: &str, app: &str) -> bool {
         let (file, key) = match self {
-            Layout::V2(root) => (root.join(format!("husk/{uuid}/{app}/memory.events")), "oom_kill"),
+            Layout::V2(root) => (root.join(husk_types::abi::app_cgroup(uuid, app)).join("memory.events"), "oom_kill"),
             Layout::V1(_) => match self.v1_dir("memory") {
-                Some(d) => (d.join(format!("husk/{uuid}/{app}/memory.oom_control")), "oom_kill"),
+                Some(d) => (d.join(husk_types::abi::app_cgroup(uuid, app)).join("memory.oom_control"), "oom_kill"),
                 None => return false,
             },
         };
@@ -239,7 +239,7 @@ impl Layout {
         Ok(files)
     }
     pub fn join(&self, uuid: &str, leaf: &str, pid: i32) -> Result<(), Fail> {
-        for p in self.paths(&format!("husk/{uuid}/{leaf}")) {
+        for p in self.paths(&husk_types::abi::app_cgroup(uuid, leaf)) {
             let procs = p.join("cgroup.procs");
             std::fs::write(&procs, pid.to_string()).ctx(|| format!("cannot join cgroup {}", p.display()))?;
         }

@@ -11,20 +11,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use husk_types::abi::PodDir;
 use husk_types::net::{NetState, PortMapping};
 use husk_types::pod::{NetMode, PodManifest};
 use nix::sched::CloneFlags;
 
 use crate::common::{write_json, Context, Fail};
 
-pub const NETNS_DIR: &str = "/run/husk/netns";
+pub use husk_types::abi::NETNS_DIR;
 
 pub fn netns_path(uuid: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(uuid)
 }
 
 fn state_path(pod_dir: &Path) -> PathBuf {
-    pod_dir.join("net").join("state.json")
+    PodDir::new(pod_dir).net_state()
 }
 
 pub fn read_state(pod_dir: &Path) -> Vec<NetState> {
@@ -58,7 +59,7 @@ pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
 /// Joins every network of the pod, in order. On failure, what was set up is torn down again.
 pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetState>, Fail> {
     let NetMode::Cni { networks, ports, plugin_dirs } = &m.net else { return Ok(vec![]) };
-    std::fs::create_dir_all(pod_dir.join("net")).ctx(|| "cannot create the pod's net directory".into())?;
+    std::fs::create_dir_all(PodDir::new(pod_dir).net_dir()).ctx(|| "cannot create the pod's net directory".into())?;
     // Port mappings go to the first network whose plugins accept them.
     let ports_net = networks.iter().position(|n| accepts_ports(&n.config));
     if !ports.is_empty() && ports_net.is_none() {
@@ -128,7 +129,7 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
     }
     if errors.is_empty() {
         // Nothing left to undo; keep the record (addresses the pod had) for list and status.
-        let _ = std::fs::rename(state_path(pod_dir), pod_dir.join("net").join("released.json"));
+        let _ = std::fs::rename(state_path(pod_dir), PodDir::new(pod_dir).net_released());
     }
     errors
 }
@@ -154,7 +155,7 @@ fn loopback_guard(action: &str, uuid: &str, ifname: &str) -> Result<(), Fail> {
 }
 
 fn net_lock(pod_dir: &Path) -> PathBuf {
-    pod_dir.join("net").join("lock")
+    PodDir::new(pod_dir).net_lock()
 }
 
 /// The networks' teardown after the pod exited, run in a detached process so that the pod's
@@ -188,7 +189,7 @@ impl Teardown {
                 let _ = nix::unistd::setsid();
                 // Nothing of the invoker's: a captured stdout must not wait for this process.
                 let log =
-                    std::fs::OpenOptions::new().create(true).append(true).open(dir.join("net").join("teardown.log"));
+                    std::fs::OpenOptions::new().create(true).append(true).open(PodDir::new(dir).net_teardown_log());
                 let null = std::fs::File::open("/dev/null");
                 if let (Ok(log), Ok(null)) = (log, null) {
                     let _ = nix::unistd::dup2_stdin(&null);
@@ -211,7 +212,7 @@ impl Teardown {
 
 /// [`teardown`], after any cleanup still running for the pod has finished.
 pub fn teardown_locked(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail> {
-    let _lock = if pod_dir.join("net").is_dir() {
+    let _lock = if PodDir::new(pod_dir).net_dir().is_dir() {
         match husk_sys::Lock::lock_timeout(
             &net_lock(pod_dir),
             husk_sys::LockKind::Exclusive,

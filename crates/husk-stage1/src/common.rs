@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_types::abi::PodDir;
 use husk_types::pod::{AppStatus, PodManifest, Stage1State, ABI_VERSION};
 
 /// A stage1 failure: a message for the user (stage1 has no richer error channel than stderr
@@ -26,7 +27,7 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
 }
 
 pub fn read_manifest(pod_dir: &Path) -> Result<PodManifest, Fail> {
-    let p = pod_dir.join("pod.json");
+    let p = PodDir::new(pod_dir).manifest();
     let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
     let m: PodManifest = serde_json::from_slice(&data).ctx(|| format!("invalid pod manifest {}", p.display()))?;
     if m.abi_version > ABI_VERSION {
@@ -48,17 +49,17 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
 /// Records this process as the pod lock's holder (stage1 ABI: `lock-holder.pid`), so that `husk
 /// stop` can end the pod even before `stage1.json` exists.
 pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {
-    let p = pod_dir.join(husk_types::pod::LOCK_HOLDER_FILE);
+    let p = PodDir::new(pod_dir).lock_holder();
     husk_sys::atomic_write_volatile(&p, format!("{}\n", std::process::id()).as_bytes(), 0o644)
         .ctx(|| format!("cannot write {}", p.display()))
 }
 
 pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {
-    write_json(&pod_dir.join("apps").join(app).join("status.json"), st)
+    write_json(&PodDir::new(pod_dir).app_status(app), st)
 }
 
 pub fn read_stage1_state(pod_dir: &Path) -> Result<Stage1State, Fail> {
-    let p = pod_dir.join("stage1.json");
+    let p = PodDir::new(pod_dir).stage1_state();
     let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
     serde_json::from_slice(&data).ctx(|| format!("invalid {}", p.display()))
 }

@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use husk_sys::proc::{fork, ForkResult};
+use husk_types::abi;
 use husk_types::pod::{exit, Stage1State, ABI_VERSION};
 use nix::sys::wait::waitpid;
 
@@ -34,11 +35,12 @@ fn run() -> Result<i32, Fail> {
     let [app] = m.apps.as_slice() else {
         return Err(Fail(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
-    let _lock = husk_sys::Lock::from_inherited("HUSK_LOCK_FD", dir.clone())
-        .ctx(|| "HUSK_LOCK_FD".into())?
+    let _lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
+        .ctx(|| abi::env::LOCK_FD.into())?
         .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let mut ready =
-        husk_sys::proc::take_inherited_fd("HUSK_READY_FD").ctx(|| "HUSK_READY_FD".into())?.map(std::fs::File::from);
+    let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
+        .ctx(|| abi::env::READY_FD.into())?
+        .map(std::fs::File::from);
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
@@ -78,7 +80,7 @@ fn run() -> Result<i32, Fail> {
     let mut app_pids = std::collections::BTreeMap::new();
     app_pids.insert(app.name.clone(), child.as_raw());
     write_json(
-        &dir.join("stage1.json"),
+        &abi::PodDir::new(&dir).stage1_state(),
         &Stage1State {
             abi_version: ABI_VERSION,
             supervisor_pid: me,

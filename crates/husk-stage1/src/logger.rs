@@ -15,12 +15,10 @@ use nix::unistd::Pid;
 
 use crate::common::{Context, Fail};
 
-/// `logs/<app>.log` and its rotated predecessors.
+/// `logs/<app>.log` and its rotated predecessors (`logs` is the pod's logs directory).
 pub fn log_path(logs: &Path, app: &str, generation: u32) -> PathBuf {
-    match generation {
-        0 => logs.join(format!("{app}.log")),
-        n => logs.join(format!("{app}.log.{n}")),
-    }
+    let file = husk_types::abi::PodDir::new("").app_log(app, generation);
+    logs.join(file.file_name().expect("a log file name"))
 }
 
 /// One app's log: appends, and rotates before a write would exceed `max_size`.
@@ -76,7 +74,7 @@ impl Rotating {
 /// pipe (close-on-exec: the app's child dup2s it onto stdout and stderr). The caller must close
 /// its copies once every app has started, so that the writer sees the end of each stream.
 pub fn spawn(pod_dir: &Path, apps: &[String], limits: LogLimits) -> Result<(Pid, Vec<OwnedFd>), Fail> {
-    let logs = pod_dir.join("logs");
+    let logs = husk_types::abi::PodDir::new(pod_dir).logs_dir();
     std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
     let mut reads = Vec::new();
     let mut writes = Vec::new();

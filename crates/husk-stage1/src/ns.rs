@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use husk_sys::proc::{fork, ForkResult};
+use husk_types::abi::{self, PodDir};
 use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use husk_types::ByteStr;
 use nix::sched::CloneFlags;
@@ -74,11 +75,12 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
         return Err(Fail(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
-    let lock = husk_sys::Lock::from_inherited("HUSK_LOCK_FD", dir.clone())
-        .ctx(|| "HUSK_LOCK_FD".into())?
+    let lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
+        .ctx(|| abi::env::LOCK_FD.into())?
         .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let mut ready =
-        husk_sys::proc::take_inherited_fd("HUSK_READY_FD").ctx(|| "HUSK_READY_FD".into())?.map(std::fs::File::from);
+    let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
+        .ctx(|| abi::env::READY_FD.into())?
+        .map(std::fs::File::from);
     // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
     husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
@@ -182,10 +184,10 @@ fn supervise(
         supervisor_pid: supervisor.as_raw(),
         init_pid: init.as_raw(),
         started: chrono::Utc::now(),
-        cgroup: Some(format!("husk/{}", m.uuid)),
+        cgroup: Some(abi::pod_cgroup(&m.uuid)),
         app_pids,
     };
-    write_json(&dir.join("stage1.json"), &state)?;
+    write_json(&PodDir::new(dir).stage1_state(), &state)?;
     if debug {
         eprintln!("husk stage1: pod {} running, init pid {}", m.uuid, init);
     }
@@ -247,7 +249,7 @@ fn supervise(
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
 /// [`STOP_GRACE`] (a SIGTERM from systemd or a shell).
 fn stop_timeout(dir: &Path) -> Duration {
-    std::fs::read(dir.join(husk_types::pod::STOP_REQUEST_FILE))
+    std::fs::read(PodDir::new(dir).stop_request())
         .ok()
         .and_then(|d| serde_json::from_slice::<husk_types::pod::StopRequest>(&d).ok())
         .map(|r| Duration::from_millis(r.timeout_ms))
@@ -268,7 +270,7 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
     sigs.thread_block().ctx(|| "cannot block signals".into())?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create the supervisor's mount namespace".into())?;
     rootfs::make_root_slave()?;
-    let apps = dir.join("apps");
+    let apps = PodDir::new(dir).apps_dir();
     mount::<Path, Path, str, str>(Some(&apps), &apps, None, MsFlags::MS_BIND, None)
         .ctx(|| format!("cannot bind {}", apps.display()))?;
     mount::<str, Path, str, str>(None, &apps, None, MsFlags::MS_SHARED, None)

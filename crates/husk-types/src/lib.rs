@@ -5,6 +5,7 @@
 //! stage1 flavor read and write them.
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
+pub mod abi;
 pub mod bytes;
 pub mod digest;
 pub mod net;

@@ -394,15 +394,8 @@ pub fn validate_host_name(h: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// File in the pod dir naming (as decimal text) the process that holds the pod's lock while the
-/// pod is being prepared or started: stage0 writes it when it creates the pod, stage1 rewrites
-/// it when it starts. `husk stop` uses it to end a pod that never wrote `stage1.json`.
-pub const LOCK_HOLDER_FILE: &str = "lock-holder.pid";
-
-/// File in the pod dir written by `husk stop` before it sends SIGTERM to the supervisor: how long
-/// the apps get before they are killed (the supervisor reads it when the SIGTERM arrives).
-pub const STOP_REQUEST_FILE: &str = "stop.json";
-
+/// What `husk stop` writes to the pod dir's `stop.json` ([`crate::abi::PodDir::stop_request`])
+/// before it sends SIGTERM to the supervisor: how long the apps get before they are killed.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StopRequest {
     /// Milliseconds between SIGTERM and SIGKILL.

@@ -46,8 +46,8 @@ impl Ctx {
     /// The stage1 executable of a flavor: husk.toml's paths.stage1_dir, $HUSK_STAGE1_DIR, or
     /// the directory of the husk binary.
     pub fn stage1_path(&self, flavor: &husk_types::pod::Flavor) -> Result<PathBuf, Failure> {
-        let name = format!("husk-stage1-{}", flavor.as_str());
-        let dir = match (std::env::var_os("HUSK_STAGE1_DIR"), &self.config.paths.stage1_dir) {
+        let name = husk_types::abi::stage1_executable(flavor);
+        let dir = match (std::env::var_os(husk_types::abi::env::STAGE1_DIR), &self.config.paths.stage1_dir) {
             (Some(d), _) => PathBuf::from(d),
             (None, Some(d)) => d.clone(),
             (None, None) => std::env::current_exe()

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser};
 use husk_pod::prepare::{build_app, default_app_name, parse_env_file, AppSpec};
-use husk_pod::state::LockedPod;
+use husk_pod::state::{LockedPod, PhaseDir};
 use husk_pod::{Phase, PodError, PodInfo, Pods};
+use husk_types::abi::{self, PodDir};
 use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
 use husk_types::ByteStr;
 
@@ -616,30 +617,30 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
             .with_context(|| format!("cannot write UUID file {}", p.display()))?;
     }
     if prepare_only {
-        pods.transition(&mut pod, "prepared")?;
+        pods.transition(&mut pod, PhaseDir::Prepared)?;
         println!("{}", m.uuid);
         return Ok(0);
     }
-    pods.transition(&mut pod, "run")?;
+    pods.transition(&mut pod, PhaseDir::Run)?;
     exec_stage1(ctx, pod, &m, a.detach)
 }
 
 fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), Failure> {
+    let pd = PodDir::new(dir);
     for app in &m.apps {
-        for sub in ["upper", "work", "rootfs"] {
-            let p = dir.join("apps").join(&app.name).join(sub);
+        for p in [pd.app_upper(&app.name), pd.app_work(&app.name), pd.app_rootfs(&app.name)] {
             std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
         }
     }
     for v in &m.volumes {
         if v.kind == VolumeKind::Empty {
-            let p = dir.join("volumes").join(&v.name);
+            let p = pd.volume(&v.name);
             std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
         }
     }
     // Made durable by the transition to `prepared` when the pod is only prepared.
-    husk_sys::atomic_write_volatile(&dir.join("pod.json"), &serde_json::to_vec_pretty(m).unwrap(), 0o644)
-        .with_context(|| format!("cannot write {}", dir.join("pod.json").display()))?;
+    husk_sys::atomic_write_volatile(&pd.manifest(), &serde_json::to_vec_pretty(m).unwrap(), 0o644)
+        .with_context(|| format!("cannot write {}", pd.manifest().display()))?;
     Ok(())
 }
 
@@ -653,14 +654,15 @@ fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Resu
     if ctx.verbose > 0 {
         cmd.arg("--debug");
     }
-    cmd.arg(&m.uuid).current_dir(&pod.dir).env("HUSK_LOCK_FD", fd.to_string());
+    cmd.arg(&m.uuid).current_dir(&pod.dir).env(abi::env::LOCK_FD, fd.to_string());
     if !detach {
         let err = cmd.exec();
         return Err(PodError::Stage1 { path: stage1, source: err }.into());
     }
     let (ready_r, ready_w) = husk_sys::proc::ready_pipe().context("cannot create the readiness pipe")?;
-    let log = std::fs::File::create(pod.dir.join("stage1.log")).context("cannot create stage1.log")?;
-    cmd.env("HUSK_READY_FD", ready_w.as_raw_fd().to_string())
+    let log_path = PodDir::new(&pod.dir).stage1_log();
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    cmd.env(abi::env::READY_FD, ready_w.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("dup")?)
         .stderr(log);
@@ -693,7 +695,7 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
     let uuid = a.pod.resolve(&pods)?;
     let mut pod = pods.lock_pod(&uuid)?;
     let (phase, _) = (Phase::Prepared, ());
-    if !pod.dir.starts_with(pods.phase_dir("prepared")) {
+    if pod.at != PhaseDir::Prepared {
         let (p, _) = pods.observe(&uuid).unwrap_or((phase, PathBuf::new()));
         return Err(PodError::WrongPhase {
             uuid,
@@ -703,7 +705,7 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
         .into());
     }
     let mut m: PodManifest =
-        serde_json::from_slice(&std::fs::read(pod.dir.join("pod.json")).context("cannot read pod.json")?)
+        serde_json::from_slice(&std::fs::read(PodDir::new(&pod.dir).manifest()).context("cannot read pod.json")?)
             .context("invalid pod.json")?;
     m.stdio = if a.detach {
         Stdio::Log
@@ -712,9 +714,9 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
     } else {
         Stdio::Inherit
     };
-    husk_sys::atomic_write(&pod.dir.join("pod.json"), &serde_json::to_vec_pretty(&m).unwrap(), 0o644)
+    husk_sys::atomic_write(&PodDir::new(&pod.dir).manifest(), &serde_json::to_vec_pretty(&m).unwrap(), 0o644)
         .context("cannot write pod.json")?;
-    pods.transition(&mut pod, "run")?;
+    pods.transition(&mut pod, PhaseDir::Run)?;
     exec_stage1(ctx, pod, &m, a.detach)
 }
 
@@ -735,9 +737,10 @@ fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
 /// Each network with its interface and addresses (from stage1's record of the CNI results).
 fn networks_json(i: &PodInfo) -> serde_json::Value {
     // state.json while networks are set up; released.json once they were torn down.
-    let states: Vec<husk_types::net::NetState> = ["net/state.json", "net/released.json"]
+    let pd = PodDir::new(&i.dir);
+    let states: Vec<husk_types::net::NetState> = [pd.net_state(), pd.net_released()]
         .iter()
-        .find_map(|f| std::fs::read(i.dir.join(f)).ok())
+        .find_map(|f| std::fs::read(f).ok())
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or_default();
     let names = i.manifest.as_ref().map(|m| m.net.names()).unwrap_or_default();
@@ -953,7 +956,7 @@ pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
         }
         None => m.apps.iter().map(|x| x.name.as_str()).collect(),
     };
-    let logs = i.dir.join("logs");
+    let pd = PodDir::new(&i.dir);
     let max_files = m.log_limits.max_files.max(1);
     let prefix = apps.len() > 1;
     let print = |app: &str, buf: &[u8]| {
@@ -972,16 +975,16 @@ pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
     let mut current: Vec<Option<std::fs::File>> = Vec::new();
     for app in &apps {
         for g in (1..max_files).rev() {
-            if let Ok(data) = std::fs::read(logs.join(format!("{app}.log.{g}"))) {
+            if let Ok(data) = std::fs::read(pd.app_log(app, g)) {
                 print(app, &data);
             }
         }
-        current.push(std::fs::File::open(logs.join(format!("{app}.log"))).ok());
+        current.push(std::fs::File::open(pd.app_log(app, 0)).ok());
     }
     loop {
         let running = a.follow && pods.observe(&uuid).map(|(p, _)| p == Phase::Running).unwrap_or(false);
         for (k, app) in apps.iter().enumerate() {
-            let path = logs.join(format!("{app}.log"));
+            let path = pd.app_log(app, 0);
             if let Some(f) = current[k].as_mut() {
                 let mut buf = Vec::new();
                 f.read_to_end(&mut buf).ok();
@@ -1086,7 +1089,7 @@ fn kill_pid(pid: i32, sig: i32) {
 ///   file): the lock holder named in `lock-holder.pid` gets SIGTERM (`--force`: SIGKILL), then
 ///   SIGKILL after the timeout; `gc` cleans up what it left.
 fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(), Failure> {
-    use husk_types::pod::{Flavor, StopRequest, STOP_REQUEST_FILE};
+    use husk_types::pod::{Flavor, StopRequest};
     let i = pods.info(uuid)?;
     if !matches!(i.phase, Phase::Running | Phase::Preparing | Phase::Embryo) {
         return Err(PodError::WrongPhase {
@@ -1130,8 +1133,8 @@ fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(
     }
     let grace = if force { Duration::ZERO } else { timeout };
     let req = serde_json::to_vec(&StopRequest { timeout_ms: grace.as_millis() as u64 }).expect("serializable");
-    husk_sys::atomic_write_volatile(&i.dir.join(STOP_REQUEST_FILE), &req, 0o644)
-        .with_context(|| format!("cannot write {}", i.dir.join(STOP_REQUEST_FILE).display()))?;
+    let stop = PodDir::new(&i.dir).stop_request();
+    husk_sys::atomic_write_volatile(&stop, &req, 0o644).with_context(|| format!("cannot write {}", stop.display()))?;
     kill_pid(st.supervisor_pid, if force { libc::SIGALRM } else { libc::SIGTERM });
     // The pod ends by itself at the deadline; allow it a little beyond for the kill and reaping.
     if wait(grace + Duration::from_secs(5)).is_err() {
@@ -1143,10 +1146,10 @@ fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(
 
 /// stage1's `gc` entrypoint for one pod dir: releases what stage1 created outside it.
 pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
-    let Ok(data) = std::fs::read(dir.join("pod.json")) else { return Ok(()) };
+    let Ok(data) = std::fs::read(PodDir::new(dir).manifest()) else { return Ok(()) };
     let Ok(m) = serde_json::from_slice::<PodManifest>(&data) else { return Ok(()) };
     let stage1 = ctx.stage1_path(&m.flavor).map_err(|_| PodError::Stage1 {
-        path: PathBuf::from(format!("husk-stage1-{}", m.flavor.as_str())),
+        path: PathBuf::from(abi::stage1_executable(&m.flavor)),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
     let out = std::process::Command::new(&stage1)
