@@ -3,8 +3,6 @@
 //! For trusted host tools that need the host's view. The supervisor (this process, holding the
 //! pod lock) waits for the app and records its exit status.
 
-use std::io::Write;
-
 use husk_sys::proc::{fork, ForkResult};
 use husk_types::abi;
 use husk_types::pod::{exit, Stage1State, ABI_VERSION};
@@ -91,7 +89,7 @@ fn run() -> Result<i32, Fail> {
         },
     )?;
     if let Some(r) = ready.as_mut() {
-        let _ = writeln!(r, "ok");
+        let _ = husk_types::msg::send(r, &husk_types::msg::Message::Ready);
     }
     drop(ready);
     let ws = loop {

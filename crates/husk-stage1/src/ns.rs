@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
 use husk_sys::proc::{fork, ForkResult};
 use husk_types::abi::{self, PodDir};
+use husk_types::msg::{self, Message};
 use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use husk_types::ByteStr;
 use nix::sched::CloneFlags;
@@ -89,7 +90,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     let result = supervise(&dir, &m, debug, &mut ready);
     if let Err(Fail(msg)) = &result {
         if let Some(r) = ready.as_mut() {
-            let _ = writeln!(r, "error {msg}");
+            let _ = msg::send(r, &Message::Failed { reason: msg.clone() });
         }
     }
     // The pod has exited: release its lock before the network cleanup starts, so that the
@@ -162,22 +163,32 @@ fn supervise(
     let supervisor = nix::unistd::getpid();
     let sigs = signals();
 
-    // The pod init reports each app's PID (in the pod's namespace), then "ready" or "error".
+    // The pod init reports each app's PID (in the pod's namespace), then ready or failed.
     let mut app_ns_pids = BTreeMap::new();
     let mut start_error = None;
-    for line in BufReader::new(std::fs::File::from(rep_r)).lines() {
-        let Ok(line) = line else { break };
-        if line == "ready" {
-            break;
-        }
-        if let Some(msg) = line.strip_prefix("error ") {
-            start_error = Some(msg.to_string());
-            break;
-        }
-        if let Some((name, pid)) = line.split_once(' ') {
-            app_ns_pids.insert(name.to_string(), pid.parse::<i32>().unwrap_or(0));
+    let mut report = BufReader::new(std::fs::File::from(rep_r));
+    loop {
+        match msg::expect(&mut report, &["app-started", "ready", "failed"]) {
+            Ok(Message::AppStarted { app, pid }) if m.apps.iter().any(|a| a.name == app) && pid > 0 => {
+                app_ns_pids.insert(app, pid);
+            }
+            Ok(Message::Ready) => break,
+            Ok(Message::Failed { reason }) => {
+                start_error = Some(reason);
+                break;
+            }
+            Ok(other) => {
+                start_error = Some(format!("the pod init reported {other:?}, which names no app of this pod"));
+                break;
+            }
+            // The init died before reporting (it says why on stderr), or sent garbage.
+            Err(e) => {
+                start_error = Some(format!("pod init: {e}"));
+                break;
+            }
         }
     }
+    drop(report);
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
     let state = Stage1State {
         abi_version: ABI_VERSION,
@@ -193,8 +204,8 @@ fn supervise(
     }
     if let Some(r) = ready.as_mut() {
         let _ = match &start_error {
-            None => writeln!(r, "ok"),
-            Some(e) => writeln!(r, "error {e}"),
+            None => msg::send(r, &Message::Ready),
+            Some(e) => msg::send(r, &Message::Failed { reason: e.clone() }),
         };
     }
     *ready = None;
@@ -263,7 +274,7 @@ fn stop_timeout(dir: &Path) -> Duration {
 /// private users its PID namespace belongs to its user namespace (else /proc could not be mounted
 /// inside). Its mount namespace is a copy taken before the roots exist; `<pod>/apps` is a shared
 /// mount, so the roots the supervisor mounts afterwards (through idmapped layers, which need the
-/// init's user namespace to exist first) propagate into it. The init waits for "go".
+/// init's user namespace to exist first) propagate into it. The init waits for `Go`.
 fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>) -> Result<(Pid, OwnedFd), Fail> {
     use nix::mount::{mount, MsFlags};
     let sigs = signals();
@@ -345,7 +356,7 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
         return Err(e);
     }
     let mut go = std::fs::File::from(go_w);
-    let _ = go.write_all(b"go\n");
+    let _ = msg::send(&mut go, &Message::Go);
     Ok((init, rep_r))
 }
 
@@ -389,10 +400,11 @@ fn pod_init(
     // Not dumpable: apps cannot open /proc/1/exe (the host's stage1 binary) or ptrace us
     // (runc CVE-2019-5736, rkt #3999).
     nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make the pod init non-dumpable".into())?;
-    let mut buf = [0u8; 3];
-    if std::fs::File::from(go).read(&mut buf).unwrap_or(0) == 0 {
-        // The supervisor failed to prepare the pod and said so itself.
-        return Ok(exit::STAGE1_FAILED);
+    match msg::expect(&mut BufReader::new(std::fs::File::from(go)), &["go"]) {
+        Ok(_) => {}
+        // Closed: the supervisor failed to prepare the pod and says so itself.
+        Err(msg::MsgError::Closed { .. }) => return Ok(exit::STAGE1_FAILED),
+        Err(e) => return Err(Fail(format!("from the supervisor: {e}"))),
     }
     let mut report = std::fs::File::from(report);
     if m.private_users.is_some() {
@@ -426,7 +438,7 @@ fn pod_init(
         drop(log_fd);
         match spawned {
             Ok(pid) => {
-                let _ = writeln!(report, "{} {}", app.name, pid.as_raw());
+                let _ = msg::send(&mut report, &Message::AppStarted { app: app.name.clone(), pid: pid.as_raw() });
                 live.insert(pid.as_raw(), (app.name.clone(), chrono::Utc::now()));
             }
             Err((code, Fail(msg))) => {
@@ -443,7 +455,7 @@ fn pod_init(
                     },
                 );
                 eprintln!("husk: app {}: {msg}", app.name);
-                let _ = writeln!(report, "error app {}: {msg}", app.name);
+                let _ = msg::send(&mut report, &Message::Failed { reason: format!("app {}: {msg}", app.name) });
                 for pid in live.keys() {
                     let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
                 }
@@ -455,7 +467,7 @@ fn pod_init(
             }
         }
     }
-    let _ = writeln!(report, "ready");
+    let _ = msg::send(&mut report, &Message::Ready);
     drop(report);
 
     husk_sys::proc::release_startup_memory();
@@ -550,19 +562,31 @@ fn spawn_app(
                 Ok(never) => match never {},
             };
             let mut w = std::fs::File::from(err_w);
-            let _ = write!(w, "{code} {msg}");
+            let _ = msg::send(&mut w, &Message::ExecFailed { code, reason: msg });
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
             drop(err_w);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-            if msg.is_empty() {
-                return Ok(child);
+            // The pipe is close-on-exec: it closes with nothing sent when the app's execve
+            // succeeds, or carries why it failed.
+            match msg::recv(&mut BufReader::new(std::fs::File::from(err_r))) {
+                Ok(None) => Ok(child),
+                Ok(Some(Message::ExecFailed { code, reason })) => {
+                    let _ = waitpid(child, None);
+                    Err((code, Fail(reason)))
+                }
+                Ok(Some(other)) => {
+                    let _ = waitpid(child, None);
+                    Err((
+                        exit::STAGE1_FAILED,
+                        Fail(format!("app {}: expected exec-failed, got {}", app.name, other.name())),
+                    ))
+                }
+                Err(e) => {
+                    let _ = waitpid(child, None);
+                    Err((exit::STAGE1_FAILED, Fail(format!("app {}: {e}", app.name))))
+                }
             }
-            let _ = waitpid(child, None);
-            let (code, text) = msg.split_once(' ').unwrap_or(("125", &msg));
-            Err((code.parse().unwrap_or(exit::STAGE1_FAILED), Fail(text.to_string())))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Pod commands: run, prepare, run-prepared, list, status, cat-manifest, logs, enter, stop, rm, gc.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -669,18 +669,20 @@ fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Resu
     husk_sys::proc::spawn_detached(&mut cmd).map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
     drop(ready_w);
     drop(pod);
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
-    match line.trim() {
-        "ok" => {
+    use husk_types::msg::{self, Message};
+    let started = msg::expect(&mut std::io::BufReader::new(std::fs::File::from(ready_r)), &["ready", "failed"]);
+    match started {
+        Ok(Message::Ready) => {
             println!("{}", m.uuid);
             Ok(0)
         }
         other => {
-            let msg = other
-                .strip_prefix("error ")
-                .map(str::to_string)
-                .unwrap_or_else(|| "stage1 exited before the pod started".to_string());
+            let msg = match other {
+                Ok(Message::Failed { reason }) => reason,
+                Err(msg::MsgError::Closed { .. }) => "stage1 exited before the pod started".to_string(),
+                Err(e) => format!("stage1: {e}"),
+                Ok(m) => format!("stage1 sent {}", m.name()),
+            };
             Err(Failure::new(exit::ENGINE, anyhow::anyhow!("pod {} failed to start: {msg}", m.uuid)).hint(format!(
                 "see `husk status {}` and `husk logs {}`",
                 &m.uuid[..8],
