@@ -24,6 +24,13 @@ pub enum PodError {
     IllegalMove { uuid: String, from: &'static str, to: &'static str },
     #[error("pod {uuid}: {why}")]
     Invalid { uuid: String, why: String },
+    /// What a front end asked for cannot be a pod (a usage error: nothing was created).
+    #[error("{0}")]
+    Request(String),
+    #[error("pod {uuid} failed to start: {reason}")]
+    StartFailed { uuid: String, reason: String },
+    #[error("pod {uuid}: stage1 gc failed: {why}")]
+    Stage1Gc { uuid: String, why: String },
     #[error("pod file {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
     #[error("app {app:?}: {why}")]
@@ -41,35 +48,5 @@ pub enum PodError {
 impl PodError {
     pub fn io(path: &Path, action: &'static str, source: io::Error) -> Self {
         PodError::Io { path: path.to_path_buf(), action, source }
-    }
-
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            PodError::Unknown(_) => Some("list pods with `husk list`".into()),
-            PodError::Busy { .. } => Some("try again in a moment".into()),
-            PodError::WrongPhase { phase, .. } if phase == "running" => Some("stop it first with `husk stop`".into()),
-            PodError::Stage1 { .. } => {
-                Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into())
-            }
-            PodError::Io { source, .. }
-                if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES) =>
-            {
-                Some("pods need root: run husk as root".into())
-            }
-            _ => None,
-        }
-    }
-
-    /// husk's exit code for this error (see the CLI's exit module).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            PodError::Unknown(_) | PodError::Ambiguous { .. } | PodError::WrongPhase { .. } | PodError::Busy { .. } => {
-                122
-            }
-            PodError::App { .. } | PodError::Invalid { .. } => 120,
-            PodError::Lock(husk_sys::LockError::Timeout { .. }) => 124,
-            PodError::Store(husk_image::StoreError::UnknownImage { .. }) => 121,
-            _ => 125,
-        }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod error;
 pub mod idrange;
+pub mod lifecycle;
 pub mod network;
 pub mod prepare;
 pub mod state;

@@ -62,20 +62,38 @@ impl From<husk_image::FetchError> for Failure {
 
 impl From<husk_image::StoreError> for Failure {
     fn from(e: husk_image::StoreError) -> Self {
-        use husk_image::StoreError as S;
-        let (code, hint) = match &e {
-            S::UnknownImage { .. } => {
-                (IMAGE, Some("list images with `husk image list`, or fetch it with `husk fetch`".to_string()))
+        let Failure { code, hint, .. } = clone_store_failure(&e);
+        Failure { code, error: e.into(), hint }
+    }
+}
+
+/// The one mapping of pod errors to exit codes and hints.
+impl From<husk_pod::PodError> for Failure {
+    fn from(e: husk_pod::PodError) -> Self {
+        use husk_pod::PodError as P;
+        let (code, hint): (i32, Option<String>) = match &e {
+            P::Unknown(_) => (POD, Some("list pods with `husk list`".into())),
+            P::Ambiguous { .. } => (POD, None),
+            P::WrongPhase { phase, .. } if phase == "running" => (POD, Some("stop it first with `husk stop`".into())),
+            P::WrongPhase { .. } => (POD, None),
+            P::Busy { .. } => (POD, Some("try again in a moment".into())),
+            P::App { .. } | P::Invalid { .. } | P::Request(_) => (USAGE, None),
+            P::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
+            P::Store(s) => {
+                let f: Failure = clone_store_failure(s);
+                (f.code, f.hint)
             }
-            S::Ambiguous { .. } => (IMAGE, None),
-            S::InUse { .. } => (IMAGE, None),
-            S::LayersMissing { name, .. } => (
-                IMAGE,
-                Some(format!("unpack it again with `husk fetch --pull-policy=update {name}`, then check the store with `husk image verify`")),
-            ),
-            S::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
-            _ if e.is_disk_full() => {
-                (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into()))
+            P::Stage1 { .. } => {
+                (ENGINE, Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into()))
+            }
+            P::StartFailed { uuid, .. } => {
+                let short = &uuid[..uuid.len().min(8)];
+                (ENGINE, Some(format!("see `husk status {short}` and `husk logs {short}`")))
+            }
+            P::Io { source, .. }
+                if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES) =>
+            {
+                (ENGINE, Some("pods need root: run husk as root".into()))
             }
             _ => (ENGINE, None),
         };
@@ -83,12 +101,25 @@ impl From<husk_image::StoreError> for Failure {
     }
 }
 
-impl From<husk_pod::PodError> for Failure {
-    fn from(e: husk_pod::PodError) -> Self {
-        let hint = e.hint();
-        let code = e.exit_code();
-        Failure { code, error: e.into(), hint }
-    }
+/// The code and hint a store error gets (without taking it: it stays the pod error's cause).
+fn clone_store_failure(s: &husk_image::StoreError) -> Failure {
+    use husk_image::StoreError as S;
+    let (code, hint) = match s {
+        S::UnknownImage { .. } => {
+            (IMAGE, Some("list images with `husk image list`, or fetch it with `husk fetch`".to_string()))
+        }
+        S::Ambiguous { .. } | S::InUse { .. } | S::DigestMismatch { .. } | S::SizeMismatch { .. } => (IMAGE, None),
+        S::LayersMissing { name, .. } => (
+            IMAGE,
+            Some(format!("unpack it again with `husk fetch --pull-policy=update {name}`, then check the store with `husk image verify`")),
+        ),
+        S::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
+        _ if s.is_disk_full() => {
+            (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into()))
+        }
+        _ => (ENGINE, None),
+    };
+    Failure { code, error: anyhow::anyhow!("{s}"), hint }
 }
 
 /// Prints a failure as `husk: <message>: <cause>: …` and a `hint:` line.

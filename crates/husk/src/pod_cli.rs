@@ -2,18 +2,18 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
-use husk_pod::prepare::{build_app, default_app_name, parse_env_file, AppSpec};
+use husk_pod::lifecycle::{self, AppImage, PodRequest};
+use husk_pod::prepare::{parse_env_file, AppSpec};
 use husk_pod::state::{LockedPod, PhaseDir};
 use husk_pod::{Phase, PodError, PodInfo, Pods};
-use husk_types::abi::{self, PodDir};
-use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind, ABI_VERSION};
+use husk_types::abi::PodDir;
+use husk_types::pod::{Dns, Flavor, IpcMode, MountPoint, PodManifest, Stdio, Volume, VolumeKind};
 use husk_types::ByteStr;
 
 use crate::cli::{parse_duration, Format, PullPolicyArg};
@@ -445,12 +445,63 @@ fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[OsString]) -> Result<A
     })
 }
 
-/// `run` and `prepare`.
-pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
-    let mut specs = vec![spec_from(ctx, &a.image, &a.app, &a.args)?];
-    for seg in more {
-        specs.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
+/// `--dns IP|host|none` (repeatable), `--dns-search`, `--dns-opt`, `--dns-domain`.
+fn dns_from(a: &RunArgs) -> Result<Dns, Failure> {
+    let mut dns = Dns {
+        search: a.dns_search.clone(),
+        options: a.dns_opt.clone(),
+        domain: a.dns_domain.clone(),
+        ..Default::default()
+    };
+    for d in &a.dns {
+        match d.as_str() {
+            "host" => dns.host = true,
+            "none" => dns.none = true,
+            ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
+            other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
+        }
     }
+    Ok(dns)
+}
+
+/// `--hosts-entry IP=NAME|host` (repeatable): the entries, and whether to use the host's file.
+fn hosts_from(a: &RunArgs) -> Result<(Vec<(String, String)>, bool), Failure> {
+    let mut entries = Vec::new();
+    let mut from_host = false;
+    for h in &a.hosts_entry {
+        if h == "host" {
+            from_host = true;
+            continue;
+        }
+        let (ip, name) = h
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
+        husk_types::pod::validate_host_name(name, 253)
+            .map_err(|e| Failure::usage(format!("--hosts-entry {h:?}: {e}")))?;
+        entries.push((ip.to_string(), name.to_string()));
+    }
+    Ok((entries, from_host))
+}
+
+fn stdio_of(detach: bool, interactive: bool) -> Stdio {
+    if detach {
+        Stdio::Log
+    } else if interactive {
+        Stdio::Interactive
+    } else {
+        Stdio::Inherit
+    }
+}
+
+/// The pod request the flags of `run`/`prepare` describe.
+fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodRequest, Failure> {
+    let mut apps = vec![spec_from(ctx, &a.image, &a.app, &a.args)?];
+    for seg in more {
+        apps.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
+    }
+    // The library checks these too; here the message can name the flag.
     for (i, v) in a.volume.iter().enumerate() {
         if a.volume[..i].iter().any(|w| w.name == v.name) {
             return Err(Failure::usage(format!(
@@ -471,6 +522,15 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         (Some(r), _) => r.clone(),
         (None, _) => NetRequest::Named(vec![("default".into(), vec![])]),
     };
+    if a.stage1 == Flavor::Fly && apps.len() != 1 {
+        return Err(Failure::usage("--stage1=fly runs exactly one app"));
+    }
+    if a.interactive && apps.len() != 1 {
+        return Err(Failure::usage("--interactive needs a pod with exactly one app"));
+    }
+    if a.interactive && a.detach {
+        return Err(Failure::usage("--interactive and --detach exclude each other"));
+    }
     let plugin_dirs = ctx
         .config
         .paths
@@ -478,140 +538,37 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         .clone()
         .unwrap_or_else(|| husk_pod::network::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect());
     let net = husk_pod::network::resolve(&net_req, &ctx.config_dir.join("net.d"), plugin_dirs, &a.port)?;
-    if !a.port.is_empty() {
-        husk_pod::network::check_ports(&ctx.pods()?, &a.port)?;
-    }
-    if a.stage1 == Flavor::Fly && specs.len() != 1 {
-        return Err(Failure::usage("--stage1=fly runs exactly one app"));
-    }
-    if a.interactive && specs.len() != 1 {
-        return Err(Failure::usage("--interactive needs a pod with exactly one app"));
-    }
-    if a.interactive && a.detach {
-        return Err(Failure::usage("--interactive and --detach exclude each other"));
-    }
-    // Everything the flags alone decide is checked before anything is fetched or created.
-    for v in &a.volume {
-        if let VolumeKind::Host { source, .. } = &v.kind {
-            if !source.exists() {
-                return Err(Failure::usage(format!("volume {}: source {} does not exist", v.name, source.display())));
-            }
-        }
-    }
-    let mut dns = Dns {
-        search: a.dns_search.clone(),
-        options: a.dns_opt.clone(),
-        domain: a.dns_domain.clone(),
-        ..Default::default()
-    };
-    for d in &a.dns {
-        match d.as_str() {
-            "host" => dns.host = true,
-            "none" => dns.none = true,
-            ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
-            other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
-        }
-    }
-    let mut hosts_entries = Vec::new();
-    let mut hosts_from_host = false;
-    for h in &a.hosts_entry {
-        if h == "host" {
-            hosts_from_host = true;
-        } else {
-            let (ip, name) = h
-                .split_once('=')
-                .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
-            husk_types::pod::validate_host_name(name, 253)
-                .map_err(|e| Failure::usage(format!("--hosts-entry {h:?}: {e}")))?;
-            hosts_entries.push((ip.to_string(), name.to_string()));
-        }
-    }
-    let store = ctx.store()?;
-    let pods = ctx.pods()?;
-    let quiet = a.quiet || !std::io::stderr().is_terminal();
-    let mut fetched = Vec::new();
-    for s in &specs {
-        fetched.push(crate::image_cmds::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?);
-    }
+    let (hosts_entries, hosts_from_host) = hosts_from(a)?;
+    Ok(PodRequest {
+        apps,
+        volumes: a.volume.clone(),
+        hostname: a.hostname.clone(),
+        net,
+        dns: dns_from(a)?,
+        hosts_entries,
+        hosts_from_host,
+        ipc: a.ipc.clone(),
+        flavor: a.stage1.clone(),
+        private_users: a.private_users,
+        stdio: stdio_of(a.detach, a.interactive),
+        log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
+    })
+}
 
-    // Hold the store shared so that `image rm`/`gc` cannot remove a layer before the pod
-    // manifest that uses it is written.
-    let shared = store.lock_store(husk_sys::LockKind::Shared)?;
-    for f in &fetched {
-        store.check_layers(&f.name, &f.record)?;
+/// `run` and `prepare`: flags to a request, the images fetched, then the library.
+pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
+    let req = request_from(ctx, a, more)?;
+    let pods = ctx.pods()?;
+    // Everything the flags alone decide is checked before anything is fetched or created.
+    req.validate(&pods)?;
+    let store = ctx.store()?;
+    let quiet = a.quiet || !std::io::stderr().is_terminal();
+    let mut images = Vec::new();
+    for s in &req.apps {
+        let f = crate::image_cmds::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?;
+        images.push(AppImage { name: f.name, record: f.record });
     }
-    let mut pod = pods.create()?;
-    let result = (|| -> Result<PodManifest, Failure> {
-        // Held until the manifest naming the range is written, at the end of this closure.
-        let ids = if a.private_users { Some(husk_pod::idrange::allocate(&pods, &pod.uuid)?) } else { None };
-        let mut apps = Vec::new();
-        for (s, f) in specs.iter().zip(&fetched) {
-            let base = s.name.clone().unwrap_or_else(|| default_app_name(&f.name));
-            if !husk_types::pod::valid_name(&base) {
-                return Err(Failure::usage(format!(
-                    "app name {base:?} must be lower-case letters, digits, '-', '_' or '.'"
-                )));
-            }
-            let mut name = base.clone();
-            let mut n = 2;
-            while apps.iter().any(|x: &husk_types::pod::App| x.name == name) {
-                if s.name.is_some() {
-                    return Err(Failure::usage(format!("two apps are named {base:?}")));
-                }
-                name = format!("{base}-{n}");
-                n += 1;
-            }
-            let app = build_app(&store, &f.name, &f.record, s, name, ids.as_ref().map(|i| i.range))?;
-            for mp in &app.mounts {
-                if !a.volume.iter().any(|v| v.name == mp.volume) {
-                    return Err(Failure::usage(format!(
-                        "app {}: --mount names volume {:?}, which no --volume defines",
-                        app.name, mp.volume
-                    )));
-                }
-            }
-            apps.push(app);
-        }
-        let hostname = a.hostname.clone().unwrap_or_else(|| format!("husk-{}", pod.uuid));
-        let stdio = if a.detach {
-            Stdio::Log
-        } else if a.interactive {
-            Stdio::Interactive
-        } else {
-            Stdio::Inherit
-        };
-        let m = PodManifest {
-            abi_version: ABI_VERSION,
-            uuid: pod.uuid.clone(),
-            created: chrono::Utc::now(),
-            flavor: a.stage1.clone(),
-            hostname,
-            net: net.clone(),
-            ipc: a.ipc.clone(),
-            dns,
-            hosts_entries,
-            hosts_from_host,
-            volumes: a.volume.clone(),
-            apps,
-            stdio,
-            private_users: ids.as_ref().map(|i| i.range),
-            annotations: Default::default(),
-            log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
-        };
-        write_pod_dirs(&pod.dir, &m)?;
-        Ok(m)
-    })();
-    drop(shared);
-    let m = match result {
-        Ok(m) => m,
-        Err(e) => {
-            // Nothing the user stored lives in a half-prepared pod: remove it now.
-            let _ = pods.remove_locked(pod, &|_| Ok(()));
-            return Err(e);
-        }
-    };
+    let (mut pod, m) = lifecycle::prepare(&pods, &store, &req, &images)?;
     if let Some(p) = &a.uuid_file_save {
         husk_sys::atomic_write(p, format!("{}\n", m.uuid).as_bytes(), 0o644)
             .with_context(|| format!("cannot write UUID file {}", p.display()))?;
@@ -622,104 +579,26 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         return Ok(0);
     }
     pods.transition(&mut pod, PhaseDir::Run)?;
-    exec_stage1(ctx, pod, &m, a.detach)
-}
-
-fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), Failure> {
-    let pd = PodDir::new(dir);
-    for app in &m.apps {
-        for p in [pd.app_upper(&app.name), pd.app_work(&app.name), pd.app_rootfs(&app.name)] {
-            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        }
-    }
-    for v in &m.volumes {
-        if v.kind == VolumeKind::Empty {
-            let p = pd.volume(&v.name);
-            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        }
-    }
-    // Made durable by the transition to `prepared` when the pod is only prepared.
-    husk_sys::atomic_write_volatile(&pd.manifest(), &serde_json::to_vec_pretty(m).unwrap(), 0o644)
-        .with_context(|| format!("cannot write {}", pd.manifest().display()))?;
-    Ok(())
+    start(ctx, pod, &m, a.detach)
 }
 
 /// Hands a locked pod in `run/` to its stage1: by exec (the invoker stays the parent and gets
 /// the pod's exit status) or, detached, as a new session whose readiness we wait for.
-fn exec_stage1(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32, Failure> {
-    let stage1 = ctx.stage1_path(&m.flavor)?;
-    let fd = pod.lock.inherit_across_exec().context("cannot pass the pod lock to stage1")?;
-    let mut cmd = std::process::Command::new(&stage1);
-    cmd.arg("run");
-    if ctx.verbose > 0 {
-        cmd.arg("--debug");
-    }
-    cmd.arg(&m.uuid).current_dir(&pod.dir).env(abi::env::LOCK_FD, fd.to_string());
+fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32, Failure> {
+    let stage1 = lifecycle::Stage1 { path: ctx.stage1_path(&m.flavor)?, debug: ctx.verbose > 0 };
     if !detach {
-        let err = cmd.exec();
-        return Err(PodError::Stage1 { path: stage1, source: err }.into());
+        return Err(lifecycle::exec(pod, m, &stage1).into());
     }
-    let (ready_r, ready_w) = husk_sys::proc::ready_pipe().context("cannot create the readiness pipe")?;
-    let log_path = PodDir::new(&pod.dir).stage1_log();
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    cmd.env(abi::env::READY_FD, ready_w.as_raw_fd().to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().context("dup")?)
-        .stderr(log);
-    husk_sys::proc::spawn_detached(&mut cmd).map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
-    drop(ready_w);
-    drop(pod);
-    use husk_types::msg::{self, Message};
-    let started = msg::expect(&mut std::io::BufReader::new(std::fs::File::from(ready_r)), &["ready", "failed"]);
-    match started {
-        Ok(Message::Ready) => {
-            println!("{}", m.uuid);
-            Ok(0)
-        }
-        other => {
-            let msg = match other {
-                Ok(Message::Failed { reason }) => reason,
-                Err(msg::MsgError::Closed { .. }) => "stage1 exited before the pod started".to_string(),
-                Err(e) => format!("stage1: {e}"),
-                Ok(m) => format!("stage1 sent {}", m.name()),
-            };
-            Err(Failure::new(exit::ENGINE, anyhow::anyhow!("pod {} failed to start: {msg}", m.uuid)).hint(format!(
-                "see `husk status {}` and `husk logs {}`",
-                &m.uuid[..8],
-                &m.uuid[..8]
-            )))
-        }
-    }
+    lifecycle::start_detached(pod, m, &stage1)?;
+    println!("{}", m.uuid);
+    Ok(0)
 }
 
 pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let uuid = a.pod.resolve(&pods)?;
-    let mut pod = pods.lock_pod(&uuid)?;
-    let (phase, _) = (Phase::Prepared, ());
-    if pod.at != PhaseDir::Prepared {
-        let (p, _) = pods.observe(&uuid).unwrap_or((phase, PathBuf::new()));
-        return Err(PodError::WrongPhase {
-            uuid,
-            phase: p.as_str().into(),
-            why: "only prepared pods can be run with run-prepared".into(),
-        }
-        .into());
-    }
-    let mut m: PodManifest =
-        serde_json::from_slice(&std::fs::read(PodDir::new(&pod.dir).manifest()).context("cannot read pod.json")?)
-            .context("invalid pod.json")?;
-    m.stdio = if a.detach {
-        Stdio::Log
-    } else if a.interactive {
-        Stdio::Interactive
-    } else {
-        Stdio::Inherit
-    };
-    husk_sys::atomic_write(&PodDir::new(&pod.dir).manifest(), &serde_json::to_vec_pretty(&m).unwrap(), 0o644)
-        .context("cannot write pod.json")?;
-    pods.transition(&mut pod, PhaseDir::Run)?;
-    exec_stage1(ctx, pod, &m, a.detach)
+    let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio_of(a.detach, a.interactive))?;
+    start(ctx, pod, &m, a.detach)
 }
 
 fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
@@ -1064,9 +943,10 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let mut code = 0;
     for uuid in uuids_of(&pods, &a.uuids, a.uuid_file.as_deref())? {
-        match stop_one(&pods, &uuid, a.force, a.timeout) {
+        match lifecycle::stop(&pods, &uuid, a.force, a.timeout) {
             Ok(()) => println!("{uuid}"),
-            Err(f) => {
+            Err(e) => {
+                let f: Failure = e.into();
                 exit::report(&f);
                 code = f.code;
             }
@@ -1075,98 +955,9 @@ pub fn cmd_stop(ctx: &Ctx, a: &StopArgs) -> Result<i32, Failure> {
     Ok(code)
 }
 
-fn kill_pid(pid: i32, sig: i32) {
-    // A pid of 0 or 1 would be a corrupt state file; never signal those.
-    if pid > 1 {
-        let _ = husk_sys::proc::kill(pid, sig);
-    }
-}
-
-/// Stops one pod, whatever phase it is stuck in while its lock is held:
-/// - running (`stage1.json` written): ns pods get SIGTERM through their supervisor, which kills
-///   the apps itself when `timeout` (from stop.json) passes, so every app gets a status (137 when
-///   killed); `--force` asks for that kill at once. Only if the pod does not end then is its
-///   init killed outright.
-/// - still being prepared or started (no `stage1.json` yet, e.g. stage1 blocked on an image's
-///   file): the lock holder named in `lock-holder.pid` gets SIGTERM (`--force`: SIGKILL), then
-///   SIGKILL after the timeout; `gc` cleans up what it left.
-fn stop_one(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(), Failure> {
-    use husk_types::pod::{Flavor, StopRequest};
-    let i = pods.info(uuid)?;
-    if !matches!(i.phase, Phase::Running | Phase::Preparing | Phase::Embryo) {
-        return Err(PodError::WrongPhase {
-            uuid: uuid.to_string(),
-            phase: i.phase.as_str().into(),
-            why: "only running (or starting) pods can be stopped".into(),
-        }
-        .into());
-    }
-    let wait = |t| husk_sys::Lock::lock_dir_timeout(&i.dir, husk_sys::LockKind::Shared, Some(t), || {});
-    let running = match (&i.stage1, i.phase) {
-        (Some(st), Phase::Running) if husk_sys::proc::holds_dir_open(st.supervisor_pid, &i.dir) => Some(st),
-        _ => None,
-    };
-    let Some(st) = running else {
-        let Some(pid) = husk_pod::state::lock_holder(&i.dir) else {
-            // The holder ended meanwhile, or the lock is held by another husk command.
-            return match wait(Duration::from_secs(2)) {
-                Ok(_) => Ok(()),
-                Err(_) => Err(PodError::Busy { uuid: uuid.to_string() }.into()),
-            };
-        };
-        kill_pid(pid, if force { libc::SIGKILL } else { libc::SIGTERM });
-        if wait(if force { Duration::from_secs(10) } else { timeout }).is_err() {
-            kill_pid(pid, libc::SIGKILL);
-            wait(Duration::from_secs(10)).map_err(PodError::from)?;
-        }
-        return Ok(());
-    };
-    // Pods of ABI 2 and later own their stop deadline; older ones (started by an earlier husk)
-    // and fly pods get the signals directly.
-    let ns = i.manifest.as_ref().is_some_and(|m| m.flavor == Flavor::Ns && m.abi_version >= 2);
-    if !ns {
-        // fly: the app is the init, in the host's namespaces.
-        kill_pid(st.init_pid, if force { libc::SIGKILL } else { libc::SIGTERM });
-        if wait(if force { Duration::from_secs(10) } else { timeout }).is_err() {
-            kill_pid(st.init_pid, libc::SIGKILL);
-            wait(Duration::from_secs(10)).map_err(PodError::from)?;
-        }
-        return Ok(());
-    }
-    let grace = if force { Duration::ZERO } else { timeout };
-    let req = serde_json::to_vec(&StopRequest { timeout_ms: grace.as_millis() as u64 }).expect("serializable");
-    let stop = PodDir::new(&i.dir).stop_request();
-    husk_sys::atomic_write_volatile(&stop, &req, 0o644).with_context(|| format!("cannot write {}", stop.display()))?;
-    kill_pid(st.supervisor_pid, if force { libc::SIGALRM } else { libc::SIGTERM });
-    // The pod ends by itself at the deadline; allow it a little beyond for the kill and reaping.
-    if wait(grace + Duration::from_secs(5)).is_err() {
-        kill_pid(st.init_pid, libc::SIGKILL);
-        wait(Duration::from_secs(10)).map_err(PodError::from)?;
-    }
-    Ok(())
-}
-
-/// stage1's `gc` entrypoint for one pod dir: releases what stage1 created outside it.
+/// stage1's `gc` entrypoint for one pod dir.
 pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
-    let Ok(data) = std::fs::read(PodDir::new(dir).manifest()) else { return Ok(()) };
-    let Ok(m) = serde_json::from_slice::<PodManifest>(&data) else { return Ok(()) };
-    let stage1 = ctx.stage1_path(&m.flavor).map_err(|_| PodError::Stage1 {
-        path: PathBuf::from(abi::stage1_executable(&m.flavor)),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })?;
-    let out = std::process::Command::new(&stage1)
-        .arg("gc")
-        .arg(&m.uuid)
-        .current_dir(dir)
-        .output()
-        .map_err(|e| PodError::Stage1 { path: stage1.clone(), source: e })?;
-    if !out.status.success() {
-        return Err(PodError::Invalid {
-            uuid: m.uuid,
-            why: format!("stage1 gc failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        });
-    }
-    Ok(())
+    lifecycle::stage1_gc(&|f| ctx.stage1_path(f).ok(), dir)
 }
 
 pub fn cmd_rm(ctx: &Ctx, a: &RmArgs) -> Result<i32, Failure> {
