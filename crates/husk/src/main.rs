@@ -2,12 +2,11 @@
 //! prints; errors are reported once, here, with a `hint:` line where one helps.
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
-mod cli;
+mod cmd;
 mod config;
 mod exit;
-mod image_cmds;
+mod flags;
 mod output;
-mod pod_cli;
 mod progress;
 
 use std::ffi::OsString;
@@ -15,8 +14,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, Insecure};
 use exit::Failure;
+use flags::{Cli, Command, Insecure};
 
 /// What every command needs: paths, configuration, loosened options.
 pub struct Ctx {
@@ -115,10 +114,10 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
         return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
     }
-    let segments: Vec<pod_cli::AppSegment> = more_apps
+    let segments: Vec<flags::pod::AppSegment> = more_apps
         .iter()
         .map(|s| {
-            pod_cli::AppSegment::try_parse_from(s)
+            flags::pod::AppSegment::try_parse_from(s)
                 .map_err(|e| Failure::usage(format!("in an app after `---`: {}", e.render().to_string().trim())))
         })
         .collect::<Result<_, _>>()?;
@@ -129,19 +128,19 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
         .map_err(|e| Failure::usage(format!("invalid --dir {}: {e}", cli.dir.display())))?;
     let ctx = Ctx { dir, config_dir: cli.config_dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
     match &cli.command {
-        Command::Fetch(a) => image_cmds::cmd_fetch(&ctx, a),
-        Command::Image(c) => image_cmds::cmd_image(&ctx, c),
-        Command::Run(a) => pod_cli::cmd_run(&ctx, a, &segments, false),
-        Command::Prepare(a) => pod_cli::cmd_run(&ctx, a, &segments, true),
-        Command::RunPrepared(a) => pod_cli::cmd_run_prepared(&ctx, a),
-        Command::List { format, full, no_legend } => pod_cli::cmd_list(&ctx, *format, *full, *no_legend),
-        Command::Status(a) => pod_cli::cmd_status(&ctx, a),
-        Command::CatManifest(r) => pod_cli::cmd_cat_manifest(&ctx, r),
-        Command::Logs(a) => pod_cli::cmd_logs(&ctx, a),
-        Command::Enter(a) => pod_cli::cmd_enter(&ctx, a),
-        Command::Stop(a) => pod_cli::cmd_stop(&ctx, a),
-        Command::Rm(a) => pod_cli::cmd_rm(&ctx, a),
-        Command::Gc(a) => pod_cli::cmd_gc(&ctx, a),
+        Command::Fetch(a) => cmd::fetch::cmd_fetch(&ctx, a),
+        Command::Image(c) => cmd::image::cmd_image(&ctx, c),
+        Command::Run(a) => cmd::run::cmd_run(&ctx, a, &segments, false),
+        Command::Prepare(a) => cmd::run::cmd_run(&ctx, a, &segments, true),
+        Command::RunPrepared(a) => cmd::run::cmd_run_prepared(&ctx, a),
+        Command::List { format, full, no_legend } => cmd::list::cmd_list(&ctx, *format, *full, *no_legend),
+        Command::Status(a) => cmd::status::cmd_status(&ctx, a),
+        Command::CatManifest(r) => cmd::cat_manifest::cmd_cat_manifest(&ctx, r),
+        Command::Logs(a) => cmd::logs::cmd_logs(&ctx, a),
+        Command::Enter(a) => cmd::enter::cmd_enter(&ctx, a),
+        Command::Stop(a) => cmd::stop::cmd_stop(&ctx, a),
+        Command::Rm(a) => cmd::rm::cmd_rm(&ctx, a),
+        Command::Gc(a) => cmd::gc::cmd_gc(&ctx, a),
         Command::Version => {
             println!("husk {}", env!("CARGO_PKG_VERSION"));
             println!("stage1 ABI {}", husk_types::pod::ABI_VERSION);

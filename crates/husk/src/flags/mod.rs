@@ -1,4 +1,7 @@
-//! Every flag, defined once with its help text; parse tests at the bottom.
+//! Every flag of the CLI, defined once with its help text and parsed into validated types; the
+//! pod commands' flags are in [`pod`]. Parse tests beside them. Nothing here runs a command.
+
+pub mod pod;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -164,11 +167,11 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Run a pod: IMAGE [app flags] [-- ARGS] [--- IMAGE2 [app flags] [-- ARGS]] …
-    Run(crate::pod_cli::RunArgs),
+    Run(pod::RunArgs),
     /// Prepare a pod without running it; prints its UUID.
-    Prepare(crate::pod_cli::RunArgs),
+    Prepare(pod::RunArgs),
     /// Run a prepared pod.
-    RunPrepared(crate::pod_cli::RunPreparedArgs),
+    RunPrepared(pod::RunPreparedArgs),
     /// List pods.
     List {
         #[arg(long, value_enum, default_value_t)]
@@ -181,19 +184,19 @@ pub enum Command {
         no_legend: bool,
     },
     /// Show a pod's state and its apps' exit statuses.
-    Status(crate::pod_cli::StatusArgs),
+    Status(pod::StatusArgs),
     /// Print a pod's manifest.
-    CatManifest(crate::pod_cli::PodRef),
+    CatManifest(pod::PodRef),
     /// Print the logs of a detached pod's apps.
-    Logs(crate::pod_cli::LogsArgs),
+    Logs(pod::LogsArgs),
     /// Run a command inside a running pod's app, with the app's privileges.
-    Enter(crate::pod_cli::EnterArgs),
+    Enter(pod::EnterArgs),
     /// Stop running pods: SIGTERM, then SIGKILL after the timeout.
-    Stop(crate::pod_cli::StopArgs),
+    Stop(pod::StopArgs),
     /// Remove exited or prepared pods.
-    Rm(crate::pod_cli::RmArgs),
+    Rm(pod::RmArgs),
     /// Collect exited and abandoned pods and leftovers.
-    Gc(crate::pod_cli::GcArgs),
+    Gc(pod::GcArgs),
     /// Print the version and the stage1 ABI version.
     Version,
     /// Print a shell completion script.

@@ -1,0 +1,60 @@
+//! One file per command. Each turns its parsed flags into calls of the libraries and prints the
+//! result; shared pieces (resolving UUIDs, stage1's gc entrypoint, what list and status show) are
+//! here and in [`show`]. Commands depend on [`crate::flags`]; nothing there depends on them.
+
+pub mod cat_manifest;
+pub mod enter;
+pub mod fetch;
+pub mod gc;
+pub mod image;
+pub mod list;
+pub mod logs;
+pub mod rm;
+pub mod run;
+pub mod show;
+pub mod status;
+pub mod stop;
+
+use std::path::Path;
+
+use anyhow::Context;
+use husk_pod::lifecycle;
+use husk_pod::{PodError, Pods};
+
+use crate::exit::Failure;
+use crate::flags::pod::*;
+use crate::Ctx;
+
+impl PodRef {
+    pub fn resolve(&self, pods: &Pods) -> Result<String, Failure> {
+        Ok(pods.resolve(&uuid_arg(self.uuid.as_deref(), self.uuid_file.as_deref())?)?)
+    }
+}
+
+pub fn uuid_arg(uuid: Option<&str>, file: Option<&Path>) -> Result<String, Failure> {
+    match (uuid, file) {
+        (Some(u), None) => Ok(u.to_string()),
+        (None, Some(f)) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read UUID file {}", f.display()))?
+            .trim()
+            .to_string()),
+        (Some(_), Some(_)) => Err(Failure::usage("give a UUID or --uuid-file, not both")),
+        (None, None) => Err(Failure::usage("give a pod UUID (or --uuid-file)")),
+    }
+}
+
+pub fn uuids_of(pods: &Pods, uuids: &[String], file: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let mut v = Vec::new();
+    if let Some(f) = file {
+        v.push(pods.resolve(&uuid_arg(None, Some(f))?)?);
+    }
+    for u in uuids {
+        v.push(pods.resolve(u)?);
+    }
+    Ok(v)
+}
+
+/// stage1's `gc` entrypoint for one pod dir.
+pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
+    lifecycle::stage1_gc(&|f| ctx.stage1_path(f).ok(), dir)
+}

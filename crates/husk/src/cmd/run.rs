@@ -1,0 +1,225 @@
+//! `run`, `prepare`, `run-prepared`: flags to a pod request, images fetched, then the library.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use husk_pod::lifecycle::{self, AppImage, PodRequest};
+use husk_pod::prepare::{parse_env_file, AppSpec};
+use husk_pod::state::{LockedPod, PhaseDir};
+use husk_types::pod::{Dns, Flavor, PodManifest, Stdio};
+use husk_types::ByteStr;
+
+use crate::exit::Failure;
+use crate::flags::pod::*;
+use crate::Ctx;
+
+/// An app's security settings from its flags and the pod's `--insecure-options`.
+fn security_from(ctx: &Ctx, a: &AppArgs) -> Result<husk_types::pod::AppSecurity, Failure> {
+    use crate::flags::Insecure;
+    use husk_types::security::{capability_set, default_policy, parse_seccomp};
+    let all_run = ctx.insecure(Insecure::AllRun);
+    let caps_off = all_run || ctx.insecure(Insecure::Capabilities);
+    let seccomp_off = all_run || ctx.insecure(Insecure::Seccomp);
+    let paths_off = all_run || ctx.insecure(Insecure::Paths);
+    let capabilities = capability_set(&a.caps_retain, &a.caps_remove, caps_off).map_err(Failure::usage)?;
+    let seccomp = match (&a.seccomp, seccomp_off) {
+        (Some(_), true) => return Err(Failure::usage("--seccomp and --insecure-options=seccomp exclude each other")),
+        (Some(spec), false) => Some(parse_seccomp(spec).map_err(Failure::usage)?),
+        (None, true) => None,
+        (None, false) => Some(default_policy()),
+    };
+    Ok(husk_types::pod::AppSecurity { capabilities, seccomp, masked_paths: !paths_off })
+}
+
+fn resources_from(a: &AppArgs) -> Result<husk_types::security::Resources, Failure> {
+    use husk_types::security::{parse_cpu, parse_size};
+    Ok(husk_types::security::Resources {
+        memory: a.memory.as_deref().map(parse_size).transpose().map_err(Failure::usage)?,
+        cpu_millis: a.cpu.as_deref().map(parse_cpu).transpose().map_err(Failure::usage)?,
+        cpu_shares: a.cpu_shares,
+        pids_limit: a.pids_limit,
+        oom_score_adj: a.oom_score_adj,
+    })
+}
+
+fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[OsString]) -> Result<AppSpec, Failure> {
+    let mut env_files = Vec::new();
+    for f in &a.set_env_file {
+        env_files.extend(parse_env_file(f).map_err(|e| Failure::usage(format!("--set-env-file: {e}")))?);
+    }
+    Ok(AppSpec {
+        image: image.to_string(),
+        name: a.name.clone(),
+        exec: a.exec.clone(),
+        args: args.iter().map(|a| ByteStr::from(a.as_os_str())).collect(),
+        user: a.user.clone(),
+        group: a.group.clone(),
+        supplementary_gids: a.supplementary_gids.clone(),
+        working_dir: a.working_dir.clone(),
+        env_files,
+        set_env: a.set_env.iter().map(|kv| parse_kv("--set-env", kv)).collect::<Result<_, _>>()?,
+        environment: a.environment.iter().map(|kv| parse_kv("--environment", kv)).collect::<Result<_, _>>()?,
+        mounts: a.mount.clone(),
+        readonly_rootfs: a.readonly_rootfs,
+        security: security_from(ctx, a)?,
+        resources: resources_from(a)?,
+    })
+}
+
+/// `--dns IP|host|none` (repeatable), `--dns-search`, `--dns-opt`, `--dns-domain`.
+fn dns_from(a: &RunArgs) -> Result<Dns, Failure> {
+    let mut dns = Dns {
+        search: a.dns_search.clone(),
+        options: a.dns_opt.clone(),
+        domain: a.dns_domain.clone(),
+        ..Default::default()
+    };
+    for d in &a.dns {
+        match d.as_str() {
+            "host" => dns.host = true,
+            "none" => dns.none = true,
+            ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
+            other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
+        }
+    }
+    Ok(dns)
+}
+
+/// `--hosts-entry IP=NAME|host` (repeatable): the entries, and whether to use the host's file.
+fn hosts_from(a: &RunArgs) -> Result<(Vec<(String, String)>, bool), Failure> {
+    let mut entries = Vec::new();
+    let mut from_host = false;
+    for h in &a.hosts_entry {
+        if h == "host" {
+            from_host = true;
+            continue;
+        }
+        let (ip, name) = h
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--hosts-entry {h:?}: expected IP=NAME or host")))?;
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| Failure::usage(format!("--hosts-entry {h:?}: {ip:?} is not an IP address")))?;
+        husk_types::pod::validate_host_name(name, 253)
+            .map_err(|e| Failure::usage(format!("--hosts-entry {h:?}: {e}")))?;
+        entries.push((ip.to_string(), name.to_string()));
+    }
+    Ok((entries, from_host))
+}
+
+fn stdio_of(detach: bool, interactive: bool) -> Stdio {
+    if detach {
+        Stdio::Log
+    } else if interactive {
+        Stdio::Interactive
+    } else {
+        Stdio::Inherit
+    }
+}
+
+/// The pod request the flags of `run`/`prepare` describe.
+fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodRequest, Failure> {
+    let mut apps = vec![spec_from(ctx, &a.image, &a.app, &a.args)?];
+    for seg in more {
+        apps.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
+    }
+    // The library checks these too; here the message can name the flag.
+    for (i, v) in a.volume.iter().enumerate() {
+        if a.volume[..i].iter().any(|w| w.name == v.name) {
+            return Err(Failure::usage(format!(
+                "--volume {:?} is given twice; give each volume a name of its own",
+                v.name
+            )));
+        }
+    }
+    if a.private_users && a.stage1 == Flavor::Fly {
+        return Err(Failure::usage("--private-users needs the ns stage1: fly shares the host's namespaces"));
+    }
+    use husk_types::net::NetRequest;
+    let net_req = match (&a.net, &a.stage1) {
+        (Some(NetRequest::Host) | None, Flavor::Fly) => NetRequest::Host,
+        (Some(_), Flavor::Fly) => {
+            return Err(Failure::usage("--stage1=fly shares the host's network: use --net=host or leave --net out"))
+        }
+        (Some(r), _) => r.clone(),
+        (None, _) => NetRequest::Named(vec![("default".into(), vec![])]),
+    };
+    if a.stage1 == Flavor::Fly && apps.len() != 1 {
+        return Err(Failure::usage("--stage1=fly runs exactly one app"));
+    }
+    if a.interactive && apps.len() != 1 {
+        return Err(Failure::usage("--interactive needs a pod with exactly one app"));
+    }
+    if a.interactive && a.detach {
+        return Err(Failure::usage("--interactive and --detach exclude each other"));
+    }
+    let plugin_dirs = ctx
+        .config
+        .paths
+        .cni_plugin_dirs
+        .clone()
+        .unwrap_or_else(|| husk_pod::network::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect());
+    let net = husk_pod::network::resolve(&net_req, &ctx.config_dir.join("net.d"), plugin_dirs, &a.port)?;
+    let (hosts_entries, hosts_from_host) = hosts_from(a)?;
+    Ok(PodRequest {
+        apps,
+        volumes: a.volume.clone(),
+        hostname: a.hostname.clone(),
+        net,
+        dns: dns_from(a)?,
+        hosts_entries,
+        hosts_from_host,
+        ipc: a.ipc.clone(),
+        flavor: a.stage1.clone(),
+        private_users: a.private_users,
+        stdio: stdio_of(a.detach, a.interactive),
+        log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
+    })
+}
+
+/// `run` and `prepare`: flags to a request, the images fetched, then the library.
+pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
+    let req = request_from(ctx, a, more)?;
+    let pods = ctx.pods()?;
+    // Everything the flags alone decide is checked before anything is fetched or created.
+    req.validate(&pods)?;
+    let store = ctx.store()?;
+    let quiet = a.quiet || !std::io::stderr().is_terminal();
+    let mut images = Vec::new();
+    for s in &req.apps {
+        let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?;
+        images.push(AppImage { name: f.name, record: f.record });
+    }
+    let (mut pod, m) = lifecycle::prepare(&pods, &store, &req, &images)?;
+    if let Some(p) = &a.uuid_file_save {
+        husk_sys::atomic_write(p, format!("{}\n", m.uuid).as_bytes(), 0o644)
+            .with_context(|| format!("cannot write UUID file {}", p.display()))?;
+    }
+    if prepare_only {
+        pods.transition(&mut pod, PhaseDir::Prepared)?;
+        println!("{}", m.uuid);
+        return Ok(0);
+    }
+    pods.transition(&mut pod, PhaseDir::Run)?;
+    start(ctx, pod, &m, a.detach)
+}
+
+/// Hands a locked pod in `run/` to its stage1: by exec (the invoker stays the parent and gets
+/// the pod's exit status) or, detached, as a new session whose readiness we wait for.
+fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32, Failure> {
+    let stage1 = lifecycle::Stage1 { path: ctx.stage1_path(&m.flavor)?, debug: ctx.verbose > 0 };
+    if !detach {
+        return Err(lifecycle::exec(pod, m, &stage1).into());
+    }
+    lifecycle::start_detached(pod, m, &stage1)?;
+    println!("{}", m.uuid);
+    Ok(0)
+}
+
+pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> {
+    let pods = ctx.pods()?;
+    let uuid = a.pod.resolve(&pods)?;
+    let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio_of(a.detach, a.interactive))?;
+    start(ctx, pod, &m, a.detach)
+}

@@ -1,0 +1,92 @@
+//! What `list` and `status` show of a pod: its apps' statuses and its networks, as JSON and text.
+
+use husk_pod::{Phase, PodInfo};
+use husk_types::abi::PodDir;
+
+pub fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => match (&s.error, s.exit_code, s.signal) {
+            (Some(e), _, _) => format!("failed to start ({e})"),
+            (None, _, Some(9)) if s.oom_killed => "killed by the OOM killer (memory limit)".into(),
+            (None, Some(c), _) if s.oom_killed => format!("exited {c} (the OOM killer ended a process of the app)"),
+            (None, Some(c), _) => format!("exited {c}"),
+            (None, None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown".into(),
+        },
+    }
+}
+
+/// Each network with its interface and addresses (from stage1's record of the CNI results).
+pub fn networks_json(i: &PodInfo) -> serde_json::Value {
+    // state.json while networks are set up; released.json once they were torn down.
+    let pd = PodDir::new(&i.dir);
+    let states: Vec<husk_types::net::NetState> = [pd.net_state(), pd.net_released()]
+        .iter()
+        .find_map(|f| std::fs::read(f).ok())
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    let names = i.manifest.as_ref().map(|m| m.net.names()).unwrap_or_default();
+    serde_json::Value::Array(
+        names
+            .iter()
+            .map(|n| {
+                let st = states.iter().find(|s| &s.name == n);
+                serde_json::json!({"name": n, "interface": st.map(|s| s.ifname.clone()), "addresses": st.map(|s| s.addresses()).unwrap_or_default()})
+            })
+            .collect(),
+    )
+}
+
+/// `default:eth0=172.16.28.3/24,lan:eth1=…` for tables.
+pub fn networks_text(i: &PodInfo) -> String {
+    let v = networks_json(i);
+    let parts: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let addrs: Vec<&str> =
+                n["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let name = n["name"].as_str().unwrap_or("");
+            match (n["interface"].as_str(), addrs.is_empty()) {
+                (Some(ifn), false) => format!("{name}:{ifn}={}", addrs.join("+")),
+                _ => name.to_string(),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn pod_json(i: &PodInfo) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": i.uuid,
+        "state": i.phase.as_str(),
+        "apps": i.apps.iter().map(|(n, s)| {
+            let app = i.manifest.as_ref().and_then(|m| m.apps.iter().find(|a| &a.name == n));
+            serde_json::json!({
+                "name": n, "image": app.map(|a| &a.image.name), "image_id": app.map(|a| a.image.id.to_string()),
+                "status": s, "pid": i.stage1.as_ref().and_then(|st| st.app_pids.get(n)),
+                "security": app.map(|a| serde_json::json!({
+                    "capabilities": a.security.capabilities,
+                    "seccomp": a.security.seccomp.as_ref().map(|p| p.summary.clone()).unwrap_or_else(|| "disabled".into()),
+                    "masked_paths": a.security.masked_paths,
+                    "no_new_privs": true,
+                    "user": a.user,
+                })),
+                "resources": app.map(|a| &a.resources),
+            })
+        }).collect::<Vec<_>>(),
+        "networks": networks_json(i),
+        "flavor": i.manifest.as_ref().map(|m| m.flavor.as_str()),
+        "private_users": i.manifest.as_ref().and_then(|m| m.private_users),
+        "created": i.created, "started": i.started, "exited": i.exited,
+        "exit_status": i.exit_status(),
+        "pid": i.stage1.as_ref().filter(|_| i.phase == Phase::Running).map(|s| s.init_pid),
+        "supervisor_pid": i.stage1.as_ref().filter(|_| i.phase == Phase::Running).map(|s| s.supervisor_pid),
+    })
+}
