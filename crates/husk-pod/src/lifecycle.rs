@@ -15,7 +15,8 @@ use husk_sys::LockKind;
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
 use husk_types::pod::{
-    App, Dns, Flavor, IpcMode, LogLimits, NetMode, PodManifest, Stdio, StopRequest, Volume, VolumeKind, ABI_VERSION,
+    App, Dns, Flavor, Hosts, IpcMode, LogLimits, NetMode, PodManifest, Stdio, StopRequest, Volume, VolumeKind,
+    ABI_VERSION,
 };
 
 use crate::error::PodError;
@@ -32,8 +33,7 @@ pub struct PodRequest {
     /// Resolved networks (see [`crate::network::resolve`]), ports included.
     pub net: NetMode,
     pub dns: Dns,
-    pub hosts_entries: Vec<(String, String)>,
-    pub hosts_from_host: bool,
+    pub hosts: Hosts,
     pub ipc: IpcMode,
     pub flavor: Flavor,
     pub private_users: bool,
@@ -76,9 +76,12 @@ impl PodRequest {
         if let Some(h) = &self.hostname {
             husk_types::pod::validate_hostname(h).map_err(invalid)?;
         }
-        for (ip, name) in &self.hosts_entries {
-            ip.parse::<std::net::IpAddr>().map_err(|_| invalid(format!("hosts entry {ip:?} is not an IP address")))?;
-            husk_types::pod::validate_host_name(name, 253).map_err(invalid)?;
+        if let Hosts::Written { entries } = &self.hosts {
+            for (ip, name) in entries {
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| invalid(format!("hosts entry {ip:?} is not an IP address")))?;
+                husk_types::pod::validate_host_name(name, 253).map_err(invalid)?;
+            }
         }
         if let NetMode::Cni { ports, .. } = &self.net {
             if !ports.is_empty() {
@@ -169,8 +172,7 @@ fn assemble(
         net: req.net.clone(),
         ipc: req.ipc.clone(),
         dns: req.dns.clone(),
-        hosts_entries: req.hosts_entries.clone(),
-        hosts_from_host: req.hosts_from_host,
+        hosts: req.hosts.clone(),
         volumes: req.volumes.clone(),
         apps,
         stdio: req.stdio,
@@ -397,8 +399,7 @@ mod tests {
             hostname: None,
             net: NetMode::None,
             dns: Dns::default(),
-            hosts_entries: vec![],
-            hosts_from_host: false,
+            hosts: Hosts::default(),
             ipc: IpcMode::Private,
             flavor: Flavor::Ns,
             private_users: false,
@@ -456,8 +457,8 @@ mod tests {
                 "interactive",
             ),
             (Box::new(|r| r.hostname = Some("a\nb".into())), "RFC 1123"),
-            (Box::new(|r| r.hosts_entries = vec![("1.2.3.4".into(), "a b".into())]), "RFC 1123"),
-            (Box::new(|r| r.hosts_entries = vec![("x".into(), "a".into())]), "not an IP"),
+            (Box::new(|r| r.hosts = Hosts::Written { entries: vec![("1.2.3.4".into(), "a b".into())] }), "RFC 1123"),
+            (Box::new(|r| r.hosts = Hosts::Written { entries: vec![("x".into(), "a".into())] }), "not an IP"),
         ];
         for (edit, want) in cases {
             let mut r = request();

@@ -363,7 +363,7 @@ fn exec_plugin(
 }
 
 /// DNS settings a network's result offered, for resolv.conf when the user gave none.
-pub fn dns_from(states: &[NetState]) -> Option<husk_types::pod::Dns> {
+pub fn dns_from(states: &[NetState]) -> Option<husk_types::etc::NetDns> {
     for s in states {
         let d = s.result.as_ref().map(|r| &r["dns"])?;
         let list = |k: &str| {
@@ -373,13 +373,11 @@ pub fn dns_from(states: &[NetState]) -> Option<husk_types::pod::Dns> {
         };
         let servers = list("nameservers");
         if !servers.is_empty() {
-            return Some(husk_types::pod::Dns {
+            return Some(husk_types::etc::NetDns {
                 servers,
                 search: list("search"),
                 options: list("options"),
                 domain: d["domain"].as_str().map(String::from),
-                host: false,
-                none: false,
             });
         }
     }

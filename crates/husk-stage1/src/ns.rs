@@ -10,7 +10,7 @@ use std::time::Duration;
 use husk_sys::proc::{fork, ForkResult};
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
-use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, PodManifest, Stage1State, Stdio, ABI_VERSION};
+use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, Outcome, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use husk_types::ByteStr;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -446,9 +446,7 @@ fn pod_init(
                     dir,
                     &app.name,
                     &AppStatus {
-                        exit_code: Some(code),
-                        signal: None,
-                        error: Some(msg.clone()),
+                        outcome: Outcome::NotStarted { code, reason: msg.clone() },
                         oom_killed: false,
                         started: None,
                         finished: chrono::Utc::now(),
@@ -536,12 +534,12 @@ fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig
 }
 
 pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono::Utc>>) -> AppStatus {
-    let (exit_code, signal) = match ws {
-        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
-        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
-        _ => (None, None),
+    let outcome = match ws {
+        Some(WaitStatus::Exited(_, c)) => Outcome::Exited(c),
+        Some(WaitStatus::Signaled(_, s, _)) => Outcome::Killed(s as i32),
+        other => Outcome::NotStarted { code: exit::STAGE1_FAILED, reason: format!("unexpected wait status {other:?}") },
     };
-    AppStatus { exit_code, signal, error: None, oom_killed: false, started, finished: chrono::Utc::now() }
+    AppStatus { outcome, oom_killed: false, started, finished: chrono::Utc::now() }
 }
 
 /// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec

@@ -165,7 +165,7 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
         let etc = dir_target(&rootfd, "etc")?;
         replace_special(&etc, name)?;
         let t = file_target(&rootfd, &format!("etc/{name}"))?;
-        bind(&src, &t, name == "hostname" || name == "hosts" && m.hosts_from_host)?;
+        bind(&src, &t, name == "hostname" || name == "hosts" && m.hosts == husk_types::etc::Hosts::Host)?;
     }
 
     for mp in &app.mounts {
@@ -478,52 +478,30 @@ pub fn pivot(root: &Path) -> Result<(), Fail> {
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the pod into `<pod>/etc/`.
-pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::pod::Dns>) -> Result<(), Fail> {
+pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::etc::NetDns>) -> Result<(), Fail> {
+    use husk_types::etc::{hosts_file, resolv_conf, Dns, Hosts};
     // stage0 validated these; a hand-written pod.json must not inject lines either.
     husk_types::pod::validate_hostname(&m.hostname).map_err(Fail)?;
-    for (_, name) in &m.hosts_entries {
-        husk_types::pod::validate_host_name(name, 253).map_err(Fail)?;
+    if let Hosts::Written { entries } = &m.hosts {
+        for (_, name) in entries {
+            husk_types::pod::validate_host_name(name, 253).map_err(Fail)?;
+        }
     }
     let etc = PodDir::new(pod_dir).etc_dir();
     std::fs::create_dir_all(&etc).ctx(|| format!("cannot create {}", etc.display()))?;
     husk_sys::atomic_write_volatile(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644)
         .ctx(|| "cannot write hostname".into())?;
-    let hosts = if m.hosts_from_host {
-        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
-    } else {
-        let mut h =
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", m.hostname);
-        for (ip, name) in &m.hosts_entries {
-            h.push_str(&format!("{ip}\t{name}\n"));
-        }
-        h
-    };
+    let hosts =
+        hosts_file(&m.hosts, &m.hostname).unwrap_or_else(|| std::fs::read_to_string("/etc/hosts").unwrap_or_default());
     husk_sys::atomic_write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644).ctx(|| "cannot write hosts".into())?;
-    if !m.dns.none {
-        // --dns given > DNS returned by the networks > the host's resolv.conf.
-        let dns = match (&cni_dns, m.dns.servers.is_empty() && !m.dns.host) {
-            (Some(d), true) => d.clone(),
-            _ => m.dns.clone(),
-        };
-        let resolv = if dns.host || dns.servers.is_empty() {
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-        } else {
-            let mut r = String::new();
-            for s in &dns.servers {
-                r.push_str(&format!("nameserver {s}\n"));
-            }
-            if !dns.search.is_empty() {
-                r.push_str(&format!("search {}\n", dns.search.join(" ")));
-            }
-            if let Some(d) = &dns.domain {
-                r.push_str(&format!("domain {d}\n"));
-            }
-            if !dns.options.is_empty() {
-                r.push_str(&format!("options {}\n", dns.options.join(" ")));
-            }
-            r
-        };
-        husk_sys::atomic_write_volatile(&etc.join("resolv.conf"), resolv.as_bytes(), 0o644)
+    let host_resolv = || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = match &m.dns {
+        Dns::Image => None,
+        Dns::Host => Some(host_resolv()),
+        written => resolv_conf(written, cni_dns.as_ref(), &host_resolv()),
+    };
+    if let Some(r) = resolv {
+        husk_sys::atomic_write_volatile(&etc.join("resolv.conf"), r.as_bytes(), 0o644)
             .ctx(|| "cannot write resolv.conf".into())?;
     }
     Ok(())

@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod bytes;
 pub mod digest;
+pub mod etc;
 pub mod msg;
 pub mod net;
 pub mod pod;

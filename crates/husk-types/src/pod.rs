@@ -256,24 +256,7 @@ impl App {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct Dns {
-    /// Name servers; empty means "use the host's resolv.conf" unless `none` is set.
-    #[serde(default)]
-    pub servers: Vec<String>,
-    #[serde(default)]
-    pub search: Vec<String>,
-    #[serde(default)]
-    pub options: Vec<String>,
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// `--dns=host`: bind the host's resolv.conf.
-    #[serde(default)]
-    pub host: bool,
-    /// `--dns=none`: leave the image's resolv.conf alone.
-    #[serde(default)]
-    pub none: bool,
-}
+pub use crate::etc::{Dns, Hosts};
 
 /// How much of a detached pod's output is kept, per app: `max_files` files of at most `max_size`
 /// bytes (`logs/<app>.log`, then `.log.1`, … oldest last). The oldest output is dropped first.
@@ -290,6 +273,7 @@ impl Default for LogLimits {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "PodManifestWire")]
 pub struct PodManifest {
     pub abi_version: u32,
     pub uuid: String,
@@ -300,11 +284,8 @@ pub struct PodManifest {
     pub ipc: IpcMode,
     #[serde(default)]
     pub dns: Dns,
-    /// Extra /etc/hosts lines (`IP NAME`), or `host` to use the host's file.
     #[serde(default)]
-    pub hosts_entries: Vec<(String, String)>,
-    #[serde(default)]
-    pub hosts_from_host: bool,
+    pub hosts: Hosts,
     #[serde(default)]
     pub volumes: Vec<Volume>,
     pub apps: Vec<App>,
@@ -320,30 +301,131 @@ pub struct PodManifest {
     pub log_limits: LogLimits,
 }
 
-/// How an app ended, written by stage1 into `apps/<name>/status.json`.
+/// What `pod.json` may hold: this version's fields, and ABI 1's `hosts_entries` and
+/// `hosts_from_host` (read into [`Hosts`]; `hosts_from_host` won).
+#[derive(Deserialize)]
+struct PodManifestWire {
+    abi_version: u32,
+    uuid: String,
+    created: chrono::DateTime<chrono::Utc>,
+    flavor: Flavor,
+    hostname: String,
+    net: NetMode,
+    ipc: IpcMode,
+    #[serde(default)]
+    dns: Dns,
+    #[serde(default)]
+    hosts: Option<Hosts>,
+    #[serde(default)]
+    hosts_entries: Vec<(String, String)>,
+    #[serde(default)]
+    hosts_from_host: bool,
+    #[serde(default)]
+    volumes: Vec<Volume>,
+    apps: Vec<App>,
+    stdio: Stdio,
+    #[serde(default)]
+    private_users: Option<IdRange>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    log_limits: LogLimits,
+}
+
+impl From<PodManifestWire> for PodManifest {
+    fn from(w: PodManifestWire) -> Self {
+        let hosts = match (w.hosts, w.hosts_from_host) {
+            (Some(h), _) => h,
+            (None, true) => Hosts::Host,
+            (None, false) => Hosts::Written { entries: w.hosts_entries },
+        };
+        PodManifest {
+            abi_version: w.abi_version,
+            uuid: w.uuid,
+            created: w.created,
+            flavor: w.flavor,
+            hostname: w.hostname,
+            net: w.net,
+            ipc: w.ipc,
+            dns: w.dns,
+            hosts,
+            volumes: w.volumes,
+            apps: w.apps,
+            stdio: w.stdio,
+            private_users: w.private_users,
+            annotations: w.annotations,
+            log_limits: w.log_limits,
+        }
+    }
+}
+
+/// How an app ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Killed(i32),
+    /// stage1 could not start it: the status to report (125, 126, 127) and why.
+    NotStarted { code: i32, reason: String },
+}
+
+/// How an app ended, written by stage1 into `apps/<name>/status.json`. On disk (and in
+/// `status --format json`) it is `{exit_code, signal, error, oom_killed, started, finished}`, as
+/// since ABI 1.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(into = "AppStatusWire", from = "AppStatusWire")]
 pub struct AppStatus {
-    /// Exit code when the app exited normally.
-    pub exit_code: Option<i32>,
-    /// Signal number when the app was killed by a signal.
-    pub signal: Option<i32>,
-    /// Set when stage1 could not start the app at all.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The kernel's OOM killer ended the app (its cgroup hit its memory limit).
-    #[serde(default)]
+    pub outcome: Outcome,
+    /// The kernel's OOM killer ended a process of the app's cgroup (the app or a child).
     pub oom_killed: bool,
     pub started: Option<chrono::DateTime<chrono::Utc>>,
     pub finished: chrono::DateTime<chrono::Utc>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct AppStatusWire {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    oom_killed: bool,
+    started: Option<chrono::DateTime<chrono::Utc>>,
+    finished: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<AppStatus> for AppStatusWire {
+    fn from(s: AppStatus) -> Self {
+        let (exit_code, signal, error) = match s.outcome {
+            Outcome::Exited(c) => (Some(c), None, None),
+            Outcome::Killed(sig) => (None, Some(sig), None),
+            Outcome::NotStarted { code, reason } => (Some(code), None, Some(reason)),
+        };
+        AppStatusWire { exit_code, signal, error, oom_killed: s.oom_killed, started: s.started, finished: s.finished }
+    }
+}
+
+impl From<AppStatusWire> for AppStatus {
+    fn from(w: AppStatusWire) -> Self {
+        let outcome = match (w.error, w.exit_code, w.signal) {
+            (Some(reason), code, _) => Outcome::NotStarted { code: code.unwrap_or(exit::STAGE1_FAILED), reason },
+            (None, Some(c), _) => Outcome::Exited(c),
+            (None, None, Some(sig)) => Outcome::Killed(sig),
+            (None, None, None) => {
+                Outcome::NotStarted { code: exit::STAGE1_FAILED, reason: "no exit status was recorded".into() }
+            }
+        };
+        AppStatus { outcome, oom_killed: w.oom_killed, started: w.started, finished: w.finished }
+    }
+}
+
 impl AppStatus {
     /// The status a shell would report: the code, or 128+signal.
     pub fn shell_status(&self) -> i32 {
-        match (self.exit_code, self.signal) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => exit::STAGE1_FAILED,
+        match &self.outcome {
+            Outcome::Exited(c) | Outcome::NotStarted { code: c, .. } => *c,
+            Outcome::Killed(s) => 128 + s,
         }
     }
 }
@@ -479,17 +561,36 @@ mod tests {
         }
     }
 
+    /// The pod.json of a pod prepared by the previous release (ABI 1, `testdata/pod-abi1.json`):
+    /// a newer husk must list, run, stop and gc the pods an older one made.
+    #[test]
+    fn a_pod_json_of_abi_1_still_reads() {
+        let m: PodManifest = serde_json::from_str(include_str!("../testdata/pod-abi1.json")).unwrap();
+        assert_eq!(m.abi_version, 1);
+        assert_eq!(m.dns, Dns::Host);
+        assert_eq!(m.hosts, Hosts::Written { entries: vec![("192.0.2.7".into(), "db".into())] });
+        assert_eq!(m.apps[0].exec, vec![ByteStr::from("echo"), ByteStr::from("hi")]);
+        assert_eq!(m.log_limits, LogLimits::default());
+        // Written back in this version's form, it reads the same.
+        let again: PodManifest = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+    }
+
     #[test]
     fn shell_status() {
         let now = chrono::Utc::now();
-        let s = AppStatus {
-            exit_code: None,
-            signal: Some(9),
-            error: None,
+        let s = AppStatus { outcome: Outcome::Killed(9), oom_killed: false, started: None, finished: now };
+        assert_eq!(s.shell_status(), 137);
+        let wire = serde_json::to_value(&s).unwrap();
+        assert_eq!((wire["signal"].as_i64(), wire["exit_code"].as_i64()), (Some(9), None));
+        assert_eq!(serde_json::from_value::<AppStatus>(wire).unwrap(), s);
+        let failed = AppStatus {
+            outcome: Outcome::NotStarted { code: 127, reason: "x: not found".into() },
             oom_killed: false,
             started: None,
             finished: now,
         };
-        assert_eq!(s.shell_status(), 137);
+        let back: AppStatus = serde_json::from_value(serde_json::to_value(&failed).unwrap()).unwrap();
+        assert_eq!((back.shell_status(), back), (127, failed));
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use husk_pod::lifecycle::{self, AppImage, PodRequest};
 use husk_pod::prepare::{parse_env_file, AppSpec};
 use husk_pod::state::{LockedPod, PhaseDir};
-use husk_types::pod::{Dns, Flavor, PodManifest, Stdio};
+use husk_types::pod::{Dns, Flavor, Hosts, PodManifest, Stdio};
 use husk_types::ByteStr;
 
 use crate::exit::Failure;
@@ -68,33 +68,46 @@ fn spec_from(ctx: &Ctx, image: &str, a: &AppArgs, args: &[OsString]) -> Result<A
     })
 }
 
-/// `--dns IP|host|none` (repeatable), `--dns-search`, `--dns-opt`, `--dns-domain`.
+/// `--dns IP|host|none` (repeatable; `host` and `none` stand alone), `--dns-search`,
+/// `--dns-opt`, `--dns-domain`.
 fn dns_from(a: &RunArgs) -> Result<Dns, Failure> {
-    let mut dns = Dns {
-        search: a.dns_search.clone(),
-        options: a.dns_opt.clone(),
-        domain: a.dns_domain.clone(),
-        ..Default::default()
-    };
+    let mut servers = Vec::new();
+    let mut mode = None;
     for d in &a.dns {
         match d.as_str() {
-            "host" => dns.host = true,
-            "none" => dns.none = true,
-            ip if ip.parse::<std::net::IpAddr>().is_ok() => dns.servers.push(ip.to_string()),
+            "host" => mode = Some(Dns::Host),
+            "none" => mode = Some(Dns::Image),
+            ip if ip.parse::<std::net::IpAddr>().is_ok() => servers.push(ip.to_string()),
             other => return Err(Failure::usage(format!("--dns {other:?} is not an IP address, host or none"))),
         }
     }
-    Ok(dns)
+    let extras = !a.dns_search.is_empty() || !a.dns_opt.is_empty() || a.dns_domain.is_some();
+    match mode {
+        Some(_) if a.dns.len() > 1 => {
+            Err(Failure::usage("--dns host and --dns none stand alone: give one of them, or name servers"))
+        }
+        Some(_) if extras => Err(Failure::usage(
+            "--dns-search, --dns-opt and --dns-domain apply to a resolv.conf husk writes, not with --dns host or none",
+        )),
+        Some(m) => Ok(m),
+        None => Ok(Dns::Written {
+            servers,
+            search: a.dns_search.clone(),
+            options: a.dns_opt.clone(),
+            domain: a.dns_domain.clone(),
+        }),
+    }
 }
 
-/// `--hosts-entry IP=NAME|host` (repeatable): the entries, and whether to use the host's file.
-fn hosts_from(a: &RunArgs) -> Result<(Vec<(String, String)>, bool), Failure> {
+/// `--hosts-entry IP=NAME|host` (repeatable; `host` stands alone).
+fn hosts_from(a: &RunArgs) -> Result<Hosts, Failure> {
     let mut entries = Vec::new();
-    let mut from_host = false;
     for h in &a.hosts_entry {
         if h == "host" {
-            from_host = true;
-            continue;
+            if a.hosts_entry.len() > 1 {
+                return Err(Failure::usage("--hosts-entry host uses the host's file and stands alone"));
+            }
+            return Ok(Hosts::Host);
         }
         let (ip, name) = h
             .split_once('=')
@@ -105,7 +118,7 @@ fn hosts_from(a: &RunArgs) -> Result<(Vec<(String, String)>, bool), Failure> {
             .map_err(|e| Failure::usage(format!("--hosts-entry {h:?}: {e}")))?;
         entries.push((ip.to_string(), name.to_string()));
     }
-    Ok((entries, from_host))
+    Ok(Hosts::Written { entries })
 }
 
 fn stdio_of(detach: bool, interactive: bool) -> Stdio {
@@ -161,15 +174,14 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         .clone()
         .unwrap_or_else(|| husk_pod::network::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect());
     let net = husk_pod::network::resolve(&net_req, &ctx.config_dir.join("net.d"), plugin_dirs, &a.port)?;
-    let (hosts_entries, hosts_from_host) = hosts_from(a)?;
+    let hosts = hosts_from(a)?;
     Ok(PodRequest {
         apps,
         volumes: a.volume.clone(),
         hostname: a.hostname.clone(),
         net,
         dns: dns_from(a)?,
-        hosts_entries,
-        hosts_from_host,
+        hosts,
         ipc: a.ipc.clone(),
         flavor: a.stage1.clone(),
         private_users: a.private_users,

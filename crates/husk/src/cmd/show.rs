@@ -4,16 +4,14 @@ use husk_pod::{Phase, PodInfo};
 use husk_types::abi::PodDir;
 
 pub fn app_status_text(s: &Option<husk_types::pod::AppStatus>) -> String {
-    match s {
-        None => "-".into(),
-        Some(s) => match (&s.error, s.exit_code, s.signal) {
-            (Some(e), _, _) => format!("failed to start ({e})"),
-            (None, _, Some(9)) if s.oom_killed => "killed by the OOM killer (memory limit)".into(),
-            (None, Some(c), _) if s.oom_killed => format!("exited {c} (the OOM killer ended a process of the app)"),
-            (None, Some(c), _) => format!("exited {c}"),
-            (None, None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "unknown".into(),
-        },
+    use husk_types::pod::Outcome;
+    let Some(s) = s else { return "-".into() };
+    match (&s.outcome, s.oom_killed) {
+        (Outcome::NotStarted { reason, .. }, _) => format!("failed to start ({reason})"),
+        (Outcome::Killed(9), true) => "killed by the OOM killer (memory limit)".into(),
+        (Outcome::Exited(c), true) => format!("exited {c} (the OOM killer ended a process of the app)"),
+        (Outcome::Exited(c), false) => format!("exited {c}"),
+        (Outcome::Killed(sig), _) => format!("killed by signal {sig}"),
     }
 }
 
