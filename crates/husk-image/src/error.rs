@@ -131,28 +131,4 @@ impl FetchError {
     pub fn is_disk_full(&self) -> bool {
         disk_full(self)
     }
-
-    pub fn hint(&self) -> Option<String> {
-        if self.is_disk_full() {
-            return Some("the disk holding the data dir is full; free space or run `husk image gc`".into());
-        }
-        match self {
-            FetchError::Unreachable { registry, why, .. }
-                if why.contains("http") || why.contains("tls") || why.contains("certificate") =>
-            {
-                Some(format!(
-                    "if {registry} serves plain HTTP or a self-signed certificate, pass --insecure-options=http,tls \
-                 or set `insecure = [\"http\", \"tls\"]` for it in husk.toml"
-                ))
-            }
-            FetchError::Unreachable { .. } => Some("check the registry address and that it is running".into()),
-            FetchError::Denied { registry, .. } => Some(format!(
-                "log in with `docker login {registry}`: husk reads the credentials from $DOCKER_CONFIG/config.json \
-                 or ~/.docker/config.json, credential helpers included"
-            )),
-            FetchError::NotFound { .. } => Some("check the image name and tag".into()),
-            FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),
-            _ => None,
-        }
-    }
 }

@@ -30,6 +30,9 @@ pub struct FetchOptions<'a> {
     pub name: Option<String>,
     /// Layers ingested at once.
     pub parallel: usize,
+    /// An async caller's runtime, for a [`fetch`] run on one of its blocking threads
+    /// (`spawn_blocking`); None: the registry client starts its own.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug)]
@@ -91,7 +94,7 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
     };
     let (record, cached) = match source {
         ImageSource::Registry(r) => {
-            let reg = Registry::new(r, &opts.registry)?;
+            let reg = Registry::new(r, &opts.registry, opts.runtime.clone())?;
             let (mut bytes, mut digest) = reg.manifest(None)?;
             if let Some(kind) = manifest_kind(&bytes, None) {
                 if kind == MT_OCI_INDEX || kind == MT_DOCKER_LIST {

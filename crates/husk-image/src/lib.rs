@@ -17,5 +17,5 @@ pub mod unpack;
 pub use error::{FetchError, StoreError, UnpackError};
 pub use fetch::{fetch, FetchOptions, Fetched, PullPolicy};
 pub use ingest::{NoProgress, Progress};
-pub use registry::RegistryOptions;
+pub use registry::{AsyncRegistry, RegistryOptions};
 pub use store::{ImageRecord, Store};

@@ -28,8 +28,9 @@ pub struct RegistryOptions {
     pub skip_tls_verify: bool,
 }
 
-pub struct Registry {
-    rt: tokio::runtime::Runtime,
+/// The registry client for async callers: every method is `async` and runs on the caller's
+/// runtime. [`Registry`] is the blocking front the CLI's ingest uses.
+pub struct AsyncRegistry {
     client: oci_client::Client,
     auth: RegistryAuth,
     reference: oci_client::Reference,
@@ -37,12 +38,8 @@ pub struct Registry {
     registry: String,
 }
 
-impl Registry {
-    pub fn new(r: &Reference, opts: &RegistryOptions) -> Result<Registry, FetchError> {
-        let image = r.to_string();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
-            FetchError::Source { image: image.clone(), why: format!("cannot start the I/O runtime: {e}") }
-        })?;
+impl AsyncRegistry {
+    pub fn new(r: &Reference, opts: &RegistryOptions) -> AsyncRegistry {
         let protocol = if opts.all_http {
             ClientProtocol::Http
         } else if opts.http.is_empty() {
@@ -67,23 +64,27 @@ impl Registry {
                 t.clone().unwrap_or_else(|| "latest".into()),
             ),
         };
-        Ok(Registry { rt, client, auth: credentials(&r.registry), reference, image, registry: r.registry.clone() })
+        AsyncRegistry {
+            client,
+            auth: credentials(&r.registry),
+            reference,
+            image: r.to_string(),
+            registry: r.registry.clone(),
+        }
     }
 
     fn map_err(&self, e: OciDistributionError) -> FetchError {
         map_oci_error(&self.image, &self.registry, e)
     }
 
-    /// Fetches the manifest (or index) the reference points at: bytes and digest.
-    pub fn manifest(&self, digest: Option<&Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
+    /// Fetches the manifest (or index) the reference points at: bytes and digest, both checked.
+    pub async fn manifest(&self, digest: Option<&Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
         let reference = match digest {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
         };
-        let (bytes, digest) = self
-            .rt
-            .block_on(self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES))
-            .map_err(|e| self.map_err(e))?;
+        let (bytes, digest) =
+            self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES).await.map_err(|e| self.map_err(e))?;
         let digest: Digest = digest.parse().map_err(|e: husk_types::DigestError| FetchError::Registry {
             image: self.image.clone(),
             why: e.to_string(),
@@ -100,18 +101,80 @@ impl Registry {
         }
         Ok((bytes, digest))
     }
+
+    /// A blob's bytes as they arrive (to be hashed and checked by the consumer).
+    pub async fn blob_stream(
+        &self,
+        digest: &Digest,
+    ) -> Result<impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static, FetchError> {
+        let d = digest.to_string();
+        let stream = self.client.pull_blob_stream(&self.reference, d.as_str()).await.map_err(|e| self.map_err(e))?;
+        Ok(stream.stream.map(|chunk| chunk.map_err(|e| io::Error::other(e.to_string()))))
+    }
+}
+
+/// Where the blocking [`Registry`] runs its async client.
+enum Runtime {
+    /// Its own (the CLI: no runtime exists).
+    Own(tokio::runtime::Runtime),
+    /// The caller's, from a thread that may block (an async server's `spawn_blocking` thread):
+    /// blocking on a runtime from inside one of its tasks would panic.
+    Handle(tokio::runtime::Handle),
+}
+
+impl Runtime {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match self {
+            Runtime::Own(rt) => rt.block_on(f),
+            Runtime::Handle(h) => h.block_on(f),
+        }
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Runtime::Own(rt) => rt.handle(),
+            Runtime::Handle(h) => h,
+        }
+    }
+}
+
+/// The blocking registry client: [`AsyncRegistry`] driven from plain threads.
+pub struct Registry {
+    rt: Runtime,
+    inner: AsyncRegistry,
+}
+
+impl Registry {
+    /// With a runtime of its own, or on `handle` (see [`Runtime::Handle`]).
+    pub fn new(
+        r: &Reference,
+        opts: &RegistryOptions,
+        handle: Option<tokio::runtime::Handle>,
+    ) -> Result<Registry, FetchError> {
+        let rt = match handle {
+            Some(h) => Runtime::Handle(h),
+            None => Runtime::Own(
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+                    FetchError::Source { image: r.to_string(), why: format!("cannot start the I/O runtime: {e}") }
+                })?,
+            ),
+        };
+        Ok(Registry { rt, inner: AsyncRegistry::new(r, opts) })
+    }
+
+    /// Fetches the manifest (or index) the reference points at: bytes and digest.
+    pub fn manifest(&self, digest: Option<&Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
+        self.rt.block_on(self.inner.manifest(digest))
+    }
 }
 
 impl BlobSource for Registry {
     fn open(&self, digest: &Digest, _size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
-        let d = digest.to_string();
-        let stream =
-            self.rt.block_on(self.client.pull_blob_stream(&self.reference, d.as_str())).map_err(|e| self.map_err(e))?;
+        let stream = self.rt.block_on(self.inner.blob_stream(digest))?;
         let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(8);
-        self.rt.spawn(async move {
-            let mut s = stream.stream;
-            while let Some(chunk) = s.next().await {
-                let item = chunk.map_err(|e| io::Error::other(e.to_string()));
+        self.rt.handle().spawn(async move {
+            let mut s = std::pin::pin!(stream);
+            while let Some(item) = s.next().await {
                 let failed = item.is_err();
                 // A closed channel means the reader gave up (error elsewhere): stop downloading.
                 if tx.send(item).is_err() || failed {

@@ -41,9 +41,35 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// What to suggest for a fetch failure (flags and commands are the CLI's to name).
+fn fetch_hint(e: &husk_image::FetchError) -> Option<String> {
+    use husk_image::FetchError;
+    if e.is_disk_full() {
+        return Some("the disk holding the data dir is full; free space or run `husk image gc`".into());
+    }
+    match e {
+        FetchError::Unreachable { registry, why, .. }
+            if why.contains("http") || why.contains("tls") || why.contains("certificate") =>
+        {
+            Some(format!(
+                "if {registry} serves plain HTTP or a self-signed certificate, pass --insecure-options=http,tls \
+                 or set `insecure = [\"http\", \"tls\"]` for it in husk.toml"
+            ))
+        }
+        FetchError::Unreachable { .. } => Some("check the registry address and that it is running".into()),
+        FetchError::Denied { registry, .. } => Some(format!(
+            "log in with `docker login {registry}`: husk reads the credentials from $DOCKER_CONFIG/config.json \
+             or ~/.docker/config.json, credential helpers included"
+        )),
+        FetchError::NotFound { .. } => Some("check the image name and tag".into()),
+        FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),
+        _ => None,
+    }
+}
+
 impl From<husk_image::FetchError> for Failure {
     fn from(e: husk_image::FetchError) -> Self {
-        let hint = e.hint();
+        let hint = fetch_hint(&e);
         let code = match &e {
             _ if e.is_disk_full() => ENGINE,
             husk_image::FetchError::Store { source, .. }

@@ -37,7 +37,7 @@ pub fn options_for<'a>(
             reg.skip_tls_verify = true;
         }
     }
-    FetchOptions { policy, registry: reg, progress, name, parallel: 4 }
+    FetchOptions { policy, registry: reg, progress, name, parallel: 4, runtime: None }
 }
 
 /// Fetches one image (used by `fetch` and by `run`/`prepare`).
