@@ -11,11 +11,13 @@
 //! ```
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
+pub mod apply;
 pub mod cgroup;
 pub mod cni;
 pub mod common;
 pub mod fly;
 pub mod logger;
 pub mod ns;
+pub mod plan;
 pub mod rootfs;
 pub mod seccomp;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use husk_sys::proc::{fork, ForkResult};
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
-use husk_types::pod::{exit, App, AppStatus, IpcMode, NetMode, Outcome, PodManifest, Stage1State, Stdio, ABI_VERSION};
+use husk_types::pod::{exit, App, AppStatus, NetMode, Outcome, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use husk_types::ByteStr;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -289,16 +289,7 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
 
     let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
-    if m.ipc == IpcMode::Private {
-        flags |= CloneFlags::CLONE_NEWIPC;
-    }
-    if m.net == NetMode::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    if m.private_users.is_some() {
-        flags |= CloneFlags::CLONE_NEWUSER;
-    }
+    let flags = crate::plan::init_namespaces(m);
     // With CNI networks the init is born in the pinned namespace the plugins configured.
     let host_net =
         std::fs::File::open("/proc/self/ns/net").ctx(|| "cannot open the host's network namespace".into())?;
