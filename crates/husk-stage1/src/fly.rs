@@ -9,7 +9,7 @@ use husk_types::pod::{exit, Stage1State, ABI_VERSION};
 use nix::sys::wait::waitpid;
 
 use crate::common::{pod_dir, read_manifest, write_json, write_status, Context, Fail};
-use crate::ns::{exec_in_root, status_of, wire_stdio};
+use crate::process::{become_app_user, exec_in_root, status_of, wire_stdio};
 
 pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
     let (args, _) = crate::common::split_args(raw);
@@ -61,7 +61,7 @@ fn run() -> Result<i32, Fail> {
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
                 wire_stdio(&m, log_fd.as_ref()).map_err(setup)?;
                 nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;
-                crate::ns::become_app_user(app).map_err(setup)?;
+                become_app_user(app).map_err(setup)?;
                 exec_in_root(app, &app.exec)
             })();
             let (code, Fail(msg)) = match r {

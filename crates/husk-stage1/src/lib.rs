@@ -19,5 +19,6 @@ pub mod fly;
 pub mod logger;
 pub mod ns;
 pub mod plan;
+pub mod process;
 pub mod rootfs;
 pub mod seccomp;

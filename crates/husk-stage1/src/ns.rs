@@ -1,7 +1,6 @@
 //! The `ns` flavor: `run`, `enter`, `gc` entrypoints.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io::BufReader;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -20,9 +19,9 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::cgroup::{self, Layout};
 use crate::cni;
 use crate::common::{
-    debug_enabled, flag_value, lookup_path, pod_dir, read_manifest, read_stage1_state, write_json, write_status,
-    Context, Fail,
+    debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail,
 };
+use crate::process::{become_app_user, exec_in_root, status_of, wire_stdio, Never};
 use crate::rootfs;
 
 /// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
@@ -524,15 +523,6 @@ fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig
     }
 }
 
-pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono::Utc>>) -> AppStatus {
-    let outcome = match ws {
-        Some(WaitStatus::Exited(_, c)) => Outcome::Exited(c),
-        Some(WaitStatus::Signaled(_, s, _)) => Outcome::Killed(s as i32),
-        other => Outcome::NotStarted { code: exit::STAGE1_FAILED, reason: format!("unexpected wait status {other:?}") },
-    };
-    AppStatus { outcome, oom_killed: false, started, finished: chrono::Utc::now() }
-}
-
 /// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
 /// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
 fn spawn_app(
@@ -580,8 +570,6 @@ fn spawn_app(
     }
 }
 
-pub enum Never {}
-
 fn exec_app(
     dir: &Path,
     m: &PodManifest,
@@ -609,113 +597,6 @@ fn exec_app(
     }
     become_app_user(app).map_err(setup)?;
     exec_in_root(app, &app.exec)
-}
-
-/// The app's standard streams: the invoker's (foreground), the terminal (interactive), or, for
-/// a detached pod, `/dev/null` in and the log writer's pipe (`log`) out.
-pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
-    let null =
-        std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
-    match m.stdio {
-        Stdio::Interactive => {}
-        Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?,
-        Stdio::Log => {
-            let out = log.ok_or_else(|| Fail("a detached app has no log pipe".into()))?;
-            nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?;
-            nix::unistd::dup2_stdout(out).ctx(|| "cannot redirect stdout".into())?;
-            nix::unistd::dup2_stderr(out).ctx(|| "cannot redirect stderr".into())?;
-        }
-    }
-    Ok(())
-}
-
-/// setgroups/setgid/setuid, the capability sets, no_new_privs: the app's privileges, which
-/// `enter` applies too.
-pub fn become_app_user(app: &App) -> Result<(), Fail> {
-    use caps::{CapSet, Capability};
-    use std::str::FromStr;
-    let mut keep = caps::CapsHashSet::new();
-    for name in &app.security.capabilities {
-        let c = Capability::from_str(name).ctx(|| format!("unknown capability {name}"))?;
-        keep.insert(c);
-    }
-    for c in caps::all() {
-        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).ctx(|| format!("cannot drop {c} from the bounding set"))?;
-        }
-    }
-    // stage0 refused these already; a hand-written pod.json must not get root either.
-    app.user.validate(None).map_err(Fail)?;
-    let groups: Vec<Gid> = app.user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).ctx(|| "cannot set supplementary groups".into())?;
-    let gid = Gid::from_raw(app.user.gid);
-    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", app.user.gid))?;
-    let uid = Uid::from_raw(app.user.uid);
-    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", app.user.uid))?;
-    // What the app really runs as must be what it asked for (and what `status` reports).
-    let r = nix::unistd::getresuid().ctx(|| "cannot read the uids".into())?;
-    let g = nix::unistd::getresgid().ctx(|| "cannot read the gids".into())?;
-    if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
-        return Err(Fail(format!(
-            "the app runs as uid {}/gid {}, not the {}/{} it asked for",
-            r.effective, g.effective, uid, gid
-        )));
-    }
-    if app.user.uid == 0 {
-        // Effective first: it must stay a subset of permitted at every step.
-        let have = caps::read(None, CapSet::Permitted).ctx(|| "cannot read capabilities".into())?;
-        let set: caps::CapsHashSet = keep.intersection(&have).copied().collect();
-        caps::set(None, CapSet::Effective, &set).ctx(|| "cannot set effective capabilities".into())?;
-        caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
-    }
-    caps::clear(None, CapSet::Inheritable).ctx(|| "cannot clear inheritable capabilities".into())?;
-    let _ = caps::clear(None, CapSet::Ambient);
-    nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
-    Ok(())
-}
-
-/// chdir to the working dir and exec argv with the app's environment. Never returns on success.
-/// Arguments and values are bytes, passed to execve unchanged.
-pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
-    let env = app.environment();
-    std::env::set_current_dir(&app.working_dir).map_err(|e| {
-        (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display())))
-    })?;
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.to_string_lossy())
-        .unwrap_or_else(|| husk_types_default_path().to_string());
-    let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail("empty command".into())))?;
-    let Some(prog) = lookup_path(cmd.as_os_str(), &path_var) else {
-        return Err((exit::NOT_FOUND, Fail(format!("{cmd}: not found in the app's PATH ({path_var})"))));
-    };
-    let c = |b: Vec<u8>| {
-        CString::new(b).map_err(|e| {
-            let shown = String::from_utf8_lossy(&e.into_vec()).into_owned();
-            (exit::STAGE1_FAILED, Fail(format!("argument {shown:?} contains a NUL byte")))
-        })
-    };
-    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
-        .map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
-    let argv_c: Vec<CString> = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<Result<_, _>>()?;
-    let env_c: Vec<CString> =
-        env.iter().map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<Result<_, _>>()?;
-    husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
-    // The app starts with default signal dispositions (stage1's runtime ignores SIGPIPE).
-    husk_sys::proc::reset_signal_dispositions();
-    // Last: from here on only execve runs under the filter.
-    if let Some(policy) = &app.security.seccomp {
-        let programs = crate::seccomp::compile(policy).map_err(|e| (exit::STAGE1_FAILED, e))?;
-        crate::seccomp::install(&programs).map_err(|e| (exit::STAGE1_FAILED, e))?;
-    }
-    let e = nix::unistd::execve(&prog_c, &argv_c, &env_c).unwrap_err();
-    let code = if e == nix::errno::Errno::ENOENT { exit::NOT_FOUND } else { exit::CANNOT_EXEC };
-    Err((code, Fail(format!("cannot execute {}: {e}", prog.display()))))
-}
-
-fn husk_types_default_path() -> &'static str {
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 }
 
 /// `enter --pid=PID --app=NAME [--] CMD…`: joins the app's namespaces and cgroup, takes on the
