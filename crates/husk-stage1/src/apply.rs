@@ -104,7 +104,7 @@ pub mod fake {
             let n = self.calls.len();
             self.calls.push(c.clone());
             if self.fail_at == Some(n) {
-                return Err(Fail(format!("{c}: injected failure")));
+                return Err(Fail::Invalid(format!("{c}: injected failure")));
             }
             Ok(())
         }
@@ -134,7 +134,7 @@ pub mod fake {
         ) -> Result<(), Fail> {
             self.call(format!("mount {source} ({fstype}) on {t} flags={flags:#x} data={}", data.unwrap_or("-")))?;
             if fstype == "sysfs" && self.refuse_sysfs {
-                return Err(Fail("sysfs: EPERM".into()));
+                return Err(Fail::Invalid("sysfs: EPERM".into()));
             }
             Ok(())
         }
@@ -215,7 +215,7 @@ mod tests {
     fn a_failing_third_call_stops_everything_after_it() {
         let mut r = Recorder { fail_at: Some(2), ..Default::default() };
         let e = apply(&small_plan(), &mut r).unwrap_err();
-        assert!(e.0.contains("target dir sys"), "{}", e.0);
+        assert!(e.chain().contains("target dir sys"), "{}", e.chain());
         assert_eq!(r.calls.len(), 3, "calls after the failure ran: {:?}", r.calls);
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use husk_types::security::Resources;
 
-use crate::common::{Context, Fail};
+use crate::common::{Context, Fail, Step};
 
 /// The CFS period used for `--cpu` quotas.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -77,9 +77,11 @@ pub fn layout_from_mountinfo(mountinfo: &str) -> Option<Layout> {
 }
 
 pub fn detect() -> Result<Layout, Fail> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
-    layout_from_mountinfo(&mi)
-        .ok_or_else(|| Fail("no cgroup hierarchy is mounted (looked for cgroup v1 controllers and cgroup2)".into()))
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")
+        .ctx(Step::Cgroup, || "cannot read /proc/self/mountinfo".into())?;
+    layout_from_mountinfo(&mi).ok_or_else(|| {
+        Fail::Invalid("no cgroup hierarchy is mounted (looked for cgroup v1 controllers and cgroup2)".into())
+    })
 }
 
 impl Layout {
@@ -102,15 +104,15 @@ impl Layout {
             // Controllers must be enabled on every ancestor for children to get them.
             enable_v2_controllers(root)?;
             std::fs::create_dir_all(root.join("husk"))
-                .ctx(|| format!("cannot create cgroup {}", root.join("husk").display()))?;
+                .ctx(Step::Cgroup, || format!("cannot create cgroup {}", root.join("husk").display()))?;
             enable_v2_controllers(&root.join("husk"))?;
             std::fs::create_dir_all(root.join(&base))
-                .ctx(|| format!("cannot create cgroup {}", root.join(&base).display()))?;
+                .ctx(Step::Cgroup, || format!("cannot create cgroup {}", root.join(&base).display()))?;
             enable_v2_controllers(&root.join(&base))?;
         }
         for leaf in apps {
             for p in self.paths(&format!("{base}/{leaf}")) {
-                std::fs::create_dir_all(&p).ctx(|| format!("cannot create cgroup {}", p.display()))?;
+                std::fs::create_dir_all(&p).ctx(Step::Cgroup, || format!("cannot create cgroup {}", p.display()))?;
             }
         }
         Ok(())
@@ -183,7 +185,9 @@ impl Layout {
     /// Applies an app's limits; a limit the kernel refuses is an error naming it.
     pub fn apply_limits(&self, uuid: &str, app: &str, r: &Resources) -> Result<(), Fail> {
         let missing = |what: &str| {
-            Fail(format!("app {app}: {what} is requested but its cgroup controller is not available on this host"))
+            Fail::Invalid(format!(
+                "app {app}: {what} is requested but its cgroup controller is not available on this host"
+            ))
         };
         if let Layout::V1(_) = self {
             if r.memory.is_some() && self.v1_dir("memory").is_none() {
@@ -197,7 +201,8 @@ impl Layout {
             }
         }
         for (file, value) in self.limit_plan(uuid, app, r) {
-            std::fs::write(&file, &value).ctx(|| format!("app {app}: cannot write {value:?} to {}", file.display()))?;
+            std::fs::write(&file, &value)
+                .ctx(Step::Cgroup, || format!("app {app}: cannot write {value:?} to {}", file.display()))?;
         }
         Ok(())
     }
@@ -223,7 +228,7 @@ impl Layout {
             let pod = root.join("husk").join(uuid);
             if let Layout::V2(_) = self {
                 std::fs::create_dir_all(pod.join("init"))
-                    .ctx(|| format!("cannot create {}", pod.join("init").display()))?;
+                    .ctx(Step::Cgroup, || format!("cannot create {}", pod.join("init").display()))?;
                 files.push(pod.join("cgroup.procs"));
             }
             for a in apps {
@@ -234,14 +239,16 @@ impl Layout {
             }
         }
         for f in &files {
-            std::os::unix::fs::chown(f, Some(owner), Some(owner)).ctx(|| format!("cannot delegate {}", f.display()))?;
+            std::os::unix::fs::chown(f, Some(owner), Some(owner))
+                .ctx(Step::Cgroup, || format!("cannot delegate {}", f.display()))?;
         }
         Ok(files)
     }
     pub fn join(&self, uuid: &str, leaf: &str, pid: i32) -> Result<(), Fail> {
         for p in self.paths(&husk_types::abi::app_cgroup(uuid, leaf)) {
             let procs = p.join("cgroup.procs");
-            std::fs::write(&procs, pid.to_string()).ctx(|| format!("cannot join cgroup {}", p.display()))?;
+            std::fs::write(&procs, pid.to_string())
+                .ctx(Step::Cgroup, || format!("cannot join cgroup {}", p.display()))?;
         }
         Ok(())
     }
@@ -262,7 +269,9 @@ impl Layout {
                         let _ = e;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
-                    Err(e) => last_err = Some(Fail(format!("cannot remove cgroup {}: {e}", pod.display()))),
+                    Err(e) => {
+                        last_err = Some(Fail::step(Step::Cgroup, format!("cannot remove cgroup {}", pod.display()), e))
+                    }
                 }
             }
         }

@@ -16,7 +16,7 @@ use husk_types::net::{NetState, PortMapping};
 use husk_types::pod::{NetMode, PodManifest};
 use nix::sched::CloneFlags;
 
-use crate::common::{write_json, Context, Fail};
+use crate::common::{write_json, Context, Fail, Step};
 
 pub use husk_types::abi::NETNS_DIR;
 
@@ -36,12 +36,14 @@ pub fn read_state(pod_dir: &Path) -> Vec<NetState> {
 /// host's mount namespace; the caller stays in the host's network namespace.
 pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
     let pin = netns_path(uuid);
-    std::fs::create_dir_all(NETNS_DIR).ctx(|| format!("cannot create {NETNS_DIR}"))?;
-    std::fs::File::create(&pin).ctx(|| format!("cannot create {}", pin.display()))?;
-    let host = std::fs::File::open("/proc/self/ns/net").ctx(|| "cannot open the host's network namespace".into())?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNET).ctx(|| "cannot create the pod's network namespace".into())?;
+    std::fs::create_dir_all(NETNS_DIR).ctx(Step::Network, || format!("cannot create {NETNS_DIR}"))?;
+    std::fs::File::create(&pin).ctx(Step::Network, || format!("cannot create {}", pin.display()))?;
+    let host = std::fs::File::open("/proc/self/ns/net")
+        .ctx(Step::Network, || "cannot open the host's network namespace".into())?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+        .ctx(Step::Network, || "cannot create the pod's network namespace".into())?;
     let r = (|| {
-        husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
+        husk_sys::proc::loopback_up().ctx(Step::Network, || "cannot bring up loopback".into())?;
         nix::mount::mount::<str, Path, str, str>(
             Some("/proc/self/ns/net"),
             &pin,
@@ -49,21 +51,22 @@ pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
             nix::mount::MsFlags::MS_BIND,
             None,
         )
-        .ctx(|| format!("cannot pin the network namespace at {}", pin.display()))
+        .ctx(Step::Network, || format!("cannot pin the network namespace at {}", pin.display()))
     })();
     nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
-        .ctx(|| "cannot return to the host's network namespace".into())?;
+        .ctx(Step::Network, || "cannot return to the host's network namespace".into())?;
     r.map(|_| pin)
 }
 
 /// Joins every network of the pod, in order. On failure, what was set up is torn down again.
 pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetState>, Fail> {
     let NetMode::Cni { networks, ports, plugin_dirs } = &m.net else { return Ok(vec![]) };
-    std::fs::create_dir_all(PodDir::new(pod_dir).net_dir()).ctx(|| "cannot create the pod's net directory".into())?;
+    std::fs::create_dir_all(PodDir::new(pod_dir).net_dir())
+        .ctx(Step::Network, || "cannot create the pod's net directory".into())?;
     // Port mappings go to the first network whose plugins accept them.
     let ports_net = networks.iter().position(|n| accepts_ports(&n.config));
     if !ports.is_empty() && ports_net.is_none() {
-        return Err(Fail("--port needs a network with the portmap plugin (like default)".into()));
+        return Err(Fail::Invalid("--port needs a network with the portmap plugin (like default)".into()));
     }
     let mut states: Vec<NetState> = Vec::new();
     for (i, n) in networks.iter().enumerate() {
@@ -115,7 +118,7 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         // that ran before) is no error.
         for ifname in s.host_interfaces() {
             if let Err(e) = loopback_guard("-D", uuid, &ifname) {
-                if !e.0.contains("does a matching rule exist") && !e.0.contains("Bad rule") {
+                if !e.chain().contains("does a matching rule exist") && !e.chain().contains("Bad rule") {
                     errors.push(e);
                 }
             }
@@ -124,7 +127,7 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
     if pin.exists() {
         let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
         if let Err(e) = std::fs::remove_file(&pin) {
-            errors.push(Fail(format!("cannot remove {}: {e}", pin.display())));
+            errors.push(Fail::step(Step::Network, format!("cannot remove {}", pin.display()), e));
         }
     }
     if errors.is_empty() {
@@ -144,9 +147,9 @@ fn loopback_guard(action: &str, uuid: &str, ifname: &str) -> Result<(), Fail> {
         .args(husk_types::net::loopback_guard_rule(uuid, ifname))
         .stdin(Stdio::null())
         .output()
-        .ctx(|| format!("cannot run {bin} (needed to keep pods off the host's loopback)"))?;
+        .ctx(Step::Network, || format!("cannot run {bin} (needed to keep pods off the host's loopback)"))?;
     if !out.status.success() {
-        return Err(Fail(format!(
+        return Err(Fail::Invalid(format!(
             "iptables {action} of the loopback guard on {ifname} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -196,8 +199,8 @@ impl Teardown {
                     let _ = nix::unistd::dup2_stdout(&log);
                     let _ = nix::unistd::dup2_stderr(&log);
                 }
-                for Fail(e) in teardown(dir, uuid, dirs) {
-                    eprintln!("husk stage1: {e}; `husk gc` retries");
+                for e in teardown(dir, uuid, dirs) {
+                    eprintln!("husk stage1: {}; `husk gc` retries", e.chain());
                 }
                 drop(self);
                 std::process::exit(0);
@@ -220,7 +223,7 @@ pub fn teardown_locked(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> V
             || {},
         ) {
             Ok(l) => Some(l),
-            Err(e) => return vec![Fail(e.to_string())],
+            Err(e) => return vec![Fail::step(Step::Network, "cannot take the network lock", e)],
         }
     } else {
         None
@@ -289,9 +292,19 @@ fn run_chain(
             Ok(_) => {}
             // DEL goes on through the chain: each plugin releases what it holds.
             Err(e) if command == "DEL" => {
-                first_err.get_or_insert(Fail(format!("network {}: {}", s.name, e.0)));
+                first_err.get_or_insert(Fail::Step {
+                    step: Step::Network,
+                    what: format!("network {}", s.name),
+                    source: Box::new(e),
+                });
             }
-            Err(e) => return Err(Fail(format!("network {}: {}", s.name, e.0))),
+            Err(e) => {
+                return Err(Fail::Step {
+                    step: Step::Network,
+                    what: format!("network {}", s.name),
+                    source: Box::new(e),
+                })
+            }
         }
     }
     match first_err {
@@ -312,10 +325,10 @@ fn exec_plugin(
     conf: &serde_json::Value,
 ) -> Result<serde_json::Value, Fail> {
     if kind.is_empty() || kind.contains('/') {
-        return Err(Fail(format!("invalid plugin type {kind:?}")));
+        return Err(Fail::Invalid(format!("invalid plugin type {kind:?}")));
     }
     let bin = dirs.iter().map(|d| d.join(kind)).find(|p| p.is_file()).ok_or_else(|| {
-        Fail(format!(
+        Fail::Invalid(format!(
             "CNI plugin {kind:?} not found in {} (install containernetworking-plugins or set paths.cni_plugin_dirs)",
             dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
         ))
@@ -337,18 +350,18 @@ fn exec_plugin(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .ctx(|| format!("cannot run CNI plugin {}", bin.display()))?;
+        .ctx(Step::Network, || format!("cannot run CNI plugin {}", bin.display()))?;
     // A plugin may exit without reading its configuration (a DEL with nothing to do): a broken
     // pipe here is no failure; its exit status decides.
     match child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Fail(format!("cannot write to CNI plugin {kind}: {e}")));
+            return Err(Fail::step(Step::Network, format!("cannot write to CNI plugin {kind}"), e));
         }
         _ => {}
     }
-    let out = child.wait_with_output().ctx(|| format!("CNI plugin {kind} failed"))?;
+    let out = child.wait_with_output().ctx(Step::Network, || format!("CNI plugin {kind} failed"))?;
     let stdout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     if !out.status.success() {
         let msg = stdout["msg"]
@@ -357,7 +370,7 @@ fn exec_plugin(
             .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
         let details =
             stdout["details"].as_str().filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default();
-        return Err(Fail(format!("plugin {kind} {command} failed: {msg}{details}")));
+        return Err(Fail::Invalid(format!("plugin {kind} {command} failed: {msg}{details}")));
     }
     Ok(stdout)
 }

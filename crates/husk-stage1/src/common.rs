@@ -5,33 +5,119 @@ use std::path::{Path, PathBuf};
 use husk_types::abi::PodDir;
 use husk_types::pod::{AppStatus, PodManifest, Stage1State, ABI_VERSION};
 
-/// A stage1 failure: a message for the user (stage1 has no richer error channel than stderr
-/// and its exit code).
-#[derive(Debug)]
-pub struct Fail(pub String);
+/// The kind of step of stage1 that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the pod dir: the manifest, the stage1 state, the arguments.
+    Manifest,
+    /// The pod's namespaces, its init, its supervision (signals, pipes, messages).
+    Pod,
+    /// An app's root and mount view.
+    Mount,
+    Cgroup,
+    Network,
+    /// An app's user, capabilities, seccomp filter, exec.
+    Process,
+    /// A detached pod's log writer.
+    Log,
+}
 
-impl<E: std::fmt::Display> From<E> for Fail {
-    fn from(e: E) -> Self {
-        Fail(e.to_string())
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Manifest => "manifest",
+            Step::Pod => "pod",
+            Step::Mount => "mount",
+            Step::Cgroup => "cgroup",
+            Step::Network => "network",
+            Step::Process => "process",
+            Step::Log => "log",
+        }
+    }
+}
+
+/// A stage1 failure. A failed step keeps its cause (the errno, the I/O or parse error) as
+/// `source`; [`Fail::chain`] is the whole message for the user (stage1 has no richer error
+/// channel than stderr, the messages to stage0 and its exit code).
+#[derive(Debug, thiserror::Error)]
+pub enum Fail {
+    #[error("{what}")]
+    Step {
+        step: Step,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// What the manifest, the arguments or the image ask for that cannot be done.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Fail {
+    /// A failed step with its cause.
+    pub fn step(step: Step, what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Fail {
+        Fail::Step { step, what: what.into(), source: Box::new(source) }
+    }
+
+    /// The message with every cause: `what: cause: cause…`.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(e) = src {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    }
+
+    /// The kind of step that failed (None: an invalid request).
+    pub fn kind(&self) -> Option<Step> {
+        match self {
+            Fail::Step { step, .. } => Some(*step),
+            Fail::Invalid(_) => None,
+        }
     }
 }
 
 pub trait Context<T> {
-    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail>;
+    /// On error: a failed `step`, described by `what`, caused by the error.
+    fn ctx(self, step: Step, what: impl FnOnce() -> String) -> Result<T, Fail>;
 }
 
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
-    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail> {
-        self.map_err(|e| Fail(format!("{}: {e}", what())))
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
+    fn ctx(self, step: Step, what: impl FnOnce() -> String) -> Result<T, Fail> {
+        self.map_err(|e| Fail::Step { step, what: what(), source: Box::new(e) })
+    }
+}
+
+#[cfg(test)]
+mod fail_tests {
+    use super::*;
+
+    /// stage1's errors were one string: the errno was gone by the time anyone could look.
+    #[test]
+    fn a_failed_step_keeps_its_cause() {
+        let r: Result<(), nix::errno::Errno> = Err(nix::errno::Errno::EPERM);
+        let e = r.ctx(Step::Mount, || "cannot mount proc on /proc".into()).unwrap_err();
+        assert_eq!(e.kind(), Some(Step::Mount));
+        assert_eq!(e.to_string(), "cannot mount proc on /proc");
+        let src = std::error::Error::source(&e).unwrap();
+        assert_eq!(src.downcast_ref::<nix::errno::Errno>(), Some(&nix::errno::Errno::EPERM));
+        assert_eq!(e.chain(), "cannot mount proc on /proc: EPERM: Operation not permitted");
+        let outer = Fail::step(Step::Network, "network default", e);
+        assert_eq!(outer.chain(), "network default: cannot mount proc on /proc: EPERM: Operation not permitted");
+        assert_eq!(Fail::Invalid("bad".into()).kind(), None);
     }
 }
 
 pub fn read_manifest(pod_dir: &Path) -> Result<PodManifest, Fail> {
     let p = PodDir::new(pod_dir).manifest();
-    let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
-    let m: PodManifest = serde_json::from_slice(&data).ctx(|| format!("invalid pod manifest {}", p.display()))?;
+    let data = std::fs::read(&p).ctx(Step::Manifest, || format!("cannot read {}", p.display()))?;
+    let m: PodManifest =
+        serde_json::from_slice(&data).ctx(Step::Manifest, || format!("invalid pod manifest {}", p.display()))?;
     if m.abi_version > ABI_VERSION {
-        return Err(Fail(format!(
+        return Err(Fail::Invalid(format!(
             "pod manifest has stage1 ABI version {}, this stage1 knows up to {ABI_VERSION}; use a newer stage1",
             m.abi_version
         )));
@@ -43,7 +129,7 @@ pub fn read_manifest(pod_dir: &Path) -> Result<PodManifest, Fail> {
 /// `atomic_write_volatile`).
 pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
     husk_sys::atomic_write_volatile(path, &serde_json::to_vec_pretty(v).expect("serializable"), 0o644)
-        .ctx(|| format!("cannot write {}", path.display()))
+        .ctx(Step::Manifest, || format!("cannot write {}", path.display()))
 }
 
 /// Records this process as the pod lock's holder (stage1 ABI: `lock-holder.pid`), so that `husk
@@ -51,7 +137,7 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
 pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {
     let p = PodDir::new(pod_dir).lock_holder();
     husk_sys::atomic_write_volatile(&p, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-        .ctx(|| format!("cannot write {}", p.display()))
+        .ctx(Step::Manifest, || format!("cannot write {}", p.display()))
 }
 
 pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {
@@ -60,8 +146,8 @@ pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fai
 
 pub fn read_stage1_state(pod_dir: &Path) -> Result<Stage1State, Fail> {
     let p = PodDir::new(pod_dir).stage1_state();
-    let data = std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
-    serde_json::from_slice(&data).ctx(|| format!("invalid {}", p.display()))
+    let data = std::fs::read(&p).ctx(Step::Manifest, || format!("cannot read {}", p.display()))?;
+    serde_json::from_slice(&data).ctx(Step::Manifest, || format!("invalid {}", p.display()))
 }
 
 /// `--flag=value` or `--flag value` parsing for the few entrypoint flags.
@@ -79,7 +165,7 @@ pub fn flag_value(args: &[String], name: &str) -> Option<String> {
 }
 
 pub fn pod_dir() -> Result<PathBuf, Fail> {
-    std::env::current_dir().ctx(|| "cannot find the pod directory (the working directory)".into())
+    std::env::current_dir().ctx(Step::Manifest, || "cannot find the pod directory (the working directory)".into())
 }
 
 pub fn debug_enabled(args: &[String]) -> bool {

@@ -8,7 +8,7 @@ use husk_types::abi;
 use husk_types::pod::{exit, Stage1State, ABI_VERSION};
 use nix::sys::wait::waitpid;
 
-use crate::common::{pod_dir, read_manifest, write_json, write_status, Context, Fail};
+use crate::common::{pod_dir, read_manifest, write_json, write_status, Context, Fail, Step};
 use crate::process::{become_app_user, exec_in_root, status_of, wire_stdio};
 
 pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
@@ -16,13 +16,13 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
     let r = match args.get(1).map(String::as_str) {
         Some("run") => run(),
         Some("gc") => Ok(0),
-        Some("enter") => {
-            Err(Fail("the fly flavor shares the host's namespaces; use the host's own tools instead of enter".into()))
-        }
-        _ => Err(Fail("usage: husk-stage1-fly run|gc … (see docs/stage1-abi.md)".into())),
+        Some("enter") => Err(Fail::Invalid(
+            "the fly flavor shares the host's namespaces; use the host's own tools instead of enter".into(),
+        )),
+        _ => Err(Fail::Invalid("usage: husk-stage1-fly run|gc … (see docs/stage1-abi.md)".into())),
     };
-    r.unwrap_or_else(|Fail(msg)| {
-        eprintln!("husk stage1 (fly): {msg}");
+    r.unwrap_or_else(|e| {
+        eprintln!("husk stage1 (fly): {}", e.chain());
         exit::STAGE1_FAILED
     })
 }
@@ -31,15 +31,15 @@ fn run() -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
     let [app] = m.apps.as_slice() else {
-        return Err(Fail(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
+        return Err(Fail::Invalid(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
     let _lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
-        .ctx(|| abi::env::LOCK_FD.into())?
-        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
+        .ctx(Step::Pod, || abi::env::LOCK_FD.into())?
+        .ok_or_else(|| Fail::Invalid("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
     let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
-        .ctx(|| abi::env::READY_FD.into())?
+        .ctx(Step::Pod, || abi::env::READY_FD.into())?
         .map(std::fs::File::from);
-    husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();
@@ -51,24 +51,26 @@ fn run() -> Result<i32, Fail> {
         _ => (None, vec![]),
     };
     let log_fd = log_fds.pop();
-    let child = match fork().ctx(|| "cannot fork".into())? {
+    let child = match fork().ctx(Step::Pod, || "cannot fork".into())? {
         ForkResult::Child => {
             let r = (|| {
                 let setup = |e: Fail| (exit::STAGE1_FAILED, e);
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| setup(Fail(e.to_string())))?;
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| setup(Fail::step(Step::Pod, "cannot create the app's mount namespace", e)))?;
                 crate::rootfs::make_root_slave().map_err(setup)?;
                 crate::rootfs::mount_roots(&dir, &m, None).map_err(setup)?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
                 wire_stdio(&m, log_fd.as_ref()).map_err(setup)?;
-                nix::unistd::chroot(&root).map_err(|e| setup(Fail(format!("chroot {}: {e}", root.display()))))?;
+                nix::unistd::chroot(&root)
+                    .map_err(|e| setup(Fail::step(Step::Mount, format!("chroot {}", root.display()), e)))?;
                 become_app_user(app).map_err(setup)?;
                 exec_in_root(app, &app.exec)
             })();
-            let (code, Fail(msg)) = match r {
+            let (code, e) = match r {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
-            eprintln!("husk: app {}: {msg}", app.name);
+            eprintln!("husk: app {}: {}", app.name, e.chain());
             std::process::exit(code);
         }
         ForkResult::Parent { child } => child,

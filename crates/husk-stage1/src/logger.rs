@@ -13,7 +13,7 @@ use husk_types::pod::LogLimits;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 
-use crate::common::{Context, Fail};
+use crate::common::{Context, Fail, Step};
 
 /// `logs/<app>.log` and its rotated predecessors (`logs` is the pod's logs directory).
 pub fn log_path(logs: &Path, app: &str, generation: u32) -> PathBuf {
@@ -75,19 +75,20 @@ impl Rotating {
 /// its copies once every app has started, so that the writer sees the end of each stream.
 pub fn spawn(pod_dir: &Path, apps: &[String], limits: LogLimits) -> Result<(Pid, Vec<OwnedFd>), Fail> {
     let logs = husk_types::abi::PodDir::new(pod_dir).logs_dir();
-    std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
+    std::fs::create_dir_all(&logs).ctx(Step::Log, || format!("cannot create {}", logs.display()))?;
     let mut reads = Vec::new();
     let mut writes = Vec::new();
     for _ in apps {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "cannot create a log pipe".into())?;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(Step::Log, || "cannot create a log pipe".into())?;
         reads.push(r);
         writes.push(w);
     }
     let files: Vec<Rotating> = apps
         .iter()
-        .map(|a| Rotating::open(&logs, a, limits).ctx(|| format!("cannot open the log of app {a}")))
+        .map(|a| Rotating::open(&logs, a, limits).ctx(Step::Log, || format!("cannot open the log of app {a}")))
         .collect::<Result<_, _>>()?;
-    match fork().ctx(|| "cannot start the log writer".into())? {
+    match fork().ctx(Step::Log, || "cannot start the log writer".into())? {
         ForkResult::Child => {
             drop(writes);
             std::process::exit(copy_loop(reads, files));

@@ -19,7 +19,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::cgroup::{self, Layout};
 use crate::cni;
 use crate::common::{
-    debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail,
+    debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail, Step,
 };
 use crate::process::{become_app_user, exec_in_root, status_of, wire_stdio, Never};
 use crate::rootfs;
@@ -36,12 +36,12 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
         Some("run") => run(&rest),
         Some("enter") => enter(&rest, cmd),
         Some("gc") => gc(&rest).map(|_| 0),
-        _ => Err(Fail("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
+        _ => Err(Fail::Invalid("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
     match r {
         Ok(code) => code,
-        Err(Fail(msg)) => {
-            eprintln!("husk stage1: {msg}");
+        Err(e) => {
+            eprintln!("husk stage1: {}", e.chain());
             exit::STAGE1_FAILED
         }
     }
@@ -65,7 +65,7 @@ fn signals() -> SigSet {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Fail> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "cannot create a pipe".into())
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(Step::Pod, || "cannot create a pipe".into())
 }
 
 /// `run [--debug] UUID`, in the pod dir, with the pod lock on fd `HUSK_LOCK_FD`.
@@ -73,23 +73,23 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
-        return Err(Fail(format!("the last argument must be the pod UUID {}", m.uuid)));
+        return Err(Fail::Invalid(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
     let lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
-        .ctx(|| abi::env::LOCK_FD.into())?
-        .ok_or_else(|| Fail("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
+        .ctx(Step::Pod, || abi::env::LOCK_FD.into())?
+        .ok_or_else(|| Fail::Invalid("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
     let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
-        .ctx(|| abi::env::READY_FD.into())?
+        .ctx(Step::Pod, || abi::env::READY_FD.into())?
         .map(std::fs::File::from);
     // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
-    husk_sys::proc::cloexec_from(3).ctx(|| "cannot mark fds close-on-exec".into())?;
+    husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
     crate::common::write_lock_holder(&dir)?;
     let debug = debug_enabled(args);
 
     let result = supervise(&dir, &m, debug, &mut ready);
-    if let Err(Fail(msg)) = &result {
+    if let Err(e) = &result {
         if let Some(r) = ready.as_mut() {
-            let _ = msg::send(r, &Message::Failed { reason: msg.clone() });
+            let _ = msg::send(r, &Message::Failed { reason: e.chain() });
         }
     }
     // The pod has exited: release its lock before the network cleanup starts, so that the
@@ -118,16 +118,17 @@ fn supervise(
     };
     // Runs in the host's mount namespace (the netns pin lives there).
     let cleanup = |layout: &Layout| {
-        if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
-            eprintln!("husk stage1: {e}");
+        if let Err(e) = layout.remove_pod(&m.uuid) {
+            eprintln!("husk stage1: {}", e.chain());
         }
         if matches!(m.net, NetMode::Cni { .. }) {
-            for Fail(e) in cni::teardown(dir, &m.uuid, &plugin_dirs) {
-                eprintln!("husk stage1: {e}; `husk gc` retries");
+            for e in cni::teardown(dir, &m.uuid, &plugin_dirs) {
+                eprintln!("husk stage1: {}; `husk gc` retries", e.chain());
             }
         }
     };
-    let host_mnt = std::fs::File::open("/proc/self/ns/mnt").ctx(|| "cannot open the host's mount namespace".into())?;
+    let host_mnt =
+        std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
     let started = (|| -> Result<_, Fail> {
         for app in &m.apps {
             layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
@@ -218,7 +219,7 @@ fn supervise(
     // SIGALRM), which it does and records each one's status (137).
     let mut stopping = false;
     let code = loop {
-        let sig = sigs.wait().ctx(|| "sigwait failed".into())?;
+        let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
         match sig {
             Signal::SIGCHLD => match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, c)) => break c,
@@ -246,8 +247,8 @@ fn supervise(
         }
     };
     back_home();
-    if let Err(Fail(e)) = layout.remove_pod(&m.uuid) {
-        eprintln!("husk stage1: {e}");
+    if let Err(e) = layout.remove_pod(&m.uuid) {
+        eprintln!("husk stage1: {}", e.chain());
     }
     let cleanup = match m.net {
         NetMode::Cni { .. } => Some(cni::Teardown::prepare(dir, &m.uuid, &plugin_dirs)),
@@ -277,40 +278,42 @@ fn stop_timeout(dir: &Path) -> Duration {
 fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>) -> Result<(Pid, OwnedFd), Fail> {
     use nix::mount::{mount, MsFlags};
     let sigs = signals();
-    sigs.thread_block().ctx(|| "cannot block signals".into())?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create the supervisor's mount namespace".into())?;
+    sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .ctx(Step::Pod, || "cannot create the supervisor's mount namespace".into())?;
     rootfs::make_root_slave()?;
     let apps = PodDir::new(dir).apps_dir();
     mount::<Path, Path, str, str>(Some(&apps), &apps, None, MsFlags::MS_BIND, None)
-        .ctx(|| format!("cannot bind {}", apps.display()))?;
+        .ctx(Step::Pod, || format!("cannot bind {}", apps.display()))?;
     mount::<str, Path, str, str>(None, &apps, None, MsFlags::MS_SHARED, None)
-        .ctx(|| format!("cannot share {}", apps.display()))?;
+        .ctx(Step::Pod, || format!("cannot share {}", apps.display()))?;
 
     let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     let flags = crate::plan::init_namespaces(m);
     // With CNI networks the init is born in the pinned namespace the plugins configured.
-    let host_net =
-        std::fs::File::open("/proc/self/ns/net").ctx(|| "cannot open the host's network namespace".into())?;
+    let host_net = std::fs::File::open("/proc/self/ns/net")
+        .ctx(Step::Pod, || "cannot open the host's network namespace".into())?;
     if let Some(ns) = netns {
-        let f = std::fs::File::open(ns).ctx(|| format!("cannot open {}", ns.display()))?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).ctx(|| "cannot enter the pod's network namespace".into())?;
+        let f = std::fs::File::open(ns).ctx(Step::Pod, || format!("cannot open {}", ns.display()))?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+            .ctx(Step::Pod, || "cannot enter the pod's network namespace".into())?;
     }
     let supervisor = nix::unistd::getpid();
     let cloned = husk_sys::proc::clone_process(flags);
     if netns.is_some() && !matches!(cloned, Ok(ForkResult::Child)) {
         nix::sched::setns(&host_net, CloneFlags::CLONE_NEWNET)
-            .ctx(|| "cannot return to the host's network namespace".into())?;
+            .ctx(Step::Pod, || "cannot return to the host's network namespace".into())?;
     }
     drop(host_net);
-    let init = match cloned.ctx(|| "cannot create the pod's namespaces".into())? {
+    let init = match cloned.ctx(Step::Pod, || "cannot create the pod's namespaces".into())? {
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
             let code = match pod_init(dir, m, layout, supervisor, go_r, rep_w) {
                 Ok(c) => c,
-                Err(Fail(msg)) => {
-                    eprintln!("husk stage1 (pod init): {msg}");
+                Err(e) => {
+                    eprintln!("husk stage1 (pod init): {}", e.chain());
                     exit::STAGE1_FAILED
                 }
             };
@@ -325,15 +328,15 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
             Some(r) => {
                 let map = format!("0 {} {}\n", r.host_base, r.count);
                 std::fs::write(format!("/proc/{init}/uid_map"), &map)
-                    .ctx(|| "cannot write the pod's uid map".into())?;
+                    .ctx(Step::Pod, || "cannot write the pod's uid map".into())?;
                 std::fs::write(format!("/proc/{init}/gid_map"), &map)
-                    .ctx(|| "cannot write the pod's gid map".into())?;
+                    .ctx(Step::Pod, || "cannot write the pod's gid map".into())?;
                 if let Layout::V2(_) = layout {
                     layout.join(&m.uuid, "init", init.as_raw())?;
                 }
                 Some(OwnedFd::from(
                     std::fs::File::open(format!("/proc/{init}/ns/user"))
-                        .ctx(|| "cannot open the pod's user namespace".into())?,
+                        .ctx(Step::Pod, || "cannot open the pod's user namespace".into())?,
                 ))
             }
             None => None,
@@ -381,7 +384,7 @@ fn pod_init(
     report: OwnedFd,
 ) -> Result<i32, Fail> {
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "cannot set the parent-death signal".into())?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(Step::Pod, || "cannot set the parent-death signal".into())?;
     // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
     // host's /proc (still mounted here): had it died before the prctl, we would not be killed.
     if !Path::new(&format!("/proc/{}", supervisor.as_raw())).exists() {
@@ -389,26 +392,26 @@ fn pod_init(
     }
     // Not dumpable: apps cannot open /proc/1/exe (the host's stage1 binary) or ptrace us
     // (runc CVE-2019-5736, rkt #3999).
-    nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make the pod init non-dumpable".into())?;
+    nix::sys::prctl::set_dumpable(false).ctx(Step::Pod, || "cannot make the pod init non-dumpable".into())?;
     match msg::expect(&mut BufReader::new(std::fs::File::from(go)), &["go"]) {
         Ok(_) => {}
         // Closed: the supervisor failed to prepare the pod and says so itself.
         Err(msg::MsgError::Closed { .. }) => return Ok(exit::STAGE1_FAILED),
-        Err(e) => return Err(Fail(format!("from the supervisor: {e}"))),
+        Err(e) => return Err(Fail::step(Step::Pod, "from the supervisor", e)),
     }
     let mut report = std::fs::File::from(report);
     if m.private_users.is_some() {
         // The maps are written: become the pod's root.
         nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .ctx(|| "cannot become gid 0 in the pod".into())?;
+            .ctx(Step::Pod, || "cannot become gid 0 in the pod".into())?;
         nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .ctx(|| "cannot become uid 0 in the pod".into())?;
+            .ctx(Step::Pod, || "cannot become uid 0 in the pod".into())?;
     }
     // Mounts made in the pod never propagate back to the host.
     rootfs::make_root_slave()?;
-    nix::unistd::sethostname(&m.hostname).ctx(|| format!("cannot set hostname {}", m.hostname))?;
+    nix::unistd::sethostname(&m.hostname).ctx(Step::Pod, || format!("cannot set hostname {}", m.hostname))?;
     if m.net == NetMode::None {
-        husk_sys::proc::loopback_up().ctx(|| "cannot bring up loopback".into())?;
+        husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
     }
 
     let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
@@ -431,7 +434,8 @@ fn pod_init(
                 let _ = msg::send(&mut report, &Message::AppStarted { app: app.name.clone(), pid: pid.as_raw() });
                 live.insert(pid.as_raw(), (app.name.clone(), chrono::Utc::now()));
             }
-            Err((code, Fail(msg))) => {
+            Err((code, e)) => {
+                let msg = e.chain();
                 let _ = write_status(
                     dir,
                     &app.name,
@@ -463,7 +467,7 @@ fn pod_init(
     let mut first_failure: Option<i32> = None;
     let mut stopping = false;
     while !live.is_empty() {
-        let sig = sigs.wait().ctx(|| "sigwait failed".into())?;
+        let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
         match sig {
             Signal::SIGCHLD => loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -533,15 +537,17 @@ fn spawn_app(
     log: Option<&OwnedFd>,
 ) -> Result<Pid, (i32, Fail)> {
     let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
-    match fork().map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))? {
+    match fork()
+        .map_err(|e| (exit::STAGE1_FAILED, Fail::step(Step::Pod, format!("cannot fork app {}", app.name), e)))?
+    {
         ForkResult::Child => {
             drop(err_r);
-            let (code, Fail(msg)) = match exec_app(dir, m, app, layout, log) {
+            let (code, e) = match exec_app(dir, m, app, layout, log) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
             let mut w = std::fs::File::from(err_w);
-            let _ = msg::send(&mut w, &Message::ExecFailed { code, reason: msg });
+            let _ = msg::send(&mut w, &Message::ExecFailed { code, reason: e.chain() });
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
@@ -552,18 +558,18 @@ fn spawn_app(
                 Ok(None) => Ok(child),
                 Ok(Some(Message::ExecFailed { code, reason })) => {
                     let _ = waitpid(child, None);
-                    Err((code, Fail(reason)))
+                    Err((code, Fail::Invalid(reason)))
                 }
                 Ok(Some(other)) => {
                     let _ = waitpid(child, None);
                     Err((
                         exit::STAGE1_FAILED,
-                        Fail(format!("app {}: expected exec-failed, got {}", app.name, other.name())),
+                        Fail::Invalid(format!("app {}: expected exec-failed, got {}", app.name, other.name())),
                     ))
                 }
                 Err(e) => {
                     let _ = waitpid(child, None);
-                    Err((exit::STAGE1_FAILED, Fail(format!("app {}: {e}", app.name))))
+                    Err((exit::STAGE1_FAILED, Fail::Invalid(format!("app {}: {e}", app.name))))
                 }
             }
         }
@@ -578,21 +584,21 @@ fn exec_app(
     log: Option<&OwnedFd>,
 ) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
-    SigSet::empty().thread_set_mask().map_err(|e| setup(Fail(e.to_string())))?;
+    SigSet::empty().thread_set_mask().map_err(|e| setup(Fail::step(Step::Process, "cannot unblock signals", e)))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| setup(Fail(format!("cannot create the app's mount namespace: {e}"))))?;
+        .map_err(|e| setup(Fail::step(Step::Mount, "cannot create the app's mount namespace", e)))?;
     // `<pod>/apps` is shared with the supervisor: keep this app's mounts to itself.
     rootfs::make_root_slave().map_err(setup)?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
     wire_stdio(m, log).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-        .map_err(|e| setup(Fail(format!("cannot create the app's cgroup namespace: {e}"))))?;
+        .map_err(|e| setup(Fail::step(Step::Cgroup, "cannot create the app's cgroup namespace", e)))?;
     rootfs::mount_cgroups(&root, layout).map_err(setup)?;
     rootfs::pivot(&root).map_err(setup)?;
     if let Some(adj) = app.resources.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
-            setup(Fail(format!("cannot set oom_score_adj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE, which this host's root may lack)")))
+            setup(Fail::Invalid(format!("cannot set oom_score_adj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE, which this host's root may lack)")))
         })?;
     }
     become_app_user(app).map_err(setup)?;
@@ -604,13 +610,19 @@ fn exec_app(
 fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
-    let name = flag_value(args, "app").ok_or_else(|| Fail("enter needs --app".into()))?;
-    let app = m.apps.iter().find(|a| a.name == name).ok_or_else(|| Fail(format!("pod has no app {name:?}")))?.clone();
+    let name = flag_value(args, "app").ok_or_else(|| Fail::Invalid("enter needs --app".into()))?;
+    let app = m
+        .apps
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| Fail::Invalid(format!("pod has no app {name:?}")))?
+        .clone();
     let pid: i32 = match flag_value(args, "pid") {
-        Some(p) => p.parse().ctx(|| format!("bad --pid {p:?}"))?,
-        None => {
-            *read_stage1_state(&dir)?.app_pids.get(&name).ok_or_else(|| Fail(format!("app {name} is not running")))?
-        }
+        Some(p) => p.parse().ctx(Step::Pod, || format!("bad --pid {p:?}"))?,
+        None => *read_stage1_state(&dir)?
+            .app_pids
+            .get(&name)
+            .ok_or_else(|| Fail::Invalid(format!("app {name} is not running")))?,
     };
     let cmd: Vec<ByteStr> = match cmd {
         Some(c) if !c.is_empty() => c,
@@ -619,9 +631,9 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     let layout = cgroup::detect()?;
     layout.join(&m.uuid, &app.name, 0)?;
     // Before the pod's mount namespace hides our /proc/self: fork checks it.
-    husk_sys::proc::check_single_threaded().ctx(|| "enter".into())?;
+    husk_sys::proc::check_single_threaded().ctx(Step::Pod, || "enter".into())?;
     let ns = |n: &str| -> Result<std::fs::File, Fail> {
-        std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(|| format!("app {name} (pid {pid}) is gone"))
+        std::fs::File::open(format!("/proc/{pid}/ns/{n}")).ctx(Step::Pod, || format!("app {name} (pid {pid}) is gone"))
     };
     // The user namespace last: host root may join every namespace of the pod, while after
     // joining the pod's user namespace it could not join those the host's owns (a pinned CNI
@@ -645,20 +657,20 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
         .map(|(n, f)| ns(n).map(|file| (file, *f)))
         .collect::<Result<_, _>>()?;
     for (f, flag) in &files {
-        nix::sched::setns(f, *flag).ctx(|| format!("cannot join the {flag:?} namespace of app {name}"))?;
+        nix::sched::setns(f, *flag).ctx(Step::Pod, || format!("cannot join the {flag:?} namespace of app {name}"))?;
     }
     drop(files);
-    match fork().ctx(|| "cannot fork".into())? {
+    match fork().ctx(Step::Pod, || "cannot fork".into())? {
         ForkResult::Child => {
             // Until exec this process runs the host's stage1 binary inside the pod's PID
             // namespace: keep /proc/<pid>/exe out of the apps' reach.
             let _ = nix::sys::prctl::set_dumpable(false);
             let r = become_app_user(&app).map_err(|e| (exit::STAGE1_FAILED, e)).and_then(|_| exec_in_root(&app, &cmd));
-            let (code, Fail(msg)) = match r {
+            let (code, e) = match r {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
-            eprintln!("husk enter: {msg}");
+            eprintln!("husk enter: {}", e.chain());
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
@@ -672,7 +684,7 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
                     Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
                     Ok(_) => continue,
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(Fail(format!("waiting for the entered command: {e}"))),
+                    Err(e) => return Err(Fail::Invalid(format!("waiting for the entered command: {e}"))),
                 }
             }
         }
@@ -682,9 +694,10 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
 /// `gc UUID`: removes what stage1 created outside the pod dir (cgroups). Idempotent; run by
 /// stage0 on exited pods.
 fn gc(args: &[String]) -> Result<(), Fail> {
-    let uuid = args.iter().rfind(|a| !a.starts_with("--")).ok_or_else(|| Fail("gc needs the pod UUID".into()))?;
+    let uuid =
+        args.iter().rfind(|a| !a.starts_with("--")).ok_or_else(|| Fail::Invalid("gc needs the pod UUID".into()))?;
     if uuid.contains('/') || uuid.contains("..") {
-        return Err(Fail(format!("bad pod UUID {uuid:?}")));
+        return Err(Fail::Invalid(format!("bad pod UUID {uuid:?}")));
     }
     let cg = cgroup::detect()?.remove_pod(uuid);
     let dir = pod_dir()?;

@@ -10,7 +10,7 @@ use husk_types::ByteStr;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Uid};
 
-use crate::common::{lookup_path, Context, Fail};
+use crate::common::{lookup_path, Context, Fail, Step};
 
 /// A function that never returns normally (its `Ok` cannot be built): `exec` either replaces
 /// the process or fails.
@@ -28,16 +28,19 @@ pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono
 /// The app's standard streams: the invoker's (foreground), the terminal (interactive), or, for
 /// a detached pod, `/dev/null` in and the log writer's pipe (`log`) out.
 pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
-    let null =
-        std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ctx(|| "cannot open /dev/null".into())?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ctx(Step::Process, || "cannot open /dev/null".into())?;
     match m.stdio {
         Stdio::Interactive => {}
-        Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?,
+        Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?,
         Stdio::Log => {
-            let out = log.ok_or_else(|| Fail("a detached app has no log pipe".into()))?;
-            nix::unistd::dup2_stdin(&null).ctx(|| "cannot redirect stdin".into())?;
-            nix::unistd::dup2_stdout(out).ctx(|| "cannot redirect stdout".into())?;
-            nix::unistd::dup2_stderr(out).ctx(|| "cannot redirect stderr".into())?;
+            let out = log.ok_or_else(|| Fail::Invalid("a detached app has no log pipe".into()))?;
+            nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?;
+            nix::unistd::dup2_stdout(out).ctx(Step::Process, || "cannot redirect stdout".into())?;
+            nix::unistd::dup2_stderr(out).ctx(Step::Process, || "cannot redirect stderr".into())?;
         }
     }
     Ok(())
@@ -61,10 +64,10 @@ pub struct Privileges {
 pub fn app_privileges(app: &App) -> Result<Privileges, Fail> {
     use std::str::FromStr;
     // stage0 refused these already; a hand-written pod.json must not get root either.
-    app.user.validate(None).map_err(Fail)?;
+    app.user.validate(None).map_err(Fail::Invalid)?;
     let mut keep = caps::CapsHashSet::new();
     for name in &app.security.capabilities {
-        keep.insert(caps::Capability::from_str(name).ctx(|| format!("unknown capability {name}"))?);
+        keep.insert(caps::Capability::from_str(name).ctx(Step::Process, || format!("unknown capability {name}"))?);
     }
     let effective = if app.user.uid == 0 { keep.clone() } else { caps::CapsHashSet::new() };
     Ok(Privileges { uid: app.user.uid, gid: app.user.gid, groups: app.user.additional_gids.clone(), keep, effective })
@@ -77,20 +80,21 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     let p = app_privileges(app)?;
     for c in caps::all() {
         if !p.keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).ctx(|| format!("cannot drop {c} from the bounding set"))?;
+            caps::drop(None, CapSet::Bounding, c)
+                .ctx(Step::Process, || format!("cannot drop {c} from the bounding set"))?;
         }
     }
     let groups: Vec<Gid> = p.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).ctx(|| "cannot set supplementary groups".into())?;
+    nix::unistd::setgroups(&groups).ctx(Step::Process, || "cannot set supplementary groups".into())?;
     let gid = Gid::from_raw(p.gid);
-    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", p.gid))?;
+    nix::unistd::setresgid(gid, gid, gid).ctx(Step::Process, || format!("cannot set gid {}", p.gid))?;
     let uid = Uid::from_raw(p.uid);
-    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", p.uid))?;
+    nix::unistd::setresuid(uid, uid, uid).ctx(Step::Process, || format!("cannot set uid {}", p.uid))?;
     // What the app really runs as must be what it asked for (and what `status` reports).
-    let r = nix::unistd::getresuid().ctx(|| "cannot read the uids".into())?;
-    let g = nix::unistd::getresgid().ctx(|| "cannot read the gids".into())?;
+    let r = nix::unistd::getresuid().ctx(Step::Process, || "cannot read the uids".into())?;
+    let g = nix::unistd::getresgid().ctx(Step::Process, || "cannot read the gids".into())?;
     if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
-        return Err(Fail(format!(
+        return Err(Fail::Invalid(format!(
             "the app runs as uid {}/gid {}, not the {}/{} it asked for",
             r.effective, g.effective, uid, gid
         )));
@@ -98,14 +102,14 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     if p.uid == 0 {
         // Effective first: it must stay a subset of permitted at every step; a capability this
         // host's root lacks cannot be kept.
-        let have = caps::read(None, CapSet::Permitted).ctx(|| "cannot read capabilities".into())?;
+        let have = caps::read(None, CapSet::Permitted).ctx(Step::Process, || "cannot read capabilities".into())?;
         let set: caps::CapsHashSet = p.effective.intersection(&have).copied().collect();
-        caps::set(None, CapSet::Effective, &set).ctx(|| "cannot set effective capabilities".into())?;
-        caps::set(None, CapSet::Permitted, &set).ctx(|| "cannot set permitted capabilities".into())?;
+        caps::set(None, CapSet::Effective, &set).ctx(Step::Process, || "cannot set effective capabilities".into())?;
+        caps::set(None, CapSet::Permitted, &set).ctx(Step::Process, || "cannot set permitted capabilities".into())?;
     }
-    caps::clear(None, CapSet::Inheritable).ctx(|| "cannot clear inheritable capabilities".into())?;
+    caps::clear(None, CapSet::Inheritable).ctx(Step::Process, || "cannot clear inheritable capabilities".into())?;
     let _ = caps::clear(None, CapSet::Ambient);
-    nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    nix::sys::prctl::set_no_new_privs().ctx(Step::Process, || "cannot set no_new_privs".into())?;
     Ok(())
 }
 
@@ -114,29 +118,32 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
 pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
     let env = app.environment();
     std::env::set_current_dir(&app.working_dir).map_err(|e| {
-        (exit::STAGE1_FAILED, Fail(format!("cannot enter working directory {}: {e}", app.working_dir.display())))
+        (
+            exit::STAGE1_FAILED,
+            Fail::Invalid(format!("cannot enter working directory {}: {e}", app.working_dir.display())),
+        )
     })?;
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.to_string_lossy())
         .unwrap_or_else(|| husk_types_default_path().to_string());
-    let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail("empty command".into())))?;
+    let cmd = argv.first().ok_or((exit::STAGE1_FAILED, Fail::Invalid("empty command".into())))?;
     let Some(prog) = lookup_path(cmd.as_os_str(), &path_var) else {
-        return Err((exit::NOT_FOUND, Fail(format!("{cmd}: not found in the app's PATH ({path_var})"))));
+        return Err((exit::NOT_FOUND, Fail::Invalid(format!("{cmd}: not found in the app's PATH ({path_var})"))));
     };
     let c = |b: Vec<u8>| {
         CString::new(b).map_err(|e| {
             let shown = String::from_utf8_lossy(&e.into_vec()).into_owned();
-            (exit::STAGE1_FAILED, Fail(format!("argument {shown:?} contains a NUL byte")))
+            (exit::STAGE1_FAILED, Fail::Invalid(format!("argument {shown:?} contains a NUL byte")))
         })
     };
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
-        .map_err(|_| (exit::STAGE1_FAILED, Fail("bad program path".into())))?;
+        .map_err(|_| (exit::STAGE1_FAILED, Fail::Invalid("bad program path".into())))?;
     let argv_c: Vec<CString> = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<Result<_, _>>()?;
     let env_c: Vec<CString> =
         env.iter().map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<Result<_, _>>()?;
-    husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail(e.to_string())))?;
+    husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail::Invalid(e.to_string())))?;
     // The app starts with default signal dispositions (stage1's runtime ignores SIGPIPE).
     husk_sys::proc::reset_signal_dispositions();
     // Last: from here on only execve runs under the filter.
@@ -146,7 +153,7 @@ pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
     }
     let e = nix::unistd::execve(&prog_c, &argv_c, &env_c).unwrap_err();
     let code = if e == nix::errno::Errno::ENOENT { exit::NOT_FOUND } else { exit::CANNOT_EXEC };
-    Err((code, Fail(format!("cannot execute {}: {e}", prog.display()))))
+    Err((code, Fail::Invalid(format!("cannot execute {}: {e}", prog.display()))))
 }
 
 fn husk_types_default_path() -> &'static str {
@@ -173,9 +180,9 @@ mod tests {
     fn bad_privileges_are_refused_before_anything_changes() {
         let (_, mut app) = crate::plan::tests_fixture();
         app.security.capabilities = vec!["CAP_FLY".into()];
-        assert!(app_privileges(&app).unwrap_err().0.contains("CAP_FLY"));
+        assert!(app_privileges(&app).unwrap_err().chain().contains("CAP_FLY"));
         let (_, mut app) = crate::plan::tests_fixture();
         app.user.uid = husk_types::pod::INVALID_ID;
-        assert!(app_privileges(&app).unwrap_err().0.contains("-1"));
+        assert!(app_privileges(&app).unwrap_err().chain().contains("-1"));
     }
 }

@@ -13,14 +13,14 @@ use husk_types::pod::{App, PodManifest, Stdio, VolumeKind};
 use nix::mount::{mount, MsFlags};
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::common::{Context, Fail};
+use crate::common::{Context, Fail, Step};
 
 /// Makes every mount of the caller's mount namespace a slave: mounts from the host (or the
 /// supervisor) still propagate in, none made here propagate out. First thing in every mount
 /// namespace husk creates.
 pub fn make_root_slave() -> Result<(), Fail> {
     mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
-        .ctx(|| "cannot make / a slave mount".into())
+        .ctx(Step::Mount, || "cannot make / a slave mount".into())
 }
 
 /// Where an app's root is mounted: `<pod>/apps/<app>/rootfs`.
@@ -44,15 +44,15 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
         let pd = PodDir::new(pod_dir);
         let app_dir = pd.app_dir(&app.name);
         if app.layers.is_empty() {
-            return Err(Fail(format!("app {} has no layers", app.name)));
+            return Err(Fail::Invalid(format!("app {} has no layers", app.name)));
         }
         let (base, lowers): (PathBuf, Vec<String>) = match userns {
             Some(ns) => {
                 let lower = pd.app_lower(&app.name);
                 for (i, layer) in app.layers.iter().enumerate() {
                     let t = lower.join(i.to_string());
-                    std::fs::create_dir_all(&t).ctx(|| format!("cannot create {}", t.display()))?;
-                    husk_sys::idmap::idmapped_bind(layer, &t, ns).ctx(|| {
+                    std::fs::create_dir_all(&t).ctx(Step::Mount, || format!("cannot create {}", t.display()))?;
+                    husk_sys::idmap::idmapped_bind(layer, &t, ns).ctx(Step::Mount, || {
                         format!(
                             "app {}: cannot create an idmapped mount of layer {} (needs Linux 5.12+ and a filesystem that supports idmapped mounts)",
                             app.name,
@@ -85,17 +85,17 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
         if let Some(r) = range {
             // The pod init (the pod's root) writes status.json here, and its apps their logs.
             let logs = pd.logs_dir();
-            std::fs::create_dir_all(&logs).ctx(|| format!("cannot create {}", logs.display()))?;
+            std::fs::create_dir_all(&logs).ctx(Step::Mount, || format!("cannot create {}", logs.display()))?;
             std::os::unix::fs::chown(&logs, Some(r.host_base), Some(r.host_base))
-                .ctx(|| format!("cannot give {} to the pod's root", logs.display()))?;
+                .ctx(Step::Mount, || format!("cannot give {} to the pod's root", logs.display()))?;
             std::os::unix::fs::chown(&app_dir, Some(r.host_base), Some(r.host_base))
-                .ctx(|| format!("cannot give {} to the pod's root", app_dir.display()))?;
+                .ctx(Step::Mount, || format!("cannot give {} to the pod's root", app_dir.display()))?;
             for d in [pd.app_upper(&app.name), pd.app_work(&app.name)] {
                 std::os::unix::fs::chown(&d, Some(r.host_base), Some(r.host_base))
-                    .ctx(|| format!("cannot give {} to the pod's root", d.display()))?;
+                    .ctx(Step::Mount, || format!("cannot give {} to the pod's root", d.display()))?;
             }
         }
-        std::env::set_current_dir(&base).ctx(|| format!("cannot enter {}", base.display()))?;
+        std::env::set_current_dir(&base).ctx(Step::Mount, || format!("cannot enter {}", base.display()))?;
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
@@ -103,7 +103,7 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
             pd.app_work(&app.name).display()
         );
         if opts.len() > 4000 {
-            return Err(Fail(format!(
+            return Err(Fail::Invalid(format!(
                 "app {}: {} layers are too many for one overlay mount",
                 app.name,
                 app.layers.len()
@@ -111,15 +111,15 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
         }
         let root = root_of(pod_dir, &app.name);
         mount(Some("overlay"), &root, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str()))
-            .ctx(|| format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))?;
+            .ctx(Step::Mount, || format!("cannot mount the overlay root of app {} on {}", app.name, root.display()))?;
     }
     if let (Some(ns), Some(r)) = (userns, range) {
         for v in &m.volumes {
             match &v.kind {
                 VolumeKind::Host { source, .. } if source.is_dir() => {
                     let t = idmapped_volume(pod_dir, &v.name);
-                    std::fs::create_dir_all(&t).ctx(|| format!("cannot create {}", t.display()))?;
-                    husk_sys::idmap::idmapped_bind(source, &t, ns).ctx(|| {
+                    std::fs::create_dir_all(&t).ctx(Step::Mount, || format!("cannot create {}", t.display()))?;
+                    husk_sys::idmap::idmapped_bind(source, &t, ns).ctx(Step::Mount, || {
                         format!("volume {}: cannot create an idmapped mount of {}", v.name, source.display())
                     })?;
                 }
@@ -127,12 +127,12 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
                 VolumeKind::Empty => {
                     let d = PodDir::new(pod_dir).volume(&v.name);
                     std::os::unix::fs::chown(&d, Some(r.host_base), Some(r.host_base))
-                        .ctx(|| format!("cannot give {} to the pod's root", d.display()))?;
+                        .ctx(Step::Mount, || format!("cannot give {} to the pod's root", d.display()))?;
                 }
             }
         }
     }
-    std::env::set_current_dir(pod_dir).ctx(|| format!("cannot enter {}", pod_dir.display()))
+    std::env::set_current_dir(pod_dir).ctx(Step::Mount, || format!("cannot enter {}", pod_dir.display()))
 }
 
 /// Run in the app's own mount namespace: everything inside the root mounted by [`mount_roots`],
@@ -140,8 +140,8 @@ pub fn mount_roots(pod_dir: &Path, m: &PodManifest, userns: Option<&OwnedFd>) ->
 pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail> {
     let root = root_of(pod_dir, &app.name);
     let facts = host_facts(pod_dir, m)?;
-    let plan = crate::plan::app_mounts(m, app, &facts).map_err(|e| Fail(e.to_string()))?;
-    let rootfd = open_dir(&root).ctx(|| format!("cannot open {}", root.display()))?;
+    let plan = crate::plan::app_mounts(m, app, &facts).map_err(|e| Fail::Invalid(e.to_string()))?;
+    let rootfd = open_dir(&root).ctx(Step::Mount, || format!("cannot open {}", root.display()))?;
     crate::apply::apply(&plan, &mut RealRoot { rootfd, root: root.clone() })?;
     Ok(root)
 }
@@ -191,7 +191,7 @@ impl crate::apply::MountSys for RealRoot {
         let Ok(fd) = open_in_root(&self.rootfd, Path::new(path), OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) else {
             return Ok(None);
         };
-        let st = rustix::fs::fstat(&fd).ctx(|| format!("cannot inspect /{path}"))?;
+        let st = rustix::fs::fstat(&fd).ctx(Step::Mount, || format!("cannot inspect /{path}"))?;
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         Ok(Some((fd, is_dir)))
     }
@@ -205,14 +205,15 @@ impl crate::apply::MountSys for RealRoot {
     }
 
     fn bind_self_read_only(&mut self, t: &OwnedFd) -> Result<(), Fail> {
-        let resolved = std::fs::read_link(proc_fd_path(t)).ctx(|| "cannot resolve a read-only path".into())?;
+        let resolved =
+            std::fs::read_link(proc_fd_path(t)).ctx(Step::Mount, || "cannot resolve a read-only path".into())?;
         bind(&resolved, t, true)
     }
 
     fn mknod(&mut self, path: &str, major: u32, minor: u32) -> Result<(), Fail> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let d = open_in_root(&self.rootfd, Path::new(dir), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(|| format!("cannot open /{dir}"))?;
+            .ctx(Step::Mount, || format!("cannot open /{dir}"))?;
         rustix::fs::mknodat(
             &d,
             name,
@@ -220,17 +221,17 @@ impl crate::apply::MountSys for RealRoot {
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
         )
-        .ctx(|| format!("cannot create /{path}"))?;
+        .ctx(Step::Mount, || format!("cannot create /{path}"))?;
         // The umask applied to mknod; the nodes are for everyone.
         rustix::fs::chmodat(&d, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
-            .ctx(|| format!("cannot chmod /{path}"))
+            .ctx(Step::Mount, || format!("cannot chmod /{path}"))
     }
 
     fn symlink(&mut self, path: &str, to: &str) -> Result<(), Fail> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let d = open_in_root(&self.rootfd, Path::new(dir), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(|| format!("cannot open /{dir}"))?;
-        rustix::fs::symlinkat(to, &d, name).ctx(|| format!("cannot create /{path}"))
+            .ctx(Step::Mount, || format!("cannot open /{dir}"))?;
+        rustix::fs::symlinkat(to, &d, name).ctx(Step::Mount, || format!("cannot create /{path}"))
     }
 
     fn replace_special(&mut self, path: &str) -> Result<(), Fail> {
@@ -241,13 +242,13 @@ impl crate::apply::MountSys for RealRoot {
 
     fn remount_root_read_only(&mut self) -> Result<(), Fail> {
         remount_read_only(&self.root, MsFlags::MS_NODEV)
-            .ctx(|| format!("cannot make {} read-only", self.root.display()))
+            .ctx(Step::Mount, || format!("cannot make {} read-only", self.root.display()))
     }
 }
 
 /// A path inside the app's root as relative components, refusing `..`.
 pub fn rel_in_root(p: &Path) -> Result<String, Fail> {
-    crate::plan::rel_in_root(p).map_err(|e| Fail(e.to_string()))
+    crate::plan::rel_in_root(p).map_err(|e| Fail::Invalid(e.to_string()))
 }
 
 /// Opens (creating as needed) a directory inside the root; a symlink or non-directory as the
@@ -258,17 +259,19 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     for comp in Path::new(rel).components() {
         let Component::Normal(name) = comp else { continue };
         let parent = open_in_root(rootfd, &cur, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(|| format!("cannot open /{} in the app root", cur.display()))?;
+            .ctx(Step::Mount, || format!("cannot open /{} in the app root", cur.display()))?;
         match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(Fail(format!("cannot create /{} in the app root: {e}", cur.join(name).display()))),
+            Err(e) => {
+                return Err(Fail::Invalid(format!("cannot create /{} in the app root: {e}", cur.join(name).display())))
+            }
         }
         let st = rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-            .ctx(|| format!("cannot inspect /{}", cur.join(name).display()))?;
+            .ctx(Step::Mount, || format!("cannot inspect /{}", cur.join(name).display()))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         let is_last = cur.join(name) == Path::new(rel);
         if is_last && ft != FileType::Directory {
-            return Err(Fail(format!(
+            return Err(Fail::Invalid(format!(
                 "/{rel} in the image is a {} where a directory is needed; refusing to mount over it",
                 kind(ft)
             )));
@@ -276,7 +279,7 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
         cur.push(name);
     }
     open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())
-        .ctx(|| format!("cannot open /{rel} in the app root"))
+        .ctx(Step::Mount, || format!("cannot open /{rel} in the app root"))
 }
 
 /// Opens (creating as needed) a file mount target inside the root, as an O_PATH fd.
@@ -290,18 +293,18 @@ fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
     let parent_rel = p.parent().map(|x| x.display().to_string()).unwrap_or_default();
     let parent = if parent_rel.is_empty() {
         open_in_root(rootfd, Path::new(""), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(|| "cannot open the app root".into())?
+            .ctx(Step::Mount, || "cannot open the app root".into())?
     } else {
         dir_target(rootfd, &parent_rel)?;
         open_in_root(rootfd, Path::new(&parent_rel), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(|| format!("cannot open /{parent_rel}"))?
+            .ctx(Step::Mount, || format!("cannot open /{parent_rel}"))?
     };
     let name = p.file_name().unwrap_or(OsStr::new("."));
     match rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile | FileType::Directory => {}
             ft => {
-                return Err(Fail(format!(
+                return Err(Fail::Invalid(format!(
                     "/{rel} in the image is a {} where a file is needed; refusing to mount over it",
                     kind(ft)
                 )))
@@ -315,18 +318,18 @@ fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
                 Mode::from_raw_mode(0o644),
             ) {
                 Ok(_) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(Fail(format!("cannot create /{rel} in the app root: {e}"))),
+                Err(e) => return Err(Fail::Invalid(format!("cannot create /{rel} in the app root: {e}"))),
             }
         }
-        Err(e) => return Err(Fail(format!("cannot inspect /{rel} in the app root: {e}"))),
+        Err(e) => return Err(Fail::Invalid(format!("cannot inspect /{rel} in the app root: {e}"))),
     }
     let fd = rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("cannot open /{rel}"))?;
+        .ctx(Step::Mount, || format!("cannot open /{rel}"))?;
     // It may have been swapped between the look and the open: look at what was opened.
-    let st = rustix::fs::fstat(&fd).ctx(|| format!("cannot inspect /{rel}"))?;
+    let st = rustix::fs::fstat(&fd).ctx(Step::Mount, || format!("cannot inspect /{rel}"))?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile | FileType::Directory => Ok(fd),
-        ft => Err(Fail(format!(
+        ft => Err(Fail::Invalid(format!(
             "/{rel} in the image is a {} where a file is needed; refusing to mount over it",
             kind(ft)
         ))),
@@ -340,9 +343,9 @@ fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
 fn replace_special(dir: &OwnedFd, name: &str) -> Result<(), Fail> {
     if let Ok(st) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         if !matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Directory) {
-            let d = open_dir(&proc_fd_path(dir)).ctx(|| "cannot open /etc".into())?;
+            let d = open_dir(&proc_fd_path(dir)).ctx(Step::Mount, || "cannot open /etc".into())?;
             rustix::fs::unlinkat(&d, name, rustix::fs::AtFlags::empty())
-                .ctx(|| format!("cannot replace /etc/{name} of the image"))?;
+                .ctx(Step::Mount, || format!("cannot replace /etc/{name} of the image"))?;
         }
     }
     Ok(())
@@ -368,20 +371,20 @@ fn mount_at(
 ) -> Result<(), Fail> {
     let t = proc_fd_path(&target.as_fd());
     mount(src, &t, fstype, flags, data)
-        .ctx(|| format!("cannot mount {} ({})", fstype.unwrap_or("?"), src.unwrap_or("")))
+        .ctx(Step::Mount, || format!("cannot mount {} ({})", fstype.unwrap_or("?"), src.unwrap_or("")))
 }
 
 fn bind(src: &Path, target: &impl AsFd, read_only: bool) -> Result<(), Fail> {
     let t = proc_fd_path(&target.as_fd());
     mount::<Path, Path, str, str>(Some(src), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-        .ctx(|| format!("cannot bind {}", src.display()))?;
+        .ctx(Step::Mount, || format!("cannot bind {}", src.display()))?;
     if read_only {
         // The fd names the inode under the new mount, so remount through the path the kernel
         // resolved for it. Nothing runs in the app root yet, so nothing can swap it meanwhile.
-        let resolved =
-            std::fs::read_link(&t).ctx(|| format!("cannot resolve the mount target of {}", src.display()))?;
+        let resolved = std::fs::read_link(&t)
+            .ctx(Step::Mount, || format!("cannot resolve the mount target of {}", src.display()))?;
         remount_read_only(&resolved, MsFlags::MS_REC)
-            .ctx(|| format!("cannot make the bind of {} read-only", src.display()))?;
+            .ctx(Step::Mount, || format!("cannot make the bind of {} read-only", src.display()))?;
     }
     Ok(())
 }
@@ -399,29 +402,31 @@ fn remount_read_only(path: &Path, keep: MsFlags) -> nix::Result<()> {
 
 /// `pivot_root` into `root` and detach the old root: after this the app sees only its tree.
 pub fn pivot(root: &Path) -> Result<(), Fail> {
-    std::env::set_current_dir(root).ctx(|| format!("cannot enter {}", root.display()))?;
-    nix::unistd::pivot_root(".", ".").ctx(|| format!("pivot_root into {} failed", root.display()))?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
-    std::env::set_current_dir("/").ctx(|| "cannot chdir to /".into())
+    std::env::set_current_dir(root).ctx(Step::Mount, || format!("cannot enter {}", root.display()))?;
+    nix::unistd::pivot_root(".", ".").ctx(Step::Mount, || format!("pivot_root into {} failed", root.display()))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+        .ctx(Step::Mount, || "cannot detach the old root".into())?;
+    std::env::set_current_dir("/").ctx(Step::Mount, || "cannot chdir to /".into())
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the pod into `<pod>/etc/`.
 pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::etc::NetDns>) -> Result<(), Fail> {
     use husk_types::etc::{hosts_file, resolv_conf, Dns, Hosts};
     // stage0 validated these; a hand-written pod.json must not inject lines either.
-    husk_types::pod::validate_hostname(&m.hostname).map_err(Fail)?;
+    husk_types::pod::validate_hostname(&m.hostname).map_err(Fail::Invalid)?;
     if let Hosts::Written { entries } = &m.hosts {
         for (_, name) in entries {
-            husk_types::pod::validate_host_name(name, 253).map_err(Fail)?;
+            husk_types::pod::validate_host_name(name, 253).map_err(Fail::Invalid)?;
         }
     }
     let etc = PodDir::new(pod_dir).etc_dir();
-    std::fs::create_dir_all(&etc).ctx(|| format!("cannot create {}", etc.display()))?;
+    std::fs::create_dir_all(&etc).ctx(Step::Mount, || format!("cannot create {}", etc.display()))?;
     husk_sys::atomic_write_volatile(&etc.join("hostname"), format!("{}\n", m.hostname).as_bytes(), 0o644)
-        .ctx(|| "cannot write hostname".into())?;
+        .ctx(Step::Mount, || "cannot write hostname".into())?;
     let hosts =
         hosts_file(&m.hosts, &m.hostname).unwrap_or_else(|| std::fs::read_to_string("/etc/hosts").unwrap_or_default());
-    husk_sys::atomic_write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644).ctx(|| "cannot write hosts".into())?;
+    husk_sys::atomic_write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)
+        .ctx(Step::Mount, || "cannot write hosts".into())?;
     let host_resolv = || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv = match &m.dns {
         Dns::Image => None,
@@ -430,7 +435,7 @@ pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::et
     };
     if let Some(r) = resolv {
         husk_sys::atomic_write_volatile(&etc.join("resolv.conf"), r.as_bytes(), 0o644)
-            .ctx(|| "cannot write resolv.conf".into())?;
+            .ctx(Step::Mount, || "cannot write resolv.conf".into())?;
     }
     Ok(())
 }
@@ -439,7 +444,7 @@ pub fn write_etc(pod_dir: &Path, m: &PodManifest, cni_dns: Option<husk_types::et
 /// cgroup namespace, so its own cgroup is the root it sees): a tmpfs holding one directory per
 /// v1 hierarchy husk uses, or the unified hierarchy. Apps read their limits there.
 pub fn mount_cgroups(root: &Path, layout: &crate::cgroup::Layout) -> Result<(), Fail> {
-    let rootfd = open_dir(root).ctx(|| format!("cannot open {}", root.display()))?;
+    let rootfd = open_dir(root).ctx(Step::Mount, || format!("cannot open {}", root.display()))?;
     let Ok(target) = open_in_root(
         &rootfd,
         Path::new("sys/fs/cgroup"),
@@ -459,16 +464,17 @@ pub fn mount_cgroups(root: &Path, layout: &crate::cgroup::Layout) -> Result<(), 
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 Some("mode=755,size=64k"),
             )?;
-            let base = std::fs::read_link(proc_fd_path(&target)).ctx(|| "cannot resolve /sys/fs/cgroup".into())?;
+            let base = std::fs::read_link(proc_fd_path(&target))
+                .ctx(Step::Mount, || "cannot resolve /sys/fs/cgroup".into())?;
             for d in dirs {
                 let Some(name) = d.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
                 let sub = base.join(&name);
-                std::fs::create_dir(&sub).ctx(|| format!("cannot create /sys/fs/cgroup/{name}"))?;
+                std::fs::create_dir(&sub).ctx(Step::Mount, || format!("cannot create /sys/fs/cgroup/{name}"))?;
                 mount(Some("cgroup"), &sub, Some("cgroup"), ro, Some(name.as_str()))
-                    .ctx(|| format!("cannot mount the {name} cgroup hierarchy"))?;
+                    .ctx(Step::Mount, || format!("cannot mount the {name} cgroup hierarchy"))?;
             }
             mount::<str, Path, str, str>(None, &base, None, MsFlags::MS_REMOUNT | ro, Some("mode=755,size=64k"))
-                .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
+                .ctx(Step::Mount, || "cannot make /sys/fs/cgroup read-only".into())
         }
     }
 }

@@ -29,8 +29,10 @@ pub fn compile(p: &SeccompPolicy) -> Result<Vec<BpfProgram>, Fail> {
         let rules = entry.1.entry(r.nr).or_default();
         if let Some((arg, mask, value)) = r.arg_masked_eq {
             let c = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), value)
-                .map_err(|e| Fail(format!("seccomp rule for {}: {e}", r.syscall)))?;
-            rules.push(SeccompRule::new(vec![c]).map_err(|e| Fail(format!("seccomp rule for {}: {e}", r.syscall)))?);
+                .map_err(|e| Fail::Invalid(format!("seccomp rule for {}: {e}", r.syscall)))?;
+            rules.push(
+                SeccompRule::new(vec![c]).map_err(|e| Fail::Invalid(format!("seccomp rule for {}: {e}", r.syscall)))?,
+            );
         }
     }
     let mut out = Vec::new();
@@ -39,20 +41,18 @@ pub fn compile(p: &SeccompPolicy) -> Result<Vec<BpfProgram>, Fail> {
             continue;
         }
         let f = SeccompFilter::new(rules, action(p.default), action(act), TargetArch::x86_64)
-            .map_err(|e| Fail(format!("cannot build the seccomp filter: {e}")))?;
-        out.push(
-            f.try_into()
-                .map_err(|e: seccompiler::BackendError| Fail(format!("cannot compile the seccomp filter: {e}")))?,
-        );
+            .map_err(|e| Fail::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+        out.push(f.try_into().map_err(|e: seccompiler::BackendError| {
+            Fail::Invalid(format!("cannot compile the seccomp filter: {e}"))
+        })?);
     }
     if out.is_empty() && p.default != Act::Allow {
         // Everything denied: a filter whose only rule can never match.
         let f = SeccompFilter::new(BTreeMap::new(), action(p.default), SeccompAction::Allow, TargetArch::x86_64)
-            .map_err(|e| Fail(format!("cannot build the seccomp filter: {e}")))?;
-        out.push(
-            f.try_into()
-                .map_err(|e: seccompiler::BackendError| Fail(format!("cannot compile the seccomp filter: {e}")))?,
-        );
+            .map_err(|e| Fail::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+        out.push(f.try_into().map_err(|e: seccompiler::BackendError| {
+            Fail::Invalid(format!("cannot compile the seccomp filter: {e}"))
+        })?);
     }
     Ok(out)
 }
@@ -60,7 +60,7 @@ pub fn compile(p: &SeccompPolicy) -> Result<Vec<BpfProgram>, Fail> {
 /// Installs compiled filters on the calling thread (no_new_privs must be set).
 pub fn install(programs: &[BpfProgram]) -> Result<(), Fail> {
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| Fail(format!("cannot install the seccomp filter: {e}")))?;
+        seccompiler::apply_filter(p).map_err(|e| Fail::Invalid(format!("cannot install the seccomp filter: {e}")))?;
     }
     Ok(())
 }
