@@ -234,8 +234,8 @@ impl Pods {
             Err(e) => return Err(lost(e.into())),
         };
         let holder = PodDir::new(&staging).lock_holder();
-        husk_sys::atomic_write_volatile(&holder, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-            .map_err(|e| lost(PodError::io(&holder, "write", e)))?;
+        // Plainly written: nobody reads the staging dir, and the rename below publishes it whole.
+        fs::write(&holder, format!("{}\n", std::process::id())).map_err(|e| lost(PodError::io(&holder, "write", e)))?;
         let dir = self.phase_dir(PhaseDir::Embryo).join(&uuid);
         fs::rename(&staging, &dir).map_err(|e| lost(PodError::io(&dir, "create pod directory", e)))?;
         let mut pod = LockedPod { uuid, dir, at: PhaseDir::Embryo, lock };

@@ -136,7 +136,12 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
 /// stop` can end the pod even before `stage1.json` exists.
 pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {
     let p = PodDir::new(pod_dir).lock_holder();
-    husk_sys::atomic_write_volatile(&p, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+    let me = format!("{}\n", std::process::id());
+    // A foreground pod's stage1 is stage0 exec'd: the file already names this process.
+    if std::fs::read_to_string(&p).is_ok_and(|c| c == me) {
+        return Ok(());
+    }
+    husk_sys::atomic_write_volatile(&p, me.as_bytes(), 0o644)
         .ctx(Step::Manifest, || format!("cannot write {}", p.display()))
 }
 

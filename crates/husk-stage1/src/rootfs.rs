@@ -142,7 +142,7 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, app: &App) -> Result<PathBuf, Fail
     let facts = host_facts(pod_dir, m)?;
     let plan = crate::plan::app_mounts(m, app, &facts).map_err(|e| Fail::Invalid(e.to_string()))?;
     let rootfd = open_dir(&root).ctx(Step::Mount, || format!("cannot open {}", root.display()))?;
-    crate::apply::apply(&plan, &mut RealRoot { rootfd, root: root.clone() })?;
+    crate::apply::apply(&plan, &mut RealRoot::new(rootfd, root.clone()))?;
     Ok(root)
 }
 
@@ -175,6 +175,26 @@ fn host_facts(pod_dir: &Path, m: &PodManifest) -> Result<crate::plan::HostFacts,
 pub struct RealRoot {
     pub rootfd: OwnedFd,
     pub root: PathBuf,
+    /// The directory the last node or symlink went into (a plan makes a dozen in /dev in a row).
+    dir: Option<(String, OwnedFd)>,
+}
+
+impl RealRoot {
+    pub fn new(rootfd: OwnedFd, root: PathBuf) -> RealRoot {
+        RealRoot { rootfd, root, dir: None }
+    }
+
+    /// `path`'s parent directory inside the root (opened once for a run of entries in it), and
+    /// its last component.
+    fn parent<'a>(&mut self, path: &'a str) -> Result<(&OwnedFd, &'a str), Fail> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if self.dir.as_ref().is_none_or(|(d, _)| d != dir) {
+            let fd = open_in_root(&self.rootfd, Path::new(dir), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+                .ctx(Step::Mount, || format!("cannot open /{dir}"))?;
+            self.dir = Some((dir.to_string(), fd));
+        }
+        Ok((&self.dir.as_ref().expect("just set").1, name))
+    }
 }
 
 impl crate::apply::MountSys for RealRoot {
@@ -211,11 +231,9 @@ impl crate::apply::MountSys for RealRoot {
     }
 
     fn mknod(&mut self, path: &str, major: u32, minor: u32) -> Result<(), Fail> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let d = open_in_root(&self.rootfd, Path::new(dir), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(Step::Mount, || format!("cannot open /{dir}"))?;
+        let (d, name) = self.parent(path)?;
         rustix::fs::mknodat(
-            &d,
+            d,
             name,
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
@@ -223,15 +241,13 @@ impl crate::apply::MountSys for RealRoot {
         )
         .ctx(Step::Mount, || format!("cannot create /{path}"))?;
         // The umask applied to mknod; the nodes are for everyone.
-        rustix::fs::chmodat(&d, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
+        rustix::fs::chmodat(d, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
             .ctx(Step::Mount, || format!("cannot chmod /{path}"))
     }
 
     fn symlink(&mut self, path: &str, to: &str) -> Result<(), Fail> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let d = open_in_root(&self.rootfd, Path::new(dir), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(Step::Mount, || format!("cannot open /{dir}"))?;
-        rustix::fs::symlinkat(to, &d, name).ctx(Step::Mount, || format!("cannot create /{path}"))
+        let (d, name) = self.parent(path)?;
+        rustix::fs::symlinkat(to, d, name).ctx(Step::Mount, || format!("cannot create /{path}"))
     }
 
     fn replace_special(&mut self, path: &str) -> Result<(), Fail> {
