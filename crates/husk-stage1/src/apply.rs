@@ -65,6 +65,14 @@ pub fn apply<S: MountSys>(plan: &[Step], sys: &mut S) -> Result<(), Fail> {
                 }
             }
             Step::Symlink { path, to } => sys.symlink(path, to)?,
+            Step::DefaultSymlink { path, to } => {
+                if let Some((dir, _)) = path.rsplit_once('/') {
+                    sys.target(&Target::Dir(dir.to_string()))?;
+                }
+                if sys.lookup(path)?.is_none() {
+                    sys.symlink(path, to)?;
+                }
+            }
             Step::Mkdir { path } => {
                 sys.target(&Target::Dir(path.clone()))?;
             }
@@ -179,6 +187,7 @@ mod tests {
             Step::Mask { path: "sys/firmware".into() },
             Step::Mask { path: "proc/absent".into() },
             Step::ReadOnly { path: "proc/sys".into() },
+            Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts" },
             Step::ReadOnlyRoot,
         ]
     }
@@ -206,6 +215,9 @@ mod tests {
                 "lookup proc/absent",
                 "lookup proc/sys",
                 "ro proc/sys",
+                "target dir etc",
+                "lookup etc/mtab",
+                "symlink etc/mtab -> /proc/mounts",
                 "ro-root",
             ]
         );

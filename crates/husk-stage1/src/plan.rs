@@ -63,6 +63,12 @@ pub enum Step {
         path: String,
         to: &'static str,
     },
+    /// A symlink the image may lack: made only when nothing is at `path` (its directory is
+    /// created when missing).
+    DefaultSymlink {
+        path: String,
+        to: &'static str,
+    },
     Mkdir {
         path: String,
     },
@@ -186,6 +192,8 @@ pub fn app_mounts(m: &PodManifest, app: &App, facts: &HostFacts) -> Result<Vec<S
         let read_only = *name == "hostname" || *name == "hosts" && m.hosts == Hosts::Host;
         plan.push(Step::Bind { source: src.clone(), target: Target::File(path), read_only });
     }
+    // Tools read /etc/mtab (podman adds it too).
+    plan.push(Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts" });
     for mp in &app.mounts {
         let vol = m
             .volumes
@@ -298,6 +306,7 @@ mod tests {
                 }
                 Step::DevNode { name, bind_host, .. } => format!("dev {name} {bind_host}"),
                 Step::Symlink { path, .. } => format!("symlink {path}"),
+                Step::DefaultSymlink { path, .. } => format!("default-symlink {path}"),
                 Step::Mkdir { path } => format!("mkdir {path}"),
                 Step::ReplaceSpecial { path } => format!("replace {path}"),
                 Step::Mask { path } => format!("mask {path}"),
@@ -353,6 +362,7 @@ mod tests {
                 "bind etc/hostname ro=true",
                 "replace etc/resolv.conf",
                 "bind etc/resolv.conf ro=false",
+                "default-symlink etc/mtab",
                 "bind data ro=true",
                 "bind tmp/s ro=false",
                 "mkdir work/dir",

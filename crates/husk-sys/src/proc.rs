@@ -279,6 +279,16 @@ pub fn holds_dir_open(pid: i32, dir: &std::path::Path) -> bool {
     fds.flatten().any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino()))
 }
 
+/// Gives SIGPIPE its default disposition in a command-line program: Rust's runtime ignores it,
+/// so that printing into a closed pipe (`husk list | head -1`) fails with EPIPE and `println!`
+/// panics; with the default, the process ends quietly, as other command-line tools do.
+pub fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_DFL registers no handler code, so no async-signal-safety
+    // requirement applies; it only changes what the kernel does with the signal.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Resets every catchable signal's disposition to the default, as runc and crun do before they
 /// exec a container's process. Rust's runtime ignores SIGPIPE in husk's own binaries, and an
 /// ignored disposition survives `execve`: an app would never die of SIGPIPE (`yes | head` in a

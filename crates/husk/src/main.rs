@@ -73,6 +73,7 @@ fn split_apps(args: Vec<OsString>) -> (Vec<OsString>, Vec<Vec<OsString>>) {
 }
 
 fn main() {
+    husk_sys::proc::default_sigpipe();
     let (first, rest) = split_apps(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(&first) {
         Ok(c) => c,
@@ -133,7 +134,9 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
         Command::Run(a) => cmd::run::cmd_run(&ctx, a, &segments, false),
         Command::Prepare(a) => cmd::run::cmd_run(&ctx, a, &segments, true),
         Command::RunPrepared(a) => cmd::run::cmd_run_prepared(&ctx, a),
-        Command::List { format, full, no_legend } => cmd::list::cmd_list(&ctx, *format, *full, *no_legend),
+        Command::List { format, full, no_legend, quiet } => {
+            cmd::list::cmd_list(&ctx, *format, *full, *no_legend, *quiet)
+        }
         Command::Status(a) => cmd::status::cmd_status(&ctx, a),
         Command::CatManifest(r) => cmd::cat_manifest::cmd_cat_manifest(&ctx, r),
         Command::Logs(a) => cmd::logs::cmd_logs(&ctx, a),

@@ -14,6 +14,11 @@ impl Table {
         self.rows.push(r);
     }
 
+    /// The rows without the header line (`--no-legend`), aligned as with it.
+    pub fn render_rows(&self) -> String {
+        self.render().split_once('\n').map(|(_, rows)| rows.to_string()).unwrap_or_default()
+    }
+
     pub fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
         for r in &self.rows {

@@ -302,7 +302,7 @@ fn binary_replaced_while_a_detached_pod_runs() {
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
-    assert!(run(&["list", "--no-legend"]).contains(&uuid));
+    assert!(run(&["list", "--no-legend", "--full"]).contains(&uuid));
     assert_eq!(run(&["enter", &uuid, "--", "echo", "in"]), "in\n");
     run(&["stop", &uuid]);
     run(&["gc", "--grace-period=0s"]);

@@ -1,24 +1,25 @@
 //! `list`.
 
-use crate::cmd::show::{networks_text, pod_json};
+use crate::cmd::show::{networks_text, pod_json, ports_text};
 use crate::exit::Failure;
 use crate::flags::Format;
 use crate::output::{human_time, Table};
 use crate::Ctx;
 
-pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Result<i32, Failure> {
+pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool, quiet: bool) -> Result<i32, Failure> {
     let pods = ctx.pods()?.list()?;
     match format {
-        Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&pods.iter().map(pod_json).collect::<Vec<_>>()).unwrap())
-        }
-        Format::Table if no_legend => {
+        Format::Table if quiet => {
             for p in &pods {
                 println!("{}", p.uuid);
             }
         }
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&pods.iter().map(pod_json).collect::<Vec<_>>()).unwrap())
+        }
         Format::Table => {
-            let mut t = Table::new(&["UUID", "APPS", "IMAGES", "STATE", "NETWORKS", "CREATED", "STARTED", "EXITED"]);
+            let mut t =
+                Table::new(&["UUID", "APPS", "IMAGES", "STATE", "NETWORKS", "PORTS", "CREATED", "STARTED", "EXITED"]);
             for p in &pods {
                 let m = p.manifest.as_ref();
                 let uuid = if full { p.uuid.clone() } else { p.uuid[..8].to_string() };
@@ -34,9 +35,20 @@ pub fn cmd_list(ctx: &Ctx, format: Format, full: bool, no_legend: bool) -> Resul
                     None => p.phase.as_str().to_string(),
                 };
                 let t_or = |x: Option<chrono::DateTime<chrono::Utc>>| x.map(human_time).unwrap_or_else(|| "-".into());
-                t.row(vec![uuid, apps, images, state, nets, t_or(p.created), t_or(p.started), t_or(p.exited)]);
+                t.row(vec![
+                    uuid,
+                    apps,
+                    images,
+                    state,
+                    nets,
+                    ports_text(p),
+                    t_or(p.created),
+                    t_or(p.started),
+                    t_or(p.exited),
+                ]);
             }
-            t.print();
+            // --no-legend: the rows without the header (rkt's meaning).
+            print!("{}", if no_legend { t.render_rows() } else { t.render() });
         }
     }
     Ok(0)

@@ -60,6 +60,30 @@ pub fn networks_text(i: &PodInfo) -> String {
     }
 }
 
+/// The pod's forwarded ports.
+pub fn ports(i: &PodInfo) -> Vec<husk_types::net::PortMapping> {
+    match i.manifest.as_ref().map(|m| &m.net) {
+        Some(husk_types::pod::NetMode::Cni { ports, .. }) => ports.clone(),
+        _ => vec![],
+    }
+}
+
+/// `127.0.0.1:8080->80/tcp,9000->9000/udp` for tables, `-` without ports.
+pub fn ports_text(i: &PodInfo) -> String {
+    let p: Vec<String> = ports(i)
+        .iter()
+        .map(|p| {
+            let host = p.host_ip.as_ref().map(|ip| format!("{ip}:")).unwrap_or_default();
+            format!("{host}{}->{}/{}", p.host_port, p.pod_port, p.protocol.as_str())
+        })
+        .collect();
+    if p.is_empty() {
+        "-".into()
+    } else {
+        p.join(",")
+    }
+}
+
 pub fn pod_json(i: &PodInfo) -> serde_json::Value {
     serde_json::json!({
         "uuid": i.uuid,
@@ -80,6 +104,9 @@ pub fn pod_json(i: &PodInfo) -> serde_json::Value {
             })
         }).collect::<Vec<_>>(),
         "networks": networks_json(i),
+        "ports": ports(i).iter().map(|p| serde_json::json!({
+            "host_ip": p.host_ip, "host_port": p.host_port, "pod_port": p.pod_port, "protocol": p.protocol.as_str(),
+        })).collect::<Vec<_>>(),
         "flavor": i.manifest.as_ref().map(|m| m.flavor.as_str()),
         "private_users": i.manifest.as_ref().and_then(|m| m.private_users),
         "created": i.created, "started": i.started, "exited": i.exited,

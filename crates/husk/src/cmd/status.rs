@@ -2,7 +2,7 @@
 
 use husk_pod::{Phase, PodError};
 
-use crate::cmd::show::{app_status_text, networks_text, pod_json};
+use crate::cmd::show::{app_status_text, networks_text, pod_json, ports_text};
 use crate::exit::{self, Failure};
 use crate::flags::pod::*;
 use crate::flags::{parse_duration, Format};
@@ -34,6 +34,7 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> Result<i32, Failure> {
             if let Some(m) = &i.manifest {
                 println!("flavor={}", m.flavor.as_str());
                 println!("networks={}", networks_text(&i));
+                println!("ports={}", ports_text(&i));
             }
             if let (Some(s), Phase::Running) = (&i.stage1, i.phase) {
                 println!("pid={}", s.init_pid);

@@ -179,9 +179,12 @@ pub enum Command {
         /// Show full UUIDs.
         #[arg(long)]
         full: bool,
-        /// Print only UUIDs.
+        /// Print the rows without the header line.
         #[arg(long)]
         no_legend: bool,
+        /// Print only the full UUIDs, one per line (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show a pod's state and its apps' exit statuses.
     Status(pod::StatusArgs),
@@ -190,6 +193,7 @@ pub enum Command {
     /// Print the logs of a detached pod's apps.
     Logs(pod::LogsArgs),
     /// Run a command inside a running pod's app, with the app's privileges.
+    #[command(visible_alias = "exec")]
     Enter(pod::EnterArgs),
     /// Stop running pods: SIGTERM, then SIGKILL after the timeout.
     Stop(pod::StopArgs),

@@ -34,7 +34,7 @@ pub struct AppArgs {
     #[arg(long)]
     pub working_dir: Option<String>,
     /// Environment variable K=V (highest precedence). The value may be any bytes.
-    #[arg(long)]
+    #[arg(short = 'e', long)]
     pub environment: Vec<OsString>,
     /// Environment variable K=V (above --set-env-file, below --environment).
     #[arg(long)]
@@ -122,7 +122,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_net)]
     pub net: Option<husk_types::net::NetRequest>,
     /// Forward a host port to the pod: [HOSTIP:]HOSTPORT:PODPORT[/tcp|udp].
-    #[arg(long, value_parser = parse_port)]
+    #[arg(short = 'p', long, value_parser = parse_port)]
     pub port: Vec<husk_types::net::PortMapping>,
     /// DNS server IP, or `host` (the host's resolv.conf) or `none` (the image's).
     #[arg(long)]
@@ -209,8 +209,9 @@ pub struct EnterArgs {
     /// The app to enter (required when the pod has several).
     #[arg(long)]
     pub app: Option<String>,
-    /// Command (default /bin/sh), passed unchanged (any bytes).
-    #[arg(last = true)]
+    /// Command (default /bin/sh), passed unchanged (any bytes); `--` before it is optional (it
+    /// is needed when the command's first word starts with '-').
+    #[arg(trailing_var_arg = true)]
     pub cmd: Vec<OsString>,
 }
 
@@ -392,6 +393,34 @@ mod tests {
         assert!(parse_mount("volume=data").is_err());
         assert!(parse_mount("volume=d,target=rel").is_err());
         assert!(parse_mount("volume=d,target=/a/../../etc").unwrap_err().contains("'..'"));
+    }
+
+    #[test]
+    fn enter_takes_the_command_with_or_without_double_dash() {
+        #[derive(Debug, Parser)]
+        struct T {
+            #[command(flatten)]
+            e: EnterArgs,
+        }
+        let t = T::try_parse_from(["enter", "abc", "sh", "-c", "id"]).unwrap();
+        assert_eq!((t.e.pod.uuid.as_deref(), t.e.cmd.len()), (Some("abc"), 3));
+        let t = T::try_parse_from(["enter", "abc", "--", "ls", "-l"]).unwrap();
+        assert_eq!(t.e.cmd, vec![OsString::from("ls"), OsString::from("-l")]);
+        let t = T::try_parse_from(["enter", "--app", "web", "abc"]).unwrap();
+        assert!(t.e.cmd.is_empty());
+    }
+
+    #[test]
+    fn podman_short_forms() {
+        let s = AppSegment::try_parse_from(["img", "-e", "A=1"]).unwrap();
+        assert_eq!(s.app.environment, vec![OsString::from("A=1")]);
+        #[derive(Debug, Parser)]
+        struct T {
+            #[command(flatten)]
+            r: RunArgs,
+        }
+        let t = T::try_parse_from(["run", "-p", "8080:80", "img"]).unwrap();
+        assert_eq!(t.r.port[0].host_port, 8080);
     }
 
     #[test]

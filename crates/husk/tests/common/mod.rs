@@ -123,8 +123,12 @@ impl Env {
 /// outlive the temporary data dir): stop and collect whatever is left.
 impl Drop for Env {
     fn drop(&mut self) {
-        let Ok(out) = self.cmd().args(["list", "--no-legend"]).output() else { return };
-        let uuids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        let Ok(out) = self.cmd().args(["list", "--format", "json"]).output() else { return };
+        let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let uuids: Vec<String> = pods
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["uuid"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
         for u in &uuids {
             let _ = self.cmd().args(["stop", "--timeout", "2s", u]).output();
         }

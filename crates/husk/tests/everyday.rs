@@ -1,0 +1,90 @@
+//! What a podman or rkt user reaches for in the first hour (issue 15): the items done so far.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::{image, Env};
+
+/// `husk list | head -1` panicked ("failed printing to stdout: Broken pipe", rc 134).
+#[test]
+fn a_closed_pipe_ends_husk_quietly() {
+    let env = Env::new();
+    for args in [&["completion", "bash"][..], &["--help"], &["image", "list"]] {
+        let mut child = env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        let _ = out.read(&mut first);
+        drop(out); // the reader goes away, like `head -c 1`
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "husk {args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(o.status.success() || o.status.signal() == Some(libc_sigpipe()), "husk {args:?}: {:?}", o.status);
+    }
+}
+
+fn libc_sigpipe() -> i32 {
+    13
+}
+
+#[test]
+fn enter_without_double_dash_and_exec_as_its_alias() {
+    let env = Env::new();
+    let uuid = env.detached(&["--net=none", &image("busybox"), "--", "sleep", "60"]);
+    assert_eq!(env.ok(&["enter", &uuid, "echo", "no-dashes"]), "no-dashes\n");
+    assert_eq!(env.ok(&["exec", &uuid, "sh", "-c", "echo via-exec"]), "via-exec\n");
+    assert_eq!(env.ok(&["enter", &uuid, "--", "echo", "-n", "x"]), "x");
+    env.ok(&["stop", "--force", &uuid]);
+}
+
+#[test]
+fn list_no_legend_prints_rows_and_quiet_prints_uuids() {
+    let env = Env::new();
+    env.ok(&["run", "-q", "--net=none", &image("busybox"), "--", "true"]);
+    let uuid = env.json(&["list", "--format", "json"])[0]["uuid"].as_str().unwrap().to_string();
+    let table = env.ok(&["list"]);
+    assert!(table.starts_with("UUID"), "{table}");
+    let rows = env.ok(&["list", "--no-legend"]);
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    assert!(rows.starts_with(&uuid[..8]) && rows.contains("busybox") && rows.contains("exited (0)"), "{rows}");
+    assert_eq!(env.ok(&["list", "-q"]), format!("{uuid}\n"));
+}
+
+#[test]
+fn ports_show_in_list_and_status() {
+    let env = Env::new();
+    let uuid =
+        env.detached(&["-p", "127.0.0.1:18871:80", "--port", "18872:53/udp", &image("busybox"), "--", "sleep", "60"]);
+    let s = env.json(&["status", &uuid, "--format", "json"]);
+    assert_eq!(s["ports"][0]["host_port"], 18871, "{s}");
+    assert_eq!(s["ports"][0]["host_ip"], "127.0.0.1");
+    assert_eq!(s["ports"][1]["protocol"], "udp");
+    let text = env.ok(&["status", &uuid]);
+    assert!(text.contains("ports=127.0.0.1:18871->80/tcp,18872->53/udp"), "{text}");
+    assert!(env.ok(&["list"]).contains("127.0.0.1:18871->80/tcp"));
+    env.ok(&["stop", "--timeout", "1s", &uuid]);
+}
+
+#[test]
+fn pods_have_etc_mtab_and_the_e_short_form() {
+    let env = Env::new();
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--net=none",
+        &image("busybox"),
+        "-e",
+        "SHORT=yes",
+        "--",
+        "sh",
+        "-c",
+        "readlink /etc/mtab; grep -c ' /proc ' /etc/mtab; echo $SHORT",
+    ]);
+    assert_eq!(out, "/proc/mounts\n1\nyes\n");
+    // An image's own /etc/mtab is kept; a read-only root still gets the link.
+    let out =
+        env.ok(&["run", "-q", "--net=none", &image("busybox"), "--readonly-rootfs", "--", "readlink", "/etc/mtab"]);
+    assert_eq!(out, "/proc/mounts\n");
+}
