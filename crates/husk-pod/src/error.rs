@@ -27,6 +27,8 @@ pub enum PodError {
     /// What a front end asked for cannot be a pod (a usage error: nothing was created).
     #[error("{0}")]
     Request(String),
+    #[error("pod {uuid}: {why}")]
+    PortTaken { uuid: String, why: String },
     #[error("pod {uuid} failed to start: {reason}")]
     StartFailed { uuid: String, reason: String },
     #[error("pod {uuid}: stage1 gc failed: {why}")]

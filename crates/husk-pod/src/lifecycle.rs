@@ -84,10 +84,9 @@ impl PodRequest {
             }
         }
         if let NetMode::Cni { ports, .. } = &self.net {
-            if !ports.is_empty() {
-                crate::network::check_ports(pods, ports)?;
-            }
+            crate::network::check_ports_distinct(ports)?;
         }
+        let _ = pods;
         Ok(())
     }
 }
@@ -135,7 +134,16 @@ fn assemble(
     images: &[AppImage],
     pod: &LockedPod,
 ) -> Result<PodManifest, PodError> {
-    // Held until the manifest naming the range is written, at the end of this function.
+    // Both held until the manifest naming the ports and the range is written, at the end of this
+    // function: two pods created at once never get the same ones.
+    let _ports = match &req.net {
+        NetMode::Cni { ports, .. } if !ports.is_empty() => {
+            let l = crate::network::ports_lock(pods)?;
+            crate::network::check_ports(pods, ports, &pod.uuid)?;
+            Some(l)
+        }
+        _ => None,
+    };
     let ids = if req.private_users { Some(crate::idrange::allocate(pods, &pod.uuid)?) } else { None };
     let mut apps: Vec<App> = Vec::new();
     for (s, img) in req.apps.iter().zip(images) {

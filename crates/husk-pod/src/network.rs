@@ -82,14 +82,27 @@ pub fn resolve(
     Ok(NetMode::Cni { networks, ports: ports.to_vec(), plugin_dirs })
 }
 
-/// Refuses host ports that a live pod maps already or that something on the host listens on.
-pub fn check_ports(pods: &Pods, ports: &[PortMapping]) -> Result<(), PodError> {
+/// Refuses a request that maps one host port twice (a usage error).
+pub fn check_ports_distinct(ports: &[PortMapping]) -> Result<(), PodError> {
     for (i, p) in ports.iter().enumerate() {
         if ports[..i].iter().any(|q| q.host_port == p.host_port && q.protocol == p.protocol) {
-            return Err(net_err(format!("host port {}/{} is mapped twice", p.host_port, p.protocol.as_str())));
+            return Err(PodError::Request(format!(
+                "host port {}/{} is mapped twice",
+                p.host_port,
+                p.protocol.as_str()
+            )));
         }
     }
-    for uuid in pods.all_uuids() {
+    Ok(())
+}
+
+/// Refuses host ports that another live pod maps already or that something on the host listens
+/// on, for pod `uuid` being created. Call it holding [`ports_lock`] until the pod's manifest is
+/// written, so that two pods created at once cannot both take a port.
+pub fn check_ports(pods: &Pods, ports: &[PortMapping], uuid_new: &str) -> Result<(), PodError> {
+    check_ports_distinct(ports)?;
+    let taken = |why: String| PodError::PortTaken { uuid: uuid_new.to_string(), why };
+    for uuid in pods.all_uuids().into_iter().filter(|u| u != uuid_new) {
         let Ok(info) = pods.info(&uuid) else { continue };
         if !matches!(info.phase, Phase::Running | Phase::Preparing | Phase::Prepared) {
             continue;
@@ -97,7 +110,7 @@ pub fn check_ports(pods: &Pods, ports: &[PortMapping]) -> Result<(), PodError> {
         if let Some(NetMode::Cni { ports: theirs, .. }) = info.manifest.as_ref().map(|m| &m.net) {
             for p in ports {
                 if theirs.iter().any(|q| q.host_port == p.host_port && q.protocol == p.protocol) {
-                    return Err(net_err(format!(
+                    return Err(taken(format!(
                         "host port {}/{} is already forwarded to pod {uuid}",
                         p.host_port,
                         p.protocol.as_str()
@@ -109,12 +122,12 @@ pub fn check_ports(pods: &Pods, ports: &[PortMapping]) -> Result<(), PodError> {
     for p in ports {
         let ip = p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
         let addr = format!("{ip}:{}", p.host_port);
-        let taken = match p.protocol {
+        let taken_by_host = match p.protocol {
             Protocol::Tcp => std::net::TcpListener::bind(&addr).err(),
             Protocol::Udp => std::net::UdpSocket::bind(&addr).err(),
         };
-        if let Some(e) = taken {
-            return Err(net_err(format!(
+        if let Some(e) = taken_by_host {
+            return Err(taken(format!(
                 "host port {}/{} is not available on {ip}: {e}",
                 p.host_port,
                 p.protocol.as_str()
@@ -122,6 +135,11 @@ pub fn check_ports(pods: &Pods, ports: &[PortMapping]) -> Result<(), PodError> {
         }
     }
     Ok(())
+}
+
+/// Serializes port checks with the pod creations they guard (per data dir).
+pub fn ports_lock(pods: &Pods) -> Result<husk_sys::Lock, PodError> {
+    Ok(husk_sys::Lock::acquire(&pods.root().join("ports.lock"), husk_sys::LockKind::Exclusive, || {})?)
 }
 
 #[cfg(test)]
@@ -159,7 +177,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let p = husk_types::net::parse_port(&format!("127.0.0.1:{port}:80")).unwrap();
-        let err = check_ports(&pods, &[p]).unwrap_err().to_string();
-        assert!(err.contains(&port.to_string()), "{err}");
+        let err = check_ports(&pods, std::slice::from_ref(&p), "new-pod").unwrap_err();
+        assert!(matches!(&err, PodError::PortTaken { uuid, .. } if uuid == "new-pod"), "{err}");
+        assert!(err.to_string().contains(&port.to_string()), "{err}");
+        let twice = check_ports_distinct(&[p.clone(), p]).unwrap_err();
+        assert!(matches!(twice, PodError::Request(_)), "{twice}");
     }
 }

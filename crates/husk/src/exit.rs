@@ -112,6 +112,10 @@ impl From<husk_pod::PodError> for Failure {
             P::Stage1 { .. } => {
                 (ENGINE, Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into()))
             }
+            P::PortTaken { .. } => (
+                ENGINE,
+                Some("choose another host port, or stop the pod that forwards it (husk list shows ports)".into()),
+            ),
             P::StartFailed { uuid, .. } => {
                 let short = &uuid[..uuid.len().min(8)];
                 (ENGINE, Some(format!("see `husk status {short}` and `husk logs {short}`")))

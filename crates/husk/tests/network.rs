@@ -127,9 +127,12 @@ fn pod_serves_http_by_ip_and_forwarded_port_and_cleans_up() {
     assert_eq!(other, "web\nweb\n");
     let table = env.ok(&["list"]);
     assert!(table.contains(&format!("default:eth0={ip}/24")), "{table}");
-    // The same host port cannot be taken twice.
-    let err = env.fails(&["run", "-q", "--port", "127.0.0.1:18081:80", &image("busybox"), "--", "true"], 120);
-    assert!(err.contains("18081"), "{err}");
+    // The same host port cannot be taken twice: an engine error (125, as podman's) naming the
+    // pod that was being created and the one that has the port; nothing is left of the new pod.
+    let pods_before = env.json(&["list", "--format", "json"]).as_array().unwrap().len();
+    let err = env.fails(&["run", "-q", "--port", "127.0.0.1:18081:80", &image("busybox"), "--", "true"], 125);
+    assert!(err.contains("18081") && err.contains(&uuid) && !err.contains("pod -:"), "{err}");
+    assert_eq!(env.json(&["list", "--format", "json"]).as_array().unwrap().len(), pods_before);
     env.ok(&["stop", &uuid]);
     // Once exited (and torn down), the pod still reports the address it had.
     std::thread::sleep(Duration::from_millis(500));
