@@ -1,4 +1,5 @@
-//! Progress bars for fetches: drawn only on a terminal, never with --quiet.
+//! Progress of fetches, never with --quiet: bars on a terminal; elsewhere (a CI log, a pipe)
+//! one line per layer once it is done, so that a long fetch is not silent.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -60,6 +61,42 @@ impl Progress for Bars {
             }
             b.finish();
         }
+    }
+}
+
+/// One line per layer when it is done: `layer 976d8709f809 16.0 MiB in 0.42 s`.
+pub struct Lines {
+    started: Mutex<HashMap<Digest, (u64, std::time::Instant)>>,
+}
+
+impl Progress for Lines {
+    fn layer_start(&self, digest: &Digest, size: u64) {
+        self.started.lock().unwrap().insert(digest.clone(), (size, std::time::Instant::now()));
+    }
+    fn layer_done(&self, digest: &Digest, cached: bool) {
+        let Some((size, t)) = self.started.lock().unwrap().remove(digest) else { return };
+        if cached {
+            eprintln!("layer {} {} already in the store", digest.short(), crate::output::human_size(size));
+        } else {
+            eprintln!(
+                "layer {} {} in {:.2} s",
+                digest.short(),
+                crate::output::human_size(size),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// What to show while fetching: bars on a terminal, lines elsewhere, nothing when `quiet`.
+pub fn for_fetch(quiet: bool) -> Box<dyn Progress> {
+    use std::io::IsTerminal;
+    if quiet {
+        return Box::new(husk_image::NoProgress);
+    }
+    match Bars::new(false) {
+        Some(b) if std::io::stderr().is_terminal() => Box::new(b),
+        _ => Box::new(Lines { started: Mutex::new(HashMap::new()) }),
     }
 }
 

@@ -88,3 +88,22 @@ fn pods_have_etc_mtab_and_the_e_short_form() {
         env.ok(&["run", "-q", "--net=none", &image("busybox"), "--readonly-rootfs", "--", "readlink", "/etc/mtab"]);
     assert_eq!(out, "/proc/mounts\n");
 }
+
+/// A fetch into a pipe (a CI log) said nothing for seconds; now one line per layer when done.
+#[test]
+fn a_fetch_without_a_terminal_prints_one_line_per_layer() {
+    let env = Env::new();
+    let o = env.husk(&["fetch", &image("big")]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("layer ")).collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(lines.iter().all(|l| l.contains(" in ") && l.ends_with(" s")), "{err}");
+    // Fetched again: said so, and -q silences it.
+    let o = env.husk(&["fetch", "--pull-policy=update", &image("big")]);
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .all(|l| !l.starts_with("layer") || l.contains("already in the store")));
+    let o = env.husk(&["fetch", "-q", "--pull-policy=update", &image("big")]);
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -55,12 +55,8 @@ pub fn fetch_one(
             "image references look like docker://HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE or docker-archive:FILE",
         )
     })?;
-    let bars = crate::progress::Bars::new(quiet);
-    let progress: &dyn husk_image::Progress = match &bars {
-        Some(b) => b,
-        None => &husk_image::NoProgress,
-    };
-    let opts = options_for(ctx, &source, progress, policy, name);
+    let progress = crate::progress::for_fetch(quiet);
+    let opts = options_for(ctx, &source, progress.as_ref(), policy, name);
     Ok(fetch(store, &source, &opts)?)
 }
 

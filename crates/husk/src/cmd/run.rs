@@ -1,7 +1,6 @@
 //! `run`, `prepare`, `run-prepared`: flags to a pod request, images fetched, then the library.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -197,7 +196,7 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     // Everything the flags alone decide is checked before anything is fetched or created.
     req.validate(&pods)?;
     let store = ctx.store()?;
-    let quiet = a.quiet || !std::io::stderr().is_terminal();
+    let quiet = a.quiet;
     let mut images = Vec::new();
     for s in &req.apps {
         let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?;
