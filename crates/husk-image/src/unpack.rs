@@ -215,6 +215,25 @@ impl Unpacker {
         Ok(cur)
     }
 
+    /// Whether a prefix of `rel` is, in this layer's tree, something other than a directory or
+    /// a symlink (checked component by component without following one: a symlink stops the
+    /// walk, and [`Self::ensure_dir`] then refuses it).
+    fn under_non_directory(&self, rel: &Path) -> bool {
+        let mut cur = PathBuf::new();
+        for comp in rel.components() {
+            cur.push(comp);
+            match rustix::fs::statat(&self.root, &cur, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => continue,
+                    FileType::Symlink => return false,
+                    _ => return true,
+                },
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Removes whatever is at parent/leaf (a file replaced by a later entry or layer).
     fn remove(&self, parent: &OwnedFd, leaf: &OsStr, shown: &str) -> Result<(), UnpackError> {
         match rustix::fs::statat(parent, leaf, AtFlags::SYMLINK_NOFOLLOW) {
@@ -232,6 +251,12 @@ impl Unpacker {
 
     fn whiteout(&mut self, path: &Path, shown: &str) -> Result<(), UnpackError> {
         let (parent_rel, leaf) = split(path);
+        if self.under_non_directory(parent_rel) {
+            // umoci writes `data/x/.wh.y` after turning the directory data/x into a file: a
+            // whiteout beneath a non-directory hides nothing (podman ignores it too).
+            tracing::debug!("ignoring whiteout {shown}: a parent in this layer is not a directory");
+            return Ok(());
+        }
         let parent = self.ensure_dir(parent_rel, shown)?;
         match self.mode {
             Mode::Overlay => {
@@ -596,15 +621,17 @@ mod tests {
         }
     }
 
+    /// An entry climbing with '..' lands inside the layer, clamped at its root, never beside it
+    /// (podman and umoci read such layers the same way).
     #[test]
-    fn tar_entry_escaping_the_root_via_dotdot_is_refused() {
+    fn tar_entry_climbing_with_dotdot_stays_inside_the_layer() {
         let t = tar_with(|b| raw_entry(b, tar::EntryType::Regular, b"../escaped", b"", b"x"));
         let parent = tempfile::tempdir().unwrap();
         let dest = parent.path().join("tree");
         std::fs::create_dir(&dest).unwrap();
-        let err = unpack(&t[..], &dest, Mode::Overlay).unwrap_err();
-        assert!(err.to_string().contains("../escaped"), "{err}");
-        assert!(!parent.path().join("escaped").exists());
+        unpack(&t[..], &dest, Mode::Overlay).unwrap();
+        assert!(!parent.path().join("escaped").exists(), "an entry landed outside the layer");
+        assert_eq!(std::fs::read(dest.join("escaped")).unwrap(), b"x");
     }
 
     #[test]
@@ -635,11 +662,34 @@ mod tests {
         assert!(matches!(unpack(&t[..], d.path(), Mode::Overlay).unwrap_err(), UnpackError::BadHardlink { .. }));
     }
 
+    /// A leading '/' was refused; podman and umoci strip it.
     #[test]
-    fn absolute_entry_is_refused() {
+    fn absolute_entry_is_unpacked_relative_to_the_layer() {
         let t = tar_with(|b| raw_entry(b, tar::EntryType::Regular, b"/etc/evil", b"", b"x"));
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(unpack(&t[..], d.path(), Mode::Overlay).unwrap_err(), UnpackError::BadPath { .. }));
+        unpack(&t[..], d.path(), Mode::Overlay).unwrap();
+        assert_eq!(std::fs::read(d.path().join("etc/evil")).unwrap(), b"x");
+        assert!(!Path::new("/etc/evil").exists());
+    }
+
+    /// umoci 0.4.7 writes a whiteout under a path it just turned from a directory into a file.
+    #[test]
+    fn a_whiteout_under_a_file_hides_nothing_and_is_ignored() {
+        let t = tar_with(|b| {
+            add(b, tar::EntryType::Directory, "data", b"", 0o755);
+            add(b, tar::EntryType::Regular, "data/x", b"now a file", 0o644);
+            add(b, tar::EntryType::Regular, "data/x/.wh.y", b"", 0o644);
+        });
+        let d = tempfile::tempdir().unwrap();
+        unpack(&t[..], d.path(), Mode::Overlay).unwrap();
+        assert_eq!(std::fs::read(d.path().join("data/x")).unwrap(), b"now a file");
+        // A whiteout whose parent is a symlink is still refused.
+        let t = tar_with(|b| {
+            add_link(b, tar::EntryType::Symlink, "link", "/etc");
+            add(b, tar::EntryType::Regular, "link/.wh.passwd", b"", 0o644);
+        });
+        let d = tempfile::tempdir().unwrap();
+        assert!(unpack(&t[..], d.path(), Mode::Overlay).is_err());
     }
 
     #[test]

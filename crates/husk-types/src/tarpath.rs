@@ -13,10 +13,8 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TarPathError {
-    #[error("entry {0:?} has an absolute path")]
-    Absolute(String),
-    #[error("entry {0:?} climbs out of the layer with '..'")]
-    DotDot(String),
+    #[error("hard link {0:?} points at the layer's root")]
+    LinkToRoot(String),
     #[error("entry {0:?} is an invalid whiteout")]
     BadWhiteout(String),
 }
@@ -34,20 +32,26 @@ pub enum EntryName {
     Opaque(PathBuf),
 }
 
-/// Reduces a tar entry name to safe relative components.
+/// Reduces a tar entry name to safe relative components, as podman and umoci read layers: a
+/// leading `/` is dropped and `..` is resolved lexically, never above the layer's root (a
+/// `../../etc/shadow` entry is the layer's own `etc/shadow`). Nothing can name a path outside
+/// the layer; whether a component on disk is a symlink is checked later, by the unpacker.
 pub fn sanitize(raw: &[u8]) -> Result<EntryName, TarPathError> {
     let shown = || String::from_utf8_lossy(raw).into_owned();
-    if raw.first() == Some(&b'/') {
-        return Err(TarPathError::Absolute(shown()));
-    }
-    let mut out = PathBuf::new();
-    let mut comps: Vec<&[u8]> = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
-    if comps.iter().any(|c| *c == b"..") {
-        return Err(TarPathError::DotDot(shown()));
+    let mut comps: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
     }
     let Some(last) = comps.pop() else {
         return Ok(EntryName::Root);
     };
+    let mut out = PathBuf::new();
     for c in &comps {
         if c.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             // A whiteout can only be a leaf.
@@ -73,7 +77,7 @@ pub fn sanitize(raw: &[u8]) -> Result<EntryName, TarPathError> {
 pub fn sanitize_link_target(raw: &[u8]) -> Result<PathBuf, TarPathError> {
     match sanitize(raw)? {
         EntryName::Path(p) => Ok(p),
-        EntryName::Root => Err(TarPathError::DotDot(String::from_utf8_lossy(raw).into_owned())),
+        EntryName::Root => Err(TarPathError::LinkToRoot(String::from_utf8_lossy(raw).into_owned())),
         EntryName::Whiteout(_) | EntryName::Opaque(_) => {
             Err(TarPathError::BadWhiteout(String::from_utf8_lossy(raw).into_owned()))
         }
@@ -136,13 +140,18 @@ mod tests {
         assert_eq!(sanitize(b".").unwrap(), EntryName::Root);
     }
 
+    /// podman and umoci strip a leading '/' and clamp '..' at the root; husk refused such layers.
     #[test]
-    fn tar_entry_escaping_the_root_is_refused() {
-        assert!(matches!(sanitize(b"../etc/shadow"), Err(TarPathError::DotDot(_))));
-        assert!(matches!(sanitize(b"a/../../b"), Err(TarPathError::DotDot(_))));
-        assert!(matches!(sanitize(b"/etc/shadow"), Err(TarPathError::Absolute(_))));
-        assert!(sanitize_link_target(b"../../etc/shadow").is_err());
+    fn tar_entries_are_clamped_inside_the_root_never_outside() {
+        assert_eq!(sanitize(b"/etc/passwd").unwrap(), EntryName::Path("etc/passwd".into()));
+        assert_eq!(sanitize(b"../etc/shadow").unwrap(), EntryName::Path("etc/shadow".into()));
+        assert_eq!(sanitize(b"a/../../b").unwrap(), EntryName::Path("b".into()));
+        assert_eq!(sanitize(b"a/b/../c").unwrap(), EntryName::Path("a/c".into()));
+        assert_eq!(sanitize(b"/..").unwrap(), EntryName::Root);
+        assert_eq!(sanitize(b"../.wh.x").unwrap(), EntryName::Whiteout("x".into()));
+        assert_eq!(sanitize_link_target(b"../../etc/shadow").unwrap(), PathBuf::from("etc/shadow"));
         assert!(sanitize_link_target(b"./").is_err());
+        assert!(sanitize_link_target(b"a/..").is_err());
     }
 
     #[test]
@@ -168,12 +177,16 @@ mod tests {
             }
         }
 
+        /// Whatever '..' and '/' a name holds, the result never climbs: it has no more
+        /// components than the name's plain ones.
         #[test]
-        fn paths_built_from_segments(segs in proptest::collection::vec("[a-z.]{1,4}", 1..6)) {
+        fn paths_built_from_segments_never_climb(segs in proptest::collection::vec("[a-z.]{1,4}|\\.\\.", 1..8)) {
             let raw = segs.join("/");
-            let has_dotdot = segs.iter().any(|s| s == "..");
-            let res = sanitize(raw.as_bytes());
-            if has_dotdot { prop_assert!(res.is_err()); }
+            let plain = segs.iter().filter(|s| *s != ".." && *s != ".").count();
+            if let Ok(EntryName::Path(p) | EntryName::Whiteout(p) | EntryName::Opaque(p)) = sanitize(raw.as_bytes()) {
+                prop_assert!(p.components().count() <= plain);
+                prop_assert!(is_plain_relative(&p));
+            }
         }
     }
 }
