@@ -15,8 +15,8 @@ use husk_sys::LockKind;
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
 use husk_types::pod::{
-    App, Dns, Flavor, Hosts, IpcMode, LogLimits, NetMode, PodManifest, Stdio, StopRequest, Volume, VolumeKind,
-    ABI_VERSION,
+    App, Dns, ExitPolicy, Flavor, Hosts, IpcMode, LogLimits, NetMode, PodManifest, Stdio, StopRequest, Volume,
+    VolumeKind, ABI_VERSION,
 };
 
 use crate::error::PodError;
@@ -39,6 +39,7 @@ pub struct PodRequest {
     pub private_users: bool,
     pub stdio: Stdio,
     pub log_limits: LogLimits,
+    pub exit_policy: ExitPolicy,
 }
 
 fn invalid(why: impl Into<String>) -> PodError {
@@ -187,6 +188,7 @@ fn assemble(
         private_users: ids.as_ref().map(|i| i.range),
         annotations: Default::default(),
         log_limits: req.log_limits,
+        exit_policy: req.exit_policy,
     };
     write_pod_dirs(&pod.dir, &m)?;
     Ok(m)
@@ -413,6 +415,7 @@ mod tests {
             private_users: false,
             stdio: Stdio::Inherit,
             log_limits: LogLimits::default(),
+            exit_policy: ExitPolicy::default(),
         }
     }
 

@@ -154,18 +154,14 @@ impl PodInfo {
         if self.phase != Phase::Exited && self.phase != Phase::ExitedGarbage {
             return None;
         }
-        let statuses: Vec<&AppStatus> = self.apps.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        let mut statuses: Vec<&AppStatus> = self.apps.iter().filter_map(|(_, s)| s.as_ref()).collect();
         if statuses.len() != self.apps.len() {
             return None;
         }
-        Some(
-            statuses
-                .iter()
-                .filter(|s| s.shell_status() != 0)
-                .min_by_key(|s| s.finished)
-                .map(|s| s.shell_status())
-                .unwrap_or(0),
-        )
+        statuses.sort_by_key(|s| s.finished);
+        let ended: Vec<i32> = statuses.iter().map(|s| s.shell_status()).collect();
+        let policy = self.manifest.as_ref().map(|m| m.exit_policy).unwrap_or_default();
+        Some(policy.pod_status(&ended))
     }
 }
 

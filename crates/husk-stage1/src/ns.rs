@@ -464,7 +464,8 @@ fn pod_init(
 
     husk_sys::proc::release_startup_memory();
     let sigs = signals();
-    let mut first_failure: Option<i32> = None;
+    // The statuses of the apps in the order they ended: with the exit policy, the pod's status.
+    let mut ended: Vec<i32> = Vec::new();
     let mut stopping = false;
     while !live.is_empty() {
         let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
@@ -482,14 +483,13 @@ fn pod_init(
                             st.oom_killed = layout.oom_killed(&m.uuid, &name);
                             let code = st.shell_status();
                             write_status(dir, &name, &st)?;
-                            if code != 0 && first_failure.is_none() {
-                                first_failure = Some(code);
-                                if !stopping && !live.is_empty() {
-                                    // One app failed: stop the others, return its status.
-                                    stopping = true;
-                                    signal_all(&live, Signal::SIGTERM);
-                                    nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
-                                }
+                            ended.push(code);
+                            if m.exit_policy.stops_pod(code) && !stopping && !live.is_empty() {
+                                // This app's end ends the pod (a failure, or any exit): stop the
+                                // others.
+                                stopping = true;
+                                signal_all(&live, Signal::SIGTERM);
+                                nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
                             }
                         }
                     }
@@ -505,7 +505,7 @@ fn pod_init(
     if let Some(pid) = logger {
         wait_for_logger(pid);
     }
-    Ok(first_failure.unwrap_or(0))
+    Ok(m.exit_policy.pod_status(&ended))
 }
 
 /// Lets the log writer drain what the apps wrote last (it ends when every writer closed its

@@ -290,6 +290,7 @@ mod tests {
             private_users: None,
             annotations: Default::default(),
             log_limits: LogLimits::default(),
+            exit_policy: Default::default(),
         };
         (m, app)
     }

@@ -258,6 +258,38 @@ impl App {
 
 pub use crate::etc::{Dns, Hosts};
 
+/// When a pod ends, given how its apps end (`--exit-policy`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitPolicy {
+    /// When every app has exited; a failing app does not stop the others.
+    All,
+    /// When any app exits: the others are stopped; the pod's status is that app's.
+    Any,
+    /// When every app has exited, or at the first failure, which stops the others (rkt's way).
+    #[default]
+    Failure,
+}
+
+impl ExitPolicy {
+    /// Whether an app ending with `status` stops the pod's other apps.
+    pub fn stops_pod(self, status: i32) -> bool {
+        match self {
+            ExitPolicy::All => false,
+            ExitPolicy::Any => true,
+            ExitPolicy::Failure => status != 0,
+        }
+    }
+
+    /// The pod's status, from its apps' statuses in the order they ended.
+    pub fn pod_status(self, ended: &[i32]) -> i32 {
+        match self {
+            ExitPolicy::Any => ended.first().copied().unwrap_or(0),
+            ExitPolicy::All | ExitPolicy::Failure => ended.iter().copied().find(|c| *c != 0).unwrap_or(0),
+        }
+    }
+}
+
 /// How much of a detached pod's output is kept, per app: `max_files` files of at most `max_size`
 /// bytes (`logs/<app>.log`, then `.log.1`, … oldest last). The oldest output is dropped first.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -299,6 +331,8 @@ pub struct PodManifest {
     /// Bounds of the apps' logs of a detached pod.
     #[serde(default)]
     pub log_limits: LogLimits,
+    #[serde(default)]
+    pub exit_policy: ExitPolicy,
 }
 
 /// What `pod.json` may hold: this version's fields, and ABI 1's `hosts_entries` and
@@ -330,6 +364,8 @@ struct PodManifestWire {
     annotations: BTreeMap<String, String>,
     #[serde(default)]
     log_limits: LogLimits,
+    #[serde(default)]
+    exit_policy: ExitPolicy,
 }
 
 impl From<PodManifestWire> for PodManifest {
@@ -355,6 +391,7 @@ impl From<PodManifestWire> for PodManifest {
             private_users: w.private_users,
             annotations: w.annotations,
             log_limits: w.log_limits,
+            exit_policy: w.exit_policy,
         }
     }
 }
@@ -574,6 +611,19 @@ mod tests {
         // Written back in this version's form, it reads the same.
         let again: PodManifest = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(again, m);
+    }
+
+    #[test]
+    fn exit_policies_decide_when_the_pod_ends_and_its_status() {
+        use ExitPolicy::*;
+        assert!(!All.stops_pod(1) && Any.stops_pod(0) && Failure.stops_pod(2) && !Failure.stops_pod(0));
+        // Statuses in the order the apps ended: the others stopped with SIGTERM (143) after.
+        assert_eq!(Failure.pod_status(&[0, 3, 143]), 3);
+        assert_eq!(Any.pod_status(&[0, 143]), 0);
+        assert_eq!(Any.pod_status(&[2, 143]), 2);
+        assert_eq!(All.pod_status(&[0, 0, 4]), 4);
+        assert_eq!(All.pod_status(&[]), 0);
+        assert_eq!(serde_json::to_value(ExitPolicy::default()).unwrap(), "failure");
     }
 
     #[test]

@@ -107,3 +107,82 @@ fn a_fetch_without_a_terminal_prints_one_line_per_layer() {
     let o = env.husk(&["fetch", "-q", "--pull-policy=update", &image("big")]);
     assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// One app exiting 0 while another ran kept the pod running, with no say in it.
+#[test]
+fn the_exit_policy_decides_when_a_pod_ends() {
+    let env = Env::new();
+    let bb = image("busybox");
+    let started = std::time::Instant::now();
+    // any: the first app to exit ends the pod; the sleeper is stopped; the status is the first's.
+    let o = env.husk(&[
+        "run",
+        "-q",
+        "--net=none",
+        "--exit-policy=any",
+        &bb,
+        "--name",
+        "quick",
+        "--",
+        "true",
+        "---",
+        &bb,
+        "--name",
+        "sleeper",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let p = env.json(&["list", "--format", "json"]);
+    let sleeper = p[0]["apps"].as_array().unwrap().iter().find(|a| a["name"] == "sleeper").unwrap().clone();
+    assert_eq!(sleeper["status"]["signal"], 15, "{sleeper}");
+    // all: a failing app does not stop the other, which finishes its work; the status is the failure's.
+    let o = env.husk(&[
+        "run",
+        "-q",
+        "--net=none",
+        "--exit-policy=all",
+        &bb,
+        "--name",
+        "bad",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+        "---",
+        &bb,
+        "--name",
+        "worker",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo done",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
+    // failure (the default) stops the others at the first failure.
+    let o = env.husk(&[
+        "run",
+        "-q",
+        "--net=none",
+        &bb,
+        "--name",
+        "bad",
+        "--",
+        "sh",
+        "-c",
+        "exit 4",
+        "---",
+        &bb,
+        "--name",
+        "long",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    let err = env.fails(&["run", "-q", "--exit-policy=sometimes", &bb], 120);
+    assert!(err.contains("--exit-policy"), "{err}");
+}

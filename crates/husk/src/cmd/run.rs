@@ -186,6 +186,7 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         private_users: a.private_users,
         stdio: stdio_of(a.detach, a.interactive),
         log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
+        exit_policy: a.exit_policy.into(),
     })
 }
 

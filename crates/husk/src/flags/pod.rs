@@ -75,6 +75,23 @@ pub struct AppArgs {
     pub oom_score_adj: Option<i32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExitPolicyArg {
+    Failure,
+    All,
+    Any,
+}
+
+impl From<ExitPolicyArg> for husk_types::pod::ExitPolicy {
+    fn from(p: ExitPolicyArg) -> Self {
+        match p {
+            ExitPolicyArg::Failure => husk_types::pod::ExitPolicy::Failure,
+            ExitPolicyArg::All => husk_types::pod::ExitPolicy::All,
+            ExitPolicyArg::Any => husk_types::pod::ExitPolicy::Any,
+        }
+    }
+}
+
 /// `IMAGE [app flags] [-- ARGS]` after a `---` separator.
 #[derive(Debug, Parser)]
 #[command(name = "app", no_binary_name = true)]
@@ -110,6 +127,11 @@ pub struct RunArgs {
     /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
     #[arg(short, long)]
     pub detach: bool,
+    /// When the pod ends: failure (when every app has exited, or at the first failure, which
+    /// stops the others), all (when every app has exited), any (when one exits: the others are
+    /// stopped and the pod's status is that app's).
+    #[arg(long, value_enum, default_value = "failure")]
+    pub exit_policy: ExitPolicyArg,
     /// With --detach: the most each app's log file may hold before it is rotated (e.g. 10M).
     #[arg(long, default_value = "50M", value_parser = parse_log_size)]
     pub log_max_size: u64,
