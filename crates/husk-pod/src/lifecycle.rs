@@ -40,6 +40,9 @@ pub struct PodRequest {
     pub stdio: Stdio,
     pub log_limits: LogLimits,
     pub exit_policy: ExitPolicy,
+    /// Run by stage1 when the pod has exited (see [`PodManifest::exit_command`]); `{uuid}` in
+    /// an argument becomes the pod's UUID.
+    pub exit_command: Vec<husk_types::ByteStr>,
 }
 
 fn invalid(why: impl Into<String>) -> PodError {
@@ -189,6 +192,11 @@ fn assemble(
         annotations: Default::default(),
         log_limits: req.log_limits,
         exit_policy: req.exit_policy,
+        exit_command: req
+            .exit_command
+            .iter()
+            .map(|a| husk_types::ByteStr(a.to_string_lossy().replace("{uuid}", &pod.uuid).into_bytes()))
+            .collect(),
     };
     write_pod_dirs(&pod.dir, &m)?;
     Ok(m)
@@ -416,6 +424,7 @@ mod tests {
             stdio: Stdio::Inherit,
             log_limits: LogLimits::default(),
             exit_policy: ExitPolicy::default(),
+            exit_command: vec![],
         }
     }
 

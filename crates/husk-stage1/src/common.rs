@@ -145,6 +145,22 @@ pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {
         .ctx(Step::Manifest, || format!("cannot write {}", p.display()))
 }
 
+/// Runs the pod's exit command (after its lock was released) and waits for it: its output goes
+/// to stage1's stderr, never to the invoker's stdout.
+pub fn run_exit_command(m: &PodManifest) {
+    let Some((prog, args)) = m.exit_command.split_first() else { return };
+    let status = std::process::Command::new(prog.as_os_str())
+        .args(args.iter().map(|a| a.as_os_str()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("husk stage1: the exit command of pod {} failed ({s}); `husk gc` collects the pod", m.uuid),
+        Err(e) => eprintln!("husk stage1: cannot run the exit command of pod {}: {e}", m.uuid),
+    }
+}
+
 pub fn write_status(pod_dir: &Path, app: &str, st: &AppStatus) -> Result<(), Fail> {
     write_json(&PodDir::new(pod_dir).app_status(app), st)
 }

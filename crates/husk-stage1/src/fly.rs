@@ -106,5 +106,7 @@ fn run() -> Result<i32, Fail> {
     }
     let st = status_of(ws, Some(started));
     write_status(&dir, &app.name, &st)?;
+    drop(_lock);
+    crate::common::run_exit_command(&m);
     Ok(st.shell_status())
 }

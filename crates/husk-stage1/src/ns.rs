@@ -99,6 +99,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
         if let Some(c) = cleanup {
             c.spawn();
         }
+        crate::common::run_exit_command(&m);
         code
     })
 }

@@ -291,6 +291,7 @@ mod tests {
             annotations: Default::default(),
             log_limits: LogLimits::default(),
             exit_policy: Default::default(),
+            exit_command: vec![],
         };
         (m, app)
     }

@@ -333,6 +333,10 @@ pub struct PodManifest {
     pub log_limits: LogLimits,
     #[serde(default)]
     pub exit_policy: ExitPolicy,
+    /// Run by stage1 once the pod has exited and its lock is released, and waited for (`run
+    /// --rm`: stage0's own `rm` of the pod). Empty: nothing.
+    #[serde(default)]
+    pub exit_command: Vec<ByteStr>,
 }
 
 /// What `pod.json` may hold: this version's fields, and ABI 1's `hosts_entries` and
@@ -366,6 +370,8 @@ struct PodManifestWire {
     log_limits: LogLimits,
     #[serde(default)]
     exit_policy: ExitPolicy,
+    #[serde(default)]
+    exit_command: Vec<ByteStr>,
 }
 
 impl From<PodManifestWire> for PodManifest {
@@ -392,6 +398,7 @@ impl From<PodManifestWire> for PodManifest {
             annotations: w.annotations,
             log_limits: w.log_limits,
             exit_policy: w.exit_policy,
+            exit_command: w.exit_command,
         }
     }
 }

@@ -186,3 +186,29 @@ fn the_exit_policy_decides_when_a_pod_ends() {
     let err = env.fails(&["run", "-q", "--exit-policy=sometimes", &bb], 120);
     assert!(err.contains("--exit-policy"), "{err}");
 }
+
+/// Every foreground run stayed until gc; `--rm` removes the pod when it exits.
+#[test]
+fn run_rm_removes_the_pod_when_it_exits() {
+    let env = Env::new();
+    let bb = image("busybox");
+    let o = env.husk(&["run", "-q", "--rm", "--net=none", &bb, "--", "sh", "-c", "echo out; exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "the app's status passes through");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n", "only the app writes to stdout");
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty(), "the pod is still there");
+    // On the default network too: removed once its networks are torn down.
+    env.ok(&["run", "-q", "--rm", &bb, "--", "true"]);
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
+    // Detached: removed when it ends.
+    let uuid = env.detached(&["--rm", "--net=none", &bb, "--", "sleep", "1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while env.json(&["list", "--format", "json"]).as_array().unwrap().iter().any(|p| p["uuid"] == uuid.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "the detached --rm pod was not removed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for phase in ["run", "exited-garbage", "garbage"] {
+        assert_eq!(std::fs::read_dir(env.dir().join("pods").join(phase)).unwrap().count(), 0, "{phase}");
+    }
+    let err = env.fails(&["prepare", "-q", "--rm", &bb], 120);
+    assert!(err.contains("--rm"), "{err}");
+}

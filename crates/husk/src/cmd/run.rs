@@ -187,11 +187,29 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         stdio: stdio_of(a.detach, a.interactive),
         log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
         exit_policy: a.exit_policy.into(),
+        exit_command: if a.rm { rm_command(ctx)? } else { vec![] },
     })
+}
+
+/// `husk --dir D --config-dir C rm {uuid}`: what `--rm` asks stage1 to run when the pod exits.
+fn rm_command(ctx: &Ctx) -> Result<Vec<ByteStr>, Failure> {
+    let me = std::env::current_exe().context("cannot find the husk executable for --rm")?;
+    Ok(vec![
+        ByteStr::from(me.as_os_str()),
+        "--dir".into(),
+        ByteStr::from(ctx.dir.as_os_str()),
+        "--config-dir".into(),
+        ByteStr::from(ctx.config_dir.as_os_str()),
+        "rm".into(),
+        "{uuid}".into(),
+    ])
 }
 
 /// `run` and `prepare`: flags to a request, the images fetched, then the library.
 pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) -> Result<i32, Failure> {
+    if prepare_only && a.rm {
+        return Err(Failure::usage("--rm applies to run: a prepared pod is removed with `husk rm`"));
+    }
     let req = request_from(ctx, a, more)?;
     let pods = ctx.pods()?;
     // Everything the flags alone decide is checked before anything is fetched or created.

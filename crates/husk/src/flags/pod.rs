@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
     #[arg(short, long)]
     pub detach: bool,
+    /// Remove the pod when it exits (its exit status still reaches `run`; a detached pod is
+    /// removed when it ends).
+    #[arg(long)]
+    pub rm: bool,
     /// When the pod ends: failure (when every app has exited, or at the first failure, which
     /// stops the others), all (when every app has exited), any (when one exits: the others are
     /// stopped and the pod's status is that app's).
