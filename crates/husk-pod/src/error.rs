@@ -29,6 +29,8 @@ pub enum PodError {
     Request(String),
     #[error("pod {uuid}: {why}")]
     PortTaken { uuid: String, why: String },
+    #[error("private users cannot reach the pods: {dir} may not be searched by others, and the pod's root is an unprivileged user on the host")]
+    PrivateUsersCannotReach { dir: PathBuf },
     #[error("pod {uuid} failed to start: {reason}")]
     StartFailed { uuid: String, reason: String },
     #[error("pod {uuid}: stage1 gc failed: {why}")]

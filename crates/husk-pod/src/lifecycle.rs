@@ -90,9 +90,29 @@ impl PodRequest {
         if let NetMode::Cni { ports, .. } = &self.net {
             crate::network::check_ports_distinct(ports)?;
         }
-        let _ = pods;
+        if self.private_users {
+            if let Some(dir) = first_unsearchable(pods.root()) {
+                return Err(PodError::PrivateUsersCannotReach { dir });
+            }
+        }
         Ok(())
     }
+}
+
+/// The first directory from `/` down to `path` that others may not search (no `o+x`). With
+/// private users the pod's root is an unprivileged host uid, which must reach its pod dir
+/// through every one of them (a `mktemp -d` or a 0700 home is such a directory).
+pub fn first_unsearchable(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cur = PathBuf::new();
+    for c in path.components() {
+        cur.push(c);
+        match std::fs::metadata(&cur) {
+            Ok(m) if m.is_dir() && m.permissions().mode() & 0o001 == 0 => return Some(cur),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// An image fetched for one app: the name it was asked by and its record.

@@ -112,6 +112,10 @@ impl From<husk_pod::PodError> for Failure {
             P::Stage1 { .. } => {
                 (ENGINE, Some("install the stage1 binaries next to husk or set paths.stage1_dir in husk.toml".into()))
             }
+            P::PrivateUsersCannotReach { dir } => (
+                USAGE,
+                Some(format!("allow it with `chmod o+x {}`, or keep the data dir elsewhere (--dir)", dir.display())),
+            ),
             P::PortTaken { .. } => (
                 ENGINE,
                 Some("choose another host port, or stop the pod that forwards it (husk list shows ports)".into()),

@@ -212,3 +212,21 @@ fn run_rm_removes_the_pod_when_it_exits() {
     let err = env.fails(&["prepare", "-q", "--rm", &bb], 120);
     assert!(err.contains("--rm"), "{err}");
 }
+
+/// `--private-users` failed late ("cannot open …/rootfs: Permission denied") under any 0700
+/// directory; now refused up front, naming the directory and the fix.
+#[test]
+fn private_users_under_an_unsearchable_directory_is_refused_up_front() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let bb = image("busybox");
+    env.ok(&["fetch", "-q", &bb]);
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = env.husk(&["run", "-q", "--net=none", "--private-users", &bb, "--", "true"]);
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(120), "{err}");
+    assert!(err.contains(&env.tmp.path().display().to_string()) && err.contains("chmod o+x"), "{err}");
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
+    env.ok(&["run", "-q", "--net=none", "--private-users", &bb, "--", "true"]);
+}
