@@ -48,8 +48,15 @@ fn fetch_hint(e: &husk_image::FetchError) -> Option<String> {
         return Some("the disk holding the data dir is full; free space or run `husk image gc`".into());
     }
     match e {
+        // A name that does not resolve: nothing insecure would help (the old hint said so).
+        FetchError::Unreachable { registry, why, .. } if is_dns_failure(why) => Some(format!(
+            "the registry name {} does not resolve: check its spelling and this host's DNS",
+            registry.split(':').next().unwrap_or(registry)
+        )),
         FetchError::Unreachable { registry, why, .. }
-            if why.contains("http") || why.contains("tls") || why.contains("certificate") =>
+            if ["tls", "certificate", "handshake", "InvalidContentType", "wrong version"]
+                .iter()
+                .any(|w| why.contains(w)) =>
         {
             Some(format!(
                 "if {registry} serves plain HTTP or a self-signed certificate, pass --insecure-options=http,tls \
@@ -65,6 +72,13 @@ fn fetch_hint(e: &husk_image::FetchError) -> Option<String> {
         FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),
         _ => None,
     }
+}
+
+/// Whether a connection failed at the name lookup.
+fn is_dns_failure(why: &str) -> bool {
+    ["dns error", "failed to lookup address", "Name or service not known", "No address associated"]
+        .iter()
+        .any(|w| why.contains(w))
 }
 
 impl From<husk_image::FetchError> for Failure {
@@ -171,5 +185,35 @@ pub fn report(f: &Failure) {
     eprintln!("husk: {msg}");
     if let Some(h) = &f.hint {
         eprintln!("hint: {h}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable(why: &str) -> husk_image::FetchError {
+        husk_image::FetchError::Unreachable {
+            image: "reg.example/x".into(),
+            registry: "reg.example:5000".into(),
+            why: why.into(),
+        }
+    }
+
+    /// A DNS failure suggested --insecure-options=http,tls.
+    #[test]
+    fn fetch_hints_fit_the_cause() {
+        let dns = fetch_hint(&unreachable(
+            "error sending request for url (https://reg.example:5000/v2/): dns error: failed to lookup address information",
+        ))
+        .unwrap();
+        assert!(dns.contains("does not resolve") && !dns.contains("insecure"), "{dns}");
+        let tls = fetch_hint(&unreachable("invalid peer certificate: UnknownIssuer")).unwrap();
+        assert!(tls.contains("--insecure-options=http,tls"), "{tls}");
+        let refused = fetch_hint(&unreachable(
+            "error sending request for url (https://reg.example:5000/v2/): connection refused",
+        ))
+        .unwrap();
+        assert!(refused.contains("is running"), "{refused}");
     }
 }

@@ -77,6 +77,10 @@ fn main() {
     let (first, rest) = split_apps(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(&first) {
         Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
+            eprint!("{}", unknown_flag_message(&e));
+            std::process::exit(exit::USAGE);
+        }
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             let _ = e.print();
@@ -92,6 +96,41 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// clap's message for an unknown flag, without its tip to pass the flag after `--` (which would
+/// hand a podman-style flag to the app), and with a hint that fits.
+fn unknown_flag_message(e: &clap::Error) -> String {
+    let flag = match e.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let rendered = e.render().to_string();
+    let mut out: String =
+        rendered.lines().filter(|l| !l.trim_start().starts_with("tip:")).map(|l| format!("{l}\n")).collect();
+    while out.contains("\n\n\n") {
+        out = out.replace("\n\n\n", "\n\n");
+    }
+    out.push_str(&format!("hint: {}\n", flag_hint(flag.split('=').next().unwrap_or(""))));
+    out
+}
+
+/// What to suggest for an unknown flag, podman's first.
+fn flag_hint(flag: &str) -> String {
+    match flag {
+        "-i" | "-t" | "-it" | "-ti" | "--tty" => {
+            "husk gives the app the terminal with --interactive (there is no -t/-i yet)".into()
+        }
+        "-v" => "a host directory is a pod volume: --volume NAME,kind=host,source=/host/dir with the app flag \
+                 --mount volume=NAME,target=/dir"
+            .into(),
+        "--network" => "husk's flag is --net".into(),
+        "--env" => "husk's flag is --environment (or -e)".into(),
+        "--user" | "--name" | "--workdir" | "-w" => {
+            "app flags (--user, --name, --working-dir …) come after the image".into()
+        }
+        _ => "see `husk help`, or `husk COMMAND --help`; arguments for the app go after `--`".into(),
+    }
 }
 
 /// One subscriber, on stderr. `HUSK_LOG` takes `tracing` directives; otherwise a plain level
@@ -160,6 +199,17 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clap told podman users to pass `-i` after `--`, which hands it to the app.
+    #[test]
+    fn unknown_flags_get_a_hint_that_fits_not_clap_tip() {
+        let e = Cli::try_parse_from(["husk", "run", "-i", "img"]).unwrap_err();
+        let m = unknown_flag_message(&e);
+        assert!(!m.contains("tip:") && !m.contains("'-- -i'"), "{m}");
+        assert!(m.contains("hint: husk gives the app the terminal with --interactive"), "{m}");
+        let e = Cli::try_parse_from(["husk", "list", "--bogus"]).unwrap_err();
+        assert!(unknown_flag_message(&e).contains("husk COMMAND --help"));
+    }
 
     #[test]
     fn apps_split_at_triple_dash_even_after_double_dash() {
