@@ -230,3 +230,31 @@ fn private_users_under_an_unsearchable_directory_is_refused_up_front() {
     assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
     env.ok(&["run", "-q", "--net=none", "--private-users", &bb, "--", "true"]);
 }
+
+/// docker's and podman's `--volume /host:/ctr[:ro]`, in one flag, mounted in every app.
+#[test]
+fn the_docker_style_volume_shorthand_mounts_a_host_path() {
+    let env = Env::new();
+    let host = env.tmp.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("greeting"), "hi\n").unwrap();
+    let ro = format!("{}:/data:ro", host.display());
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--net=none",
+        "--volume",
+        &ro,
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        "cat /data/greeting; touch /data/x 2>/dev/null && echo writable || echo read-only",
+    ]);
+    assert_eq!(out, "hi\nread-only\n");
+    let rw = format!("{}:/w", host.display());
+    env.ok(&["run", "-q", "--net=none", "--volume", &rw, &image("busybox"), "--", "touch", "/w/made"]);
+    assert!(host.join("made").exists());
+    let err = env.fails(&["run", "-q", "--volume", "/nonexistent-x:/d", &image("busybox")], 120);
+    assert!(err.contains("/nonexistent-x"), "{err}");
+}

@@ -7,7 +7,7 @@ use anyhow::Context;
 use husk_pod::lifecycle::{self, AppImage, PodRequest};
 use husk_pod::prepare::{parse_env_file, AppSpec};
 use husk_pod::state::{LockedPod, PhaseDir};
-use husk_types::pod::{Dns, Flavor, Hosts, PodManifest, Stdio};
+use husk_types::pod::{Dns, Flavor, Hosts, MountPoint, PodManifest, Stdio, Volume, VolumeKind};
 use husk_types::ByteStr;
 
 use crate::exit::Failure;
@@ -137,8 +137,28 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         apps.push(spec_from(ctx, &seg.image, &seg.app, &seg.args)?);
     }
     // The library checks these too; here the message can name the flag.
+    // Named volumes as given; each docker-style /host:/target becomes a host volume mounted in
+    // every app.
+    let mut volumes = Vec::new();
+    let mut binds = Vec::new();
     for (i, v) in a.volume.iter().enumerate() {
-        if a.volume[..i].iter().any(|w| w.name == v.name) {
+        match v {
+            VolumeArg::Pod(v) => volumes.push(v.clone()),
+            VolumeArg::Bind { source, target, read_only } => {
+                let name = format!("bind.{i}");
+                volumes.push(Volume {
+                    name: name.clone(),
+                    kind: VolumeKind::Host { source: source.clone(), read_only: *read_only },
+                });
+                binds.push(MountPoint { volume: name, target: target.clone(), read_only: *read_only });
+            }
+        }
+    }
+    for app in &mut apps {
+        app.mounts.extend(binds.iter().cloned());
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|w| w.name == v.name) {
             return Err(Failure::usage(format!(
                 "--volume {:?} is given twice; give each volume a name of its own",
                 v.name
@@ -176,7 +196,7 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
     let hosts = hosts_from(a)?;
     Ok(PodRequest {
         apps,
-        volumes: a.volume.clone(),
+        volumes,
         hostname: a.hostname.clone(),
         net,
         dns: dns_from(a)?,

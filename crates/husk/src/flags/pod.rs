@@ -112,9 +112,11 @@ pub struct RunArgs {
     /// Arguments for the first app (after --), passed unchanged (any bytes).
     #[arg(last = true)]
     pub args: Vec<OsString>,
-    /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] or NAME,kind=empty.
+    /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] or NAME,kind=empty (apps mount
+    /// it with --mount); or, as docker and podman write it, /HOST:/TARGET[:ro], a host directory
+    /// or file mounted at TARGET in every app. (`-v` is --verbose in husk.)
     #[arg(long, value_parser = parse_volume)]
-    pub volume: Vec<Volume>,
+    pub volume: Vec<VolumeArg>,
     /// Hostname, an RFC 1123 host name (default husk-<uuid>).
     #[arg(long, value_parser = parse_hostname)]
     pub hostname: Option<String>,
@@ -353,7 +355,38 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_volume(s: &str) -> Result<Volume, String> {
+/// A `--volume`: a pod volume for `--mount`, or docker's `/host:/target[:ro|rw]` shorthand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeArg {
+    Pod(Volume),
+    Bind { source: PathBuf, target: PathBuf, read_only: bool },
+}
+
+fn parse_volume(s: &str) -> Result<VolumeArg, String> {
+    if s.starts_with('/') {
+        let mut parts = s.split(':');
+        let (source, target, opt) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+        let target = target
+            .filter(|t| t.starts_with('/'))
+            .ok_or_else(|| format!("volume {s:?}: expected /HOST:/TARGET[:ro] (or NAME,kind=host,source=PATH)"))?;
+        if parts.next().is_some() {
+            return Err(format!("volume {s:?}: expected /HOST:/TARGET[:ro]"));
+        }
+        let read_only = match opt {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(o) => return Err(format!("volume {s:?}: option {o:?} is not ro or rw")),
+        };
+        let target = PathBuf::from(target);
+        if target.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(format!("volume {s:?}: the target must not contain '..'"));
+        }
+        return Ok(VolumeArg::Bind { source: PathBuf::from(source), target, read_only });
+    }
+    parse_named_volume(s).map(VolumeArg::Pod)
+}
+
+fn parse_named_volume(s: &str) -> Result<Volume, String> {
     let (name, rest) = s
         .split_once(',')
         .ok_or_else(|| format!("volume {s:?}: expected NAME,kind=host,source=PATH or NAME,kind=empty"))?;
@@ -403,9 +436,18 @@ mod tests {
 
     #[test]
     fn volumes_parse() {
-        let v = parse_volume("data,kind=host,source=/srv,readOnly=true").unwrap();
+        let v = parse_named_volume("data,kind=host,source=/srv,readOnly=true").unwrap();
         assert_eq!(v.kind, VolumeKind::Host { source: "/srv".into(), read_only: true });
-        assert_eq!(parse_volume("scratch,kind=empty").unwrap().kind, VolumeKind::Empty);
+        assert_eq!(parse_named_volume("scratch,kind=empty").unwrap().kind, VolumeKind::Empty);
+        assert_eq!(
+            parse_volume("/srv/data:/data:ro").unwrap(),
+            VolumeArg::Bind { source: "/srv/data".into(), target: "/data".into(), read_only: true }
+        );
+        assert!(matches!(parse_volume("/srv:/d").unwrap(), VolumeArg::Bind { read_only: false, .. }));
+        assert!(parse_volume("/srv:rel").is_err());
+        assert!(parse_volume("/srv").is_err());
+        assert!(parse_volume("/srv:/d:rx").is_err());
+        assert!(parse_volume("/srv:/a/../../etc").is_err());
         assert!(parse_volume("x,kind=host").unwrap_err().contains("source"));
         assert!(parse_volume("x,kind=host,source=rel").unwrap_err().contains("absolute"));
         assert!(parse_volume("../x,kind=empty").is_err());
