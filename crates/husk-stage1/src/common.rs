@@ -132,6 +132,22 @@ pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Fail> {
         .ctx(Step::Manifest, || format!("cannot write {}", path.display()))
 }
 
+/// What stage0 hands a `run` entrypoint (the stage1 ABI): the pod lock (`HUSK_LOCK_FD`), the
+/// readiness fd of a detached pod (`HUSK_READY_FD`); then every other fd is made close-on-exec
+/// (nothing of stage1 leaks into apps) and this process is recorded as the lock's holder.
+pub fn take_run_fds(pod_dir: &Path) -> Result<(husk_sys::Lock, Option<std::fs::File>), Fail> {
+    use husk_types::abi::env;
+    let lock = husk_sys::Lock::from_inherited(env::LOCK_FD, pod_dir.to_path_buf())
+        .ctx(Step::Pod, || env::LOCK_FD.into())?
+        .ok_or_else(|| Fail::Invalid(format!("{} is not set: stage1 must be started by husk", env::LOCK_FD)))?;
+    let ready = husk_sys::proc::take_inherited_fd(env::READY_FD)
+        .ctx(Step::Pod, || env::READY_FD.into())?
+        .map(std::fs::File::from);
+    husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
+    write_lock_holder(pod_dir)?;
+    Ok((lock, ready))
+}
+
 /// Records this process as the pod lock's holder (stage1 ABI: `lock-holder.pid`), so that `husk
 /// stop` can end the pod even before `stage1.json` exists.
 pub fn write_lock_holder(pod_dir: &Path) -> Result<(), Fail> {

@@ -33,14 +33,7 @@ fn run() -> Result<i32, Fail> {
     let [app] = m.apps.as_slice() else {
         return Err(Fail::Invalid(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
-    let _lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
-        .ctx(Step::Pod, || abi::env::LOCK_FD.into())?
-        .ok_or_else(|| Fail::Invalid("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
-        .ctx(Step::Pod, || abi::env::READY_FD.into())?
-        .map(std::fs::File::from);
-    husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
-    crate::common::write_lock_holder(&dir)?;
+    let (_lock, mut ready) = crate::common::take_run_fds(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();
     let (logger, mut log_fds) = match m.stdio {

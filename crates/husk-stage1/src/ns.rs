@@ -75,15 +75,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
         return Err(Fail::Invalid(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
-    let lock = husk_sys::Lock::from_inherited(abi::env::LOCK_FD, dir.clone())
-        .ctx(Step::Pod, || abi::env::LOCK_FD.into())?
-        .ok_or_else(|| Fail::Invalid("HUSK_LOCK_FD is not set: stage1 must be started by husk".into()))?;
-    let mut ready = husk_sys::proc::take_inherited_fd(abi::env::READY_FD)
-        .ctx(Step::Pod, || abi::env::READY_FD.into())?
-        .map(std::fs::File::from);
-    // Nothing of stage1 leaks into apps: every fd we hold is close-on-exec from here on.
-    husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
-    crate::common::write_lock_holder(&dir)?;
+    let (lock, mut ready) = crate::common::take_run_fds(&dir)?;
     let debug = debug_enabled(args);
 
     let result = supervise(&dir, &m, debug, &mut ready);

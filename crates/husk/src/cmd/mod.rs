@@ -21,7 +21,7 @@ use anyhow::Context;
 use husk_pod::lifecycle;
 use husk_pod::{PodError, Pods};
 
-use crate::exit::Failure;
+use crate::exit::{self, Failure};
 use crate::flags::pod::*;
 use crate::Ctx;
 
@@ -57,4 +57,26 @@ pub fn uuids_of(pods: &Pods, uuids: &[String], file: Option<&Path>) -> Result<Ve
 /// stage1's `gc` entrypoint for one pod dir.
 pub fn stage1_gc(ctx: &Ctx, dir: &Path) -> Result<(), PodError> {
     lifecycle::stage1_gc(&|f| ctx.stage1_path(f).ok(), dir)
+}
+
+/// Runs `op` on each pod named by `uuids` (and `file`), printing the UUID of each that
+/// succeeded and reporting each failure; the exit code is the last failure's, else 0.
+pub fn each_pod(
+    pods: &Pods,
+    uuids: &[String],
+    file: Option<&Path>,
+    op: impl Fn(&str) -> Result<(), PodError>,
+) -> Result<i32, Failure> {
+    let mut code = 0;
+    for uuid in uuids_of(pods, uuids, file)? {
+        match op(&uuid) {
+            Ok(()) => println!("{uuid}"),
+            Err(e) => {
+                let f: Failure = e.into();
+                exit::report(&f);
+                code = f.code;
+            }
+        }
+    }
+    Ok(code)
 }
