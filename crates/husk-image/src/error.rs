@@ -30,6 +30,10 @@ pub enum StoreError {
     InUse { name: String, pods: String },
     #[error("image {name} is damaged in the store: the unpacked layer tree(s) {missing} are missing")]
     LayersMissing { name: String, missing: String },
+    #[error("image {name} points at manifest {manifest}, which is not in the store")]
+    DanglingRef { name: String, manifest: Digest },
+    #[error("the store at {path} has format {found}, newer than this husk knows ({known}); use a newer husk")]
+    NewerFormat { path: PathBuf, found: u32, known: u32 },
 }
 
 impl StoreError {

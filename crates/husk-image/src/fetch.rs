@@ -69,7 +69,7 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
     if let ImageSource::Registry(_) = source {
         match (opts.policy, &existing) {
             (PullPolicy::New | PullPolicy::Never, Some(r)) => {
-                if let Ok(record) = store.read_image(&r.id) {
+                if let Ok(record) = store.read_ref_image(r) {
                     return Ok(Fetched { name, record, cached: true });
                 }
             }
@@ -113,7 +113,7 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
                 }
             }
             let unchanged = existing.as_ref().is_some_and(|e| e.manifest == digest);
-            match (unchanged, existing.as_ref().map(|e| store.read_image(&e.id))) {
+            match (unchanged, existing.as_ref().map(|e| store.read_ref_image(e))) {
                 (true, Some(Ok(rec)))
                     if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) =>
                 {

@@ -120,6 +120,60 @@ pub fn check_metadata_size(image: &str, what: &'static str, len: u64) -> Result<
     Ok(())
 }
 
+/// Parses an image manifest (OCI or Docker v2s2): its media type and contents.
+pub(crate) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<(String, ImageManifest), FetchError> {
+    check_metadata_size(image, "manifest", bytes.len() as u64)?;
+    let media_type = manifest_kind(bytes, None).unwrap_or_else(|| MT_OCI_MANIFEST.to_string());
+    if media_type != MT_OCI_MANIFEST && media_type != MT_DOCKER_MANIFEST {
+        return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type });
+    }
+    let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| FetchError::Invalid {
+        image: image.to_string(),
+        what: "manifest",
+        why: e.to_string(),
+    })?;
+    Ok((media_type, manifest))
+}
+
+/// The layers of a manifest, each with its diff_id from the config: what an image record keeps.
+pub(crate) fn layer_records(
+    image: &str,
+    manifest: &ImageManifest,
+    config_bytes: &[u8],
+) -> Result<Vec<LayerRecord>, FetchError> {
+    let config: ImageConfiguration = serde_json::from_slice(config_bytes).map_err(|e| FetchError::Invalid {
+        image: image.to_string(),
+        what: "image config",
+        why: e.to_string(),
+    })?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(FetchError::Invalid {
+            image: image.to_string(),
+            what: "image config",
+            why: format!(
+                "{} layers in the manifest but {} diff_ids in the config",
+                manifest.layers().len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    let mut layers = Vec::new();
+    for (desc, diff) in manifest.layers().iter().zip(diff_ids) {
+        let mt = desc.media_type().to_string();
+        if !unpack::layer_media_type_supported(&mt) {
+            return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type: mt });
+        }
+        layers.push(LayerRecord {
+            digest: parse_digest(image, desc.digest().as_ref())?,
+            media_type: mt,
+            size: desc.size(),
+            diff_id: parse_digest(image, diff)?,
+        });
+    }
+    Ok(layers)
+}
+
 /// Everything needed to ingest one image whose manifest is already known.
 pub struct Ingest<'a> {
     pub store: &'a Store,
@@ -140,16 +194,7 @@ impl Ingest<'_> {
     /// Stores manifest, config and layers; returns the image record (not yet named).
     pub fn run(&self, blobs: &dyn BlobSource) -> Result<ImageRecord, FetchError> {
         let image = self.image;
-        check_metadata_size(image, "manifest", self.manifest_bytes.len() as u64)?;
-        let media_type = manifest_kind(self.manifest_bytes, None).unwrap_or_else(|| MT_OCI_MANIFEST.to_string());
-        if media_type != MT_OCI_MANIFEST && media_type != MT_DOCKER_MANIFEST {
-            return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type });
-        }
-        let manifest: ImageManifest = serde_json::from_slice(self.manifest_bytes).map_err(|e| FetchError::Invalid {
-            image: image.to_string(),
-            what: "manifest",
-            why: e.to_string(),
-        })?;
+        let (media_type, manifest) = parse_manifest(image, self.manifest_bytes)?;
         let cfg_desc = manifest.config();
         let cfg_digest: Digest = parse_digest(image, cfg_desc.digest().as_ref())?;
         check_metadata_size(image, "image config", cfg_desc.size())?;
@@ -167,36 +212,7 @@ impl Ingest<'_> {
         // The descriptor's size must match the bytes even when the blob was stored before (by
         // another image whose descriptor was right).
         check_size(&cfg_digest, cfg_desc.size(), config_bytes.len() as u64).map_err(|e| self.store_err(e))?;
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| FetchError::Invalid {
-            image: image.to_string(),
-            what: "image config",
-            why: e.to_string(),
-        })?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(FetchError::Invalid {
-                image: image.to_string(),
-                what: "image config",
-                why: format!(
-                    "{} layers in the manifest but {} diff_ids in the config",
-                    manifest.layers().len(),
-                    diff_ids.len()
-                ),
-            });
-        }
-        let mut layers = Vec::new();
-        for (desc, diff) in manifest.layers().iter().zip(diff_ids) {
-            let mt = desc.media_type().to_string();
-            if !unpack::layer_media_type_supported(&mt) {
-                return Err(FetchError::UnsupportedMediaType { image: image.to_string(), media_type: mt });
-            }
-            layers.push(LayerRecord {
-                digest: parse_digest(image, desc.digest().as_ref())?,
-                media_type: mt,
-                size: desc.size(),
-                diff_id: parse_digest(image, diff)?,
-            });
-        }
+        let layers = layer_records(image, &manifest, &config_bytes)?;
 
         // Layers in parallel, bounded; the first error wins and the rest stop at their next chunk.
         let next = Mutex::new(0usize);

@@ -7,45 +7,56 @@ use husk_sys::LockKind;
 use husk_types::Digest;
 
 use crate::error::{StoreError, UnpackError};
-use crate::store::{hash_reader, remove_any, ImageRecord, Store};
+use crate::store::{hash_reader, remove_any, ImageRecord, Store, Via};
 use crate::unpack::{self, Mode};
 
 /// What `image rm` did.
 #[derive(Debug)]
 pub enum Removed {
-    /// A name was removed; the image still has other names.
+    /// A name was removed; its manifest still has other names.
     Untagged(String),
-    /// The image record itself (and all its names) was removed.
-    Image { id: Digest, names: Vec<String> },
+    /// Image records (one per manifest) and all their names were removed.
+    Image { id: Digest, manifests: Vec<Digest>, names: Vec<String> },
 }
 
-/// Removes a name, or an image by ID (prefix). `pods_using` tells which pods use an image; an
-/// image in use is refused and nothing is removed.
+/// Removes a name, a manifest (by digest prefix) or an image (by ID prefix, with every manifest
+/// of it). A name that is its manifest's last takes the manifest's record with it. `pods_using`
+/// tells which pods use an image ID; removing the last record of an ID that pods use is refused
+/// and nothing is removed (another manifest of the same ID keeps the trees those pods run).
 pub fn remove(store: &Store, what: &str, pods_using: &dyn Fn(&Digest) -> Vec<String>) -> Result<Removed, StoreError> {
-    let rec = store.resolve(what)?;
-    let names = store.names_of(&rec.id)?;
-    let by_name = names
-        .iter()
-        .find(|n| {
-            n.as_str() == what
-                || husk_types::Reference::parse(what).map(|r| r.normalized().to_string()).ok().as_deref()
-                    == Some(n.as_str())
-        })
-        .cloned();
-    if let (Some(n), true) = (&by_name, names.len() > 1) {
-        store.remove_ref(n)?;
-        return Ok(Removed::Untagged(n.clone()));
+    let found = store.lookup(what)?;
+    let rec = found.record;
+    let records = match &found.via {
+        Via::Name(n) => {
+            if store.names_of(&rec.manifest)?.len() > 1 {
+                store.remove_ref(n)?;
+                return Ok(Removed::Untagged(n.clone()));
+            }
+            vec![rec.clone()]
+        }
+        Via::Manifest => vec![rec.clone()],
+        Via::Id => store.records_of(&rec.id)?,
+    };
+    let remaining = store.records_of(&rec.id)?.len() - records.len();
+    if remaining == 0 {
+        let pods = pods_using(&rec.id);
+        if !pods.is_empty() {
+            let name = match found.via {
+                Via::Name(n) => n,
+                _ => rec.id.to_string(),
+            };
+            return Err(StoreError::InUse { name, pods: pods.join(", ") });
+        }
     }
-    let pods = pods_using(&rec.id);
-    if !pods.is_empty() {
-        return Err(StoreError::InUse { name: by_name.unwrap_or_else(|| rec.id.to_string()), pods: pods.join(", ") });
+    let mut names = Vec::new();
+    for r in &records {
+        for n in store.names_of(&r.manifest)? {
+            store.remove_ref(&n)?;
+            names.push(n);
+        }
+        store.remove_image(&r.manifest)?;
     }
-    for n in &names {
-        store.remove_ref(n)?;
-    }
-    let p = store.image_path(&rec.id);
-    std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, "remove image record", e))?;
-    Ok(Removed::Image { id: rec.id, names })
+    Ok(Removed::Image { id: rec.id, manifests: records.into_iter().map(|r| r.manifest).collect(), names })
 }
 
 #[derive(Debug, Default)]

@@ -5,11 +5,19 @@
 //!   blobs/sha256/<hex>            verified blobs: manifests, configs, compressed layers
 //!   layers/<diff-id hex>/rootfs/  one layer unpacked, in overlayfs format (read-only lower dir)
 //!   layers/<diff-id hex>/layer.json   tree digest and size, for `image verify`
-//!   images/<config hex>.json      image records (the image ID is the config digest)
-//!   refs/<escaped name:tag>.json  references to image IDs
+//!   images/<manifest hex>.json    image records, one per manifest
+//!   refs/<escaped name:tag>.json  references, each to one manifest
 //!   locks/                        per-digest and store-wide locks
 //!   tmp/                          work in progress, named after the lock that owns it
+//!   version                       the store format (see below)
 //! ```
+//! An image record is keyed by its manifest: the same image fetched as OCI+gzip, OCI+zstd and
+//! Docker v2s2 is three records (three manifests, three sets of layer blobs) that share one
+//! config, hence one image ID (the config digest, as podman and docker show it), and one unpacked
+//! tree per layer (trees are named by diff_id).
+//!
+//! Format 1 keyed records by the config digest, so the last manifest fetched for a config won;
+//! [`crate::migrate`] turns a format 1 store into format 2 the first time it is opened.
 //! Nothing becomes visible before it is verified: blobs, trees and records are built in `tmp/`
 //! and renamed into place. Concurrent fetches lock per digest; `image gc` takes the store lock
 //! exclusively, fetches and pod preparation take it shared.
@@ -25,7 +33,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::StoreError;
 
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The store format this husk reads and writes (`store/version`; also each record's
+/// `format_version`).
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerRecord {
@@ -41,8 +51,9 @@ pub struct LayerRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImageRecord {
     pub format_version: u32,
-    /// The image ID: digest of the image config.
+    /// The image ID: digest of the image config (shared by every manifest of the same image).
     pub id: Digest,
+    /// The manifest this record describes: the record's key.
     pub manifest: Digest,
     pub manifest_media_type: String,
     pub config: Digest,
@@ -58,11 +69,13 @@ impl ImageRecord {
     }
 }
 
-/// A name pointing at an image.
+/// A name pointing at an image: at one manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RefRecord {
     pub name: String,
+    /// The image ID (config digest), for listing without reading the record.
     pub id: Digest,
+    /// The record's key.
     pub manifest: Digest,
     pub updated: chrono::DateTime<chrono::Utc>,
 }
@@ -80,6 +93,24 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// How [`Store::lookup`] matched what the user wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A reference name (normalized).
+    Name(String),
+    /// A prefix of the image ID (config digest): every record of that ID matches.
+    Id,
+    /// A prefix of a manifest digest: exactly one record.
+    Manifest,
+}
+
+/// An image found by [`Store::lookup`].
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub record: ImageRecord,
+    pub via: Via,
+}
+
 impl Store {
     /// Opens (creating when missing) the store under `data_dir/store`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
@@ -90,7 +121,9 @@ impl Store {
                 fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, "create store directory", e))?;
             }
         }
-        Ok(Store { root })
+        let store = Store { root };
+        crate::migrate::ensure_current(&store)?;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -222,30 +255,43 @@ impl Store {
 
     // ----- image records and references -----
 
-    pub fn image_path(&self, id: &Digest) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", id.hex()))
+    /// The record of the image whose manifest is `manifest`.
+    pub fn image_path(&self, manifest: &Digest) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", manifest.hex()))
     }
 
     pub fn write_image(&self, rec: &ImageRecord) -> Result<(), StoreError> {
-        let p = self.image_path(&rec.id);
+        let p = self.image_path(&rec.manifest);
         let data = serde_json::to_vec_pretty(rec).expect("image record serializes");
         atomic_write(&p, &data, 0o644).map_err(|e| StoreError::io(&p, "write image record", e))
     }
 
-    pub fn read_image(&self, id: &Digest) -> Result<ImageRecord, StoreError> {
-        let p = self.image_path(id);
+    /// Reads the record of one manifest.
+    pub fn read_image(&self, manifest: &Digest) -> Result<ImageRecord, StoreError> {
+        let p = self.image_path(manifest);
         let data = fs::read(&p).map_err(|e| StoreError::io(&p, "read image record", e))?;
         serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
     }
 
+    /// Removes the record of one manifest (its names are the caller's business).
+    pub fn remove_image(&self, manifest: &Digest) -> Result<(), StoreError> {
+        let p = self.image_path(manifest);
+        match fs::remove_file(&p) {
+            Ok(()) => husk_sys::fsync_dir(&self.root.join("images")).map_err(|e| StoreError::io(&p, "sync", e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&p, "remove image record", e)),
+        }
+    }
+
+    /// Every image record, oldest fetch first.
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         let dir = self.root.join("images");
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(hex) = name.strip_suffix(".json") else { continue };
-            let Ok(id) = Digest::from_sha256_hex(hex) else { continue };
-            match self.read_image(&id) {
+            let Ok(manifest) = Digest::from_sha256_hex(hex) else { continue };
+            match self.read_image(&manifest) {
                 Ok(r) => out.push(r),
                 // A record removed by a concurrent `image rm` is not an error.
                 Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -260,6 +306,7 @@ impl Store {
         self.root.join("refs").join(format!("{}.json", escape_ref(name)))
     }
 
+    /// Points `name` at `rec`'s manifest.
     pub fn write_ref(&self, name: &str, rec: &ImageRecord) -> Result<(), StoreError> {
         let r = RefRecord {
             name: name.to_string(),
@@ -267,8 +314,12 @@ impl Store {
             manifest: rec.manifest.clone(),
             updated: chrono::Utc::now(),
         };
-        let p = self.ref_path(name);
-        atomic_write(&p, &serde_json::to_vec_pretty(&r).expect("ref serializes"), 0o644)
+        self.put_ref(&r)
+    }
+
+    pub(crate) fn put_ref(&self, r: &RefRecord) -> Result<(), StoreError> {
+        let p = self.ref_path(&r.name);
+        atomic_write(&p, &serde_json::to_vec_pretty(r).expect("ref serializes"), 0o644)
             .map_err(|e| StoreError::io(&p, "write reference", e))
     }
 
@@ -281,6 +332,16 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io(&p, "read reference", e)),
         }
+    }
+
+    /// The record a reference points at.
+    pub fn read_ref_image(&self, r: &RefRecord) -> Result<ImageRecord, StoreError> {
+        self.read_image(&r.manifest).map_err(|e| match e {
+            StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                StoreError::DanglingRef { name: r.name.clone(), manifest: r.manifest.clone() }
+            }
+            e => e,
+        })
     }
 
     pub fn remove_ref(&self, name: &str) -> Result<(), StoreError> {
@@ -311,31 +372,60 @@ impl Store {
 
     /// Finds an image by reference name (`busybox`, `host/x:tag`) or by a unique ID prefix.
     pub fn resolve(&self, what: &str) -> Result<ImageRecord, StoreError> {
+        Ok(self.lookup(what)?.record)
+    }
+
+    /// Finds an image by reference name, by a prefix of its image ID or by a prefix of its
+    /// manifest digest (`sha256:` optional, at least 4 hex digits), and says which matched.
+    /// An ID prefix shared by several manifests of one image picks the latest fetched (they run
+    /// the same tree); a prefix matching two different images is ambiguous.
+    pub fn lookup(&self, what: &str) -> Result<Found, StoreError> {
+        let mut names = Vec::with_capacity(2);
         if let Ok(r) = Reference::parse(what) {
-            let name = r.normalized().to_string();
-            if let Some(rr) = self.read_ref(&name)? {
-                return self.read_image(&rr.id);
-            }
+            names.push(r.normalized().to_string());
         }
-        if let Some(rr) = self.read_ref(what)? {
-            return self.read_image(&rr.id);
+        names.push(what.to_string());
+        for name in names {
+            if let Some(rr) = self.read_ref(&name)? {
+                return Ok(Found { record: self.read_ref_image(&rr)?, via: Via::Name(name) });
+            }
         }
         let prefix = what.strip_prefix("sha256:").unwrap_or(what);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<ImageRecord> =
-                self.images()?.into_iter().filter(|i| i.id.hex().starts_with(prefix)).collect();
-            match matches.len() {
-                1 => return Ok(matches.into_iter().next().unwrap()),
-                0 => {}
-                n => return Err(StoreError::Ambiguous { what: what.to_string(), count: n }),
+            let prefix = prefix.to_ascii_lowercase();
+            let mut by_id = Vec::new();
+            let mut by_manifest = Vec::new();
+            for i in self.images()? {
+                if i.manifest.hex().starts_with(&prefix) {
+                    by_manifest.push(i);
+                } else if i.id.hex().starts_with(&prefix) {
+                    by_id.push(i);
+                }
+            }
+            let mut ids: Vec<&Digest> = by_id.iter().chain(&by_manifest).map(|i| &i.id).collect();
+            ids.sort();
+            ids.dedup();
+            match (ids.len(), by_manifest.len()) {
+                (0, _) => {}
+                (1, 1) if by_id.is_empty() => {
+                    return Ok(Found { record: by_manifest.pop().expect("one"), via: Via::Manifest })
+                }
+                // `images()` is sorted oldest first: the last is the latest fetched.
+                (1, 0) => return Ok(Found { record: by_id.pop().expect("at least one"), via: Via::Id }),
+                (n, _) => return Err(StoreError::Ambiguous { what: what.to_string(), count: n.max(2) }),
             }
         }
         Err(StoreError::UnknownImage { what: what.to_string() })
     }
 
-    /// Names pointing at an image.
-    pub fn names_of(&self, id: &Digest) -> Result<Vec<String>, StoreError> {
-        Ok(self.refs()?.into_iter().filter(|r| &r.id == id).map(|r| r.name).collect())
+    /// Names pointing at one manifest.
+    pub fn names_of(&self, manifest: &Digest) -> Result<Vec<String>, StoreError> {
+        Ok(self.refs()?.into_iter().filter(|r| &r.manifest == manifest).map(|r| r.name).collect())
+    }
+
+    /// Every record of one image ID (one per manifest).
+    pub fn records_of(&self, id: &Digest) -> Result<Vec<ImageRecord>, StoreError> {
+        Ok(self.images()?.into_iter().filter(|r| &r.id == id).collect())
     }
 
     /// Records an unpacked tree as complete (called on the tmp dir before it is renamed).

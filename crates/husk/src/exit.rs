@@ -161,6 +161,10 @@ fn clone_store_failure(s: &husk_image::StoreError) -> Failure {
             IMAGE,
             Some(format!("unpack it again with `husk fetch --pull-policy=update {name}`, then check the store with `husk image verify`")),
         ),
+        S::DanglingRef { name, .. } => {
+            (IMAGE, Some(format!("fetch it again with `husk fetch --pull-policy=update {name}`")))
+        }
+        S::NewerFormat { .. } => (ENGINE, None),
         S::Lock(husk_sys::LockError::Timeout { .. }) => (TIMEOUT, None),
         _ if s.is_disk_full() => {
             (ENGINE, Some("the disk holding the data dir is full; free space or run `husk image gc`".into()))

@@ -318,3 +318,112 @@ fn progress_is_drawn_on_a_terminal_only() {
     let piped = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && !piped.contains("total"), "progress drawn into a pipe: {piped}");
 }
+
+/// Copies with skopeo (another tool); `what` names the step in a failure.
+fn skopeo_copy(what: &str, args: &[&str]) {
+    let st = Command::new("skopeo").args(["copy", "-q"]).args(args).status().unwrap();
+    assert!(st.success(), "skopeo could not {what}");
+}
+
+/// Pushes the busybox test image to the loopback registry as `husk/variants:TAG`, from the OCI
+/// layout `src` (tag `latest`), with `extra` flags.
+fn push_variant(src: &Path, tag: &str, extra: &[&str]) -> String {
+    let dest = format!("{}/husk/variants:{tag}", registry());
+    let mut args = vec!["--dest-tls-verify=false"];
+    args.extend_from_slice(extra);
+    let (from, to) = (format!("oci:{}:latest", src.display()), format!("docker://{dest}"));
+    args.extend_from_slice(&[&from, &to]);
+    skopeo_copy(&format!("push {dest}"), &args);
+    dest
+}
+
+/// One image record per manifest (issue 15): the same image as OCI+gzip, OCI+zstd and Docker
+/// v2s2 shares one config (one image ID) and its unpacked trees, but each name shows, exports
+/// and removes its own manifest.
+#[test]
+fn names_of_one_image_in_three_formats_keep_their_own_manifests() {
+    let env = Env::new();
+    let busybox = images_dir().join("busybox");
+    let gzip = push_variant(&busybox, "gzip", &[]);
+    let v2s2 = push_variant(&busybox, "v2s2", &["--format=v2s2"]);
+    // skopeo recompresses only uncompressed layers (and reuses blobs a registry already has):
+    // decompress, then compress as zstd into a layout, then push that.
+    let (plain, zstd_layout) = (env.tmp.path().join("plain"), env.tmp.path().join("zstd"));
+    let at = |p: &Path| format!("oci:{}:latest", p.display());
+    skopeo_copy("decompress", &["--dest-decompress", &at(&busybox), &at(&plain)]);
+    skopeo_copy(
+        "compress as zstd",
+        &["--dest-compress", "--dest-compress-format=zstd", &at(&plain), &at(&zstd_layout)],
+    );
+    let zstd = push_variant(&zstd_layout, "zstd", &[]);
+    env.ok(&["fetch", "-q", &gzip, &zstd, &v2s2]);
+    let list = env.json(&["image", "list", "--format", "json"]);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "one record per manifest: {list}");
+    assert!(rows.iter().all(|r| r["id"] == rows[0]["id"]), "one image ID: {list}");
+    let manifest_of = |name: &str| -> serde_json::Value { env.json(&["image", "cat-manifest", name]) };
+    let (mg, mz, mv) = (manifest_of(&gzip), manifest_of(&zstd), manifest_of(&v2s2));
+    assert_eq!(mv["mediaType"], "application/vnd.docker.distribution.manifest.v2+json", "{mv}");
+    assert!(mz["layers"][0]["mediaType"].as_str().unwrap().ends_with("+zstd"), "{mz}");
+    assert!(mg["layers"][0]["mediaType"].as_str().unwrap().ends_with("+gzip"), "{mg}");
+    assert_eq!(std::fs::read_dir(env.dir().join("store/layers")).unwrap().count(), 1, "one unpacked tree");
+    // Each export carries its own name and manifest.
+    for (name, m) in [(&gzip, &mg), (&zstd, &mz), (&v2s2, &mv)] {
+        let out = env.tmp.path().join("export.tar");
+        env.ok(&["image", "export", "--overwrite", name, out.to_str().unwrap()]);
+        let dir = env.tmp.path().join("unpacked");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        assert!(Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&dir).status().unwrap().success());
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let d = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let exported: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(d)).unwrap()).unwrap();
+        assert_eq!(&exported, m, "{name} exported another's manifest");
+        assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], name.as_str());
+    }
+    // Removing one name removes its manifest only; the others still run.
+    let out = env.ok(&["image", "rm", &zstd]);
+    assert!(out.contains("removed:"), "{out}");
+    assert_eq!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().len(), 2);
+    assert_eq!(env.ok(&["run", "--net=none", &v2s2, "--", "echo", "ok"]).trim(), "ok");
+    env.ok(&["image", "verify"]);
+    // Removing by ID removes every manifest of the image.
+    let id = rows[0]["id"].as_str().unwrap().to_string();
+    env.ok(&["gc", "--grace-period=0s"]);
+    env.ok(&["image", "rm", &id[7..19]]);
+    assert!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().is_empty());
+}
+
+/// A store husk 0.1 wrote (format 1: one record per config, the last manifest fetched) is
+/// upgraded when opened: each name gets its own manifest back.
+#[test]
+fn a_format_1_store_is_upgraded_in_place() {
+    let env = Env::new();
+    let busybox = images_dir().join("busybox");
+    let gzip = push_variant(&busybox, "gzip", &[]);
+    let v2s2 = push_variant(&busybox, "v2s2", &["--format=v2s2"]);
+    env.ok(&["fetch", "-q", &gzip, &v2s2]);
+    let want = env.json(&["image", "cat-manifest", &gzip]);
+    // Make it what 0.1 left: the v2s2 record under the config's name, no version file.
+    let store = env.dir().join("store");
+    let list = env.json(&["image", "list", "--format", "json"]);
+    let row = list.as_array().unwrap().iter().find(|r| r["names"][0] == v2s2.as_str()).unwrap().clone();
+    let hex = |v: &serde_json::Value| v.as_str().unwrap().trim_start_matches("sha256:").to_string();
+    for e in std::fs::read_dir(store.join("images")).unwrap() {
+        let p = e.unwrap().path();
+        if !p.ends_with(format!("{}.json", hex(&row["manifest"]))) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    std::fs::rename(
+        store.join("images").join(format!("{}.json", hex(&row["manifest"]))),
+        store.join("images").join(format!("{}.json", hex(&row["id"]))),
+    )
+    .unwrap();
+    std::fs::remove_file(store.join("version")).unwrap();
+    assert_eq!(env.json(&["image", "cat-manifest", &gzip]), want, "the gzip name's manifest came back");
+    assert_eq!(std::fs::read_to_string(store.join("version")).unwrap(), "2\n");
+    assert_eq!(env.json(&["image", "list", "--format", "json"]).as_array().unwrap().len(), 2);
+    env.ok(&["image", "verify"]);
+}

@@ -22,7 +22,7 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
                         .iter()
                         .map(|i| {
                             serde_json::json!({
-                                "id": i.id, "names": refs.iter().filter(|r| r.id == i.id).map(|r| &r.name).collect::<Vec<_>>(),
+                                "id": i.id, "names": refs.iter().filter(|r| r.manifest == i.manifest).map(|r| &r.name).collect::<Vec<_>>(),
                                 "manifest": i.manifest, "size": i.size(), "layers": i.layers.len(), "fetched": i.fetched, "source": i.source,
                             })
                         })
@@ -33,7 +33,8 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
                     let mut t = Table::new(&["ID", "NAME", "SIZE", "LAYERS", "FETCHED"]);
                     for i in &images {
                         let id = if *full { i.id.to_string() } else { i.id.to_string()[..19].to_string() };
-                        let names: Vec<&str> = refs.iter().filter(|r| r.id == i.id).map(|r| r.name.as_str()).collect();
+                        let names: Vec<&str> =
+                            refs.iter().filter(|r| r.manifest == i.manifest).map(|r| r.name.as_str()).collect();
                         let shown = if names.is_empty() { "<none>".to_string() } else { names.join(",") };
                         t.row(vec![id, shown, human_size(i.size()), i.layers.len().to_string(), human_time(i.fetched)]);
                     }
@@ -50,7 +51,11 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             for what in images {
                 match husk_image::maintenance::remove(&store, what, &using) {
                     Ok(husk_image::maintenance::Removed::Untagged(n)) => println!("untagged: {n}"),
-                    Ok(husk_image::maintenance::Removed::Image { id, .. }) => println!("removed: {id}"),
+                    Ok(husk_image::maintenance::Removed::Image { id, manifests, .. }) => {
+                        for m in manifests {
+                            println!("removed: {id} (manifest {m})");
+                        }
+                    }
                     Err(e) => {
                         let f: Failure = e.into();
                         exit::report(&f);
@@ -88,14 +93,15 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             if output.exists() && !overwrite {
                 return Err(Failure::usage(format!("{} exists; pass --overwrite to replace it", output.display())));
             }
-            let rec = store.resolve(image)?;
-            let names = store.names_of(&rec.id)?;
-            husk_image::layout::export_oci_archive(&store, &rec, names.first().map(String::as_str), output)?;
-            eprintln!(
-                "exported {} to {}",
-                names.first().cloned().unwrap_or_else(|| rec.id.to_string()),
-                output.display()
-            );
+            // The archive carries the name the user asked for, or the manifest's first name.
+            let found = store.lookup(image)?;
+            let rec = found.record;
+            let name = match found.via {
+                husk_image::Via::Name(n) => Some(n),
+                _ => store.names_of(&rec.manifest)?.into_iter().next(),
+            };
+            husk_image::layout::export_oci_archive(&store, &rec, name.as_deref(), output)?;
+            eprintln!("exported {} to {}", name.unwrap_or_else(|| rec.manifest.to_string()), output.display());
             Ok(0)
         }
         ImageCommand::Render { image, dest } => {
