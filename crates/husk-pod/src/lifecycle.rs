@@ -38,6 +38,9 @@ pub struct PodRequest {
     pub flavor: Flavor,
     pub private_users: bool,
     pub stdio: Stdio,
+    /// TERM for an app with a terminal (the invoker's; default `xterm`, as podman sets it)
+    /// unless its image or flags set one.
+    pub term: Option<String>,
     pub log_limits: LogLimits,
     pub exit_policy: ExitPolicy,
     /// Run by stage1 when the pod has exited (see [`PodManifest::exit_command`]); `{uuid}` in
@@ -47,6 +50,27 @@ pub struct PodRequest {
 
 fn invalid(why: impl Into<String>) -> PodError {
     PodError::Request(why.into())
+}
+
+/// A terminal or the invoker's input goes to one app; a pty needs the app's own devpts.
+fn check_stdio(stdio: Stdio, apps: usize, flavor: &Flavor) -> Result<(), PodError> {
+    if stdio.needs_single_app() && apps != 1 {
+        let what = if stdio.has_terminal() { "a pod with a terminal" } else { "an interactive pod" };
+        return Err(invalid(format!("{what} has exactly one app; this one has {apps}")));
+    }
+    if stdio.has_terminal() && *flavor == Flavor::Fly {
+        return Err(invalid(
+            "the fly stage1 has no devpts of its own to give the app a terminal; use -i without -t (the app shares yours)",
+        ));
+    }
+    Ok(())
+}
+
+/// Gives an app with a terminal its TERM, unless its image or flags set one (lowest precedence).
+fn add_term(app: &mut App, term: Option<&str>) {
+    if !app.env.iter().any(|(k, _)| k == "TERM") {
+        app.env.insert(0, ("TERM".into(), term.unwrap_or("xterm").into()));
+    }
 }
 
 impl PodRequest {
@@ -74,9 +98,7 @@ impl PodRequest {
         if self.flavor == Flavor::Fly && self.apps.len() != 1 {
             return Err(invalid("the fly stage1 runs exactly one app"));
         }
-        if self.stdio == Stdio::Interactive && self.apps.len() != 1 {
-            return Err(invalid("an interactive pod has exactly one app"));
-        }
+        check_stdio(self.stdio, self.apps.len(), &self.flavor)?;
         if let Some(h) = &self.hostname {
             husk_types::pod::validate_hostname(h).map_err(invalid)?;
         }
@@ -184,7 +206,10 @@ fn assemble(
             name = format!("{base}-{n}");
             n += 1;
         }
-        let app = build_app(store, &img.name, &img.record, s, name, ids.as_ref().map(|i| i.range))?;
+        let mut app = build_app(store, &img.name, &img.record, s, name, ids.as_ref().map(|i| i.range))?;
+        if req.stdio.has_terminal() {
+            add_term(&mut app, req.term.as_deref());
+        }
         for mp in &app.mounts {
             if !req.volumes.iter().any(|v| v.name == mp.volume) {
                 return Err(invalid(format!(
@@ -251,8 +276,14 @@ fn write_manifest(dir: &Path, m: &PodManifest, durable: bool) -> Result<(), PodE
 }
 
 /// Takes a prepared pod for running: locks it, checks it is in `prepared/`, sets how its apps'
-/// standard streams are wired, and moves it to `run/`.
-pub fn take_prepared(pods: &Pods, uuid: &str, stdio: Stdio) -> Result<(LockedPod, PodManifest), PodError> {
+/// standard streams are wired (and, for a terminal, TERM as [`PodRequest::term`]), and moves
+/// it to `run/`.
+pub fn take_prepared(
+    pods: &Pods,
+    uuid: &str,
+    stdio: Stdio,
+    term: Option<&str>,
+) -> Result<(LockedPod, PodManifest), PodError> {
     let mut pod = pods.lock_pod(uuid)?;
     if pod.at != PhaseDir::Prepared {
         let phase = pods.observe(uuid).map(|(p, _)| p).unwrap_or(Phase::Garbage);
@@ -266,10 +297,11 @@ pub fn take_prepared(pods: &Pods, uuid: &str, stdio: Stdio) -> Result<(LockedPod
     let data = std::fs::read(&path).map_err(|e| PodError::io(&path, "read", e))?;
     let mut m: PodManifest =
         serde_json::from_slice(&data).map_err(|e| PodError::Corrupt { path: path.clone(), why: e.to_string() })?;
-    if stdio == Stdio::Interactive && m.apps.len() != 1 {
-        return Err(invalid("an interactive pod has exactly one app"));
-    }
+    check_stdio(stdio, m.apps.len(), &m.flavor)?;
     m.stdio = stdio;
+    if stdio.has_terminal() {
+        m.apps.iter_mut().for_each(|a| add_term(a, term));
+    }
     write_manifest(&pod.dir, &m, true)?;
     pods.transition(&mut pod, PhaseDir::Run)?;
     Ok((pod, m))
@@ -442,6 +474,7 @@ mod tests {
             flavor: Flavor::Ns,
             private_users: false,
             stdio: Stdio::Inherit,
+            term: None,
             log_limits: LogLimits::default(),
             exit_policy: ExitPolicy::default(),
             exit_command: vec![],
@@ -496,6 +529,21 @@ mod tests {
                 }),
                 "interactive",
             ),
+            (
+                Box::new(|r| {
+                    r.stdio = Stdio::Terminal { input: true };
+                    r.apps.push(r.apps[0].clone());
+                }),
+                "a pod with a terminal has exactly one app",
+            ),
+            (
+                Box::new(|r| {
+                    r.stdio = Stdio::AttachableTerminal;
+                    r.flavor = Flavor::Fly;
+                    r.net = NetMode::Host;
+                }),
+                "no devpts",
+            ),
             (Box::new(|r| r.hostname = Some("a\nb".into())), "RFC 1123"),
             (Box::new(|r| r.hosts = Hosts::Written { entries: vec![("1.2.3.4".into(), "a b".into())] }), "RFC 1123"),
             (Box::new(|r| r.hosts = Hosts::Written { entries: vec![("x".into(), "a".into())] }), "not an IP"),
@@ -508,5 +556,21 @@ mod tests {
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
         assert!(pods.all_uuids().is_empty());
+    }
+
+    #[test]
+    fn a_terminal_brings_term_unless_the_app_has_one() {
+        let m: PodManifest = serde_json::from_str(include_str!("../../husk-types/testdata/pod-abi1.json")).unwrap();
+        let mut app = m.apps[0].clone();
+        app.env = vec![("PATH".into(), "/bin".into())];
+        add_term(&mut app, Some("screen-256color"));
+        assert_eq!(app.environment()[0], ("TERM".into(), "screen-256color".into()));
+        let mut set = app.clone();
+        set.env = vec![("TERM".into(), "vt100".into())];
+        add_term(&mut set, None);
+        assert_eq!(set.environment(), vec![("TERM".into(), "vt100".into())]);
+        app.env.clear();
+        add_term(&mut app, None);
+        assert_eq!(app.environment(), vec![("TERM".into(), "xterm".into())]);
     }
 }

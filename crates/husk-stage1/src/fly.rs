@@ -33,6 +33,12 @@ fn run() -> Result<i32, Fail> {
     let [app] = m.apps.as_slice() else {
         return Err(Fail::Invalid(format!("the fly flavor runs exactly one app; this pod has {}", m.apps.len())));
     };
+    if m.stdio.has_terminal() {
+        return Err(Fail::Invalid(
+            "the fly flavor has no devpts of its own to give the app a terminal; use -i (the invoker's terminal)"
+                .into(),
+        ));
+    }
     let (_lock, mut ready) = crate::common::take_run_fds(&dir)?;
     crate::rootfs::write_etc(&dir, &m, None)?;
     let started = chrono::Utc::now();

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod cgroup;
 pub mod cni;
 pub mod common;
+pub mod console;
 pub mod fly;
 pub mod logger;
 pub mod ns;

@@ -77,8 +77,29 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     }
     let (lock, mut ready) = crate::common::take_run_fds(&dir)?;
     let debug = debug_enabled(args);
+    // An app with a terminal: its relay is forked first, holding nothing of the supervisor's
+    // but its stdio (the pod lock and the ready pipe must close with the supervisor).
+    let relay = if m.stdio.has_terminal() {
+        let (relay_end, app_end) = crate::console::sockets()?;
+        match fork().ctx(Step::Process, || "cannot start the terminal relay".into())? {
+            ForkResult::Child => {
+                drop(lock);
+                drop(ready);
+                drop(app_end);
+                std::process::exit(crate::console::relay_process(&dir, &m, relay_end));
+            }
+            ForkResult::Parent { child } => Some((child, app_end)),
+        }
+    } else {
+        None
+    };
+    let (relay_pid, console) = relay.unzip();
 
-    let result = supervise(&dir, &m, debug, &mut ready);
+    let result = supervise(&dir, &m, debug, &mut ready, console);
+    if let Some(pid) = relay_pid {
+        // The app's last output reaches the terminal (or the log) before the pod is over.
+        wait_briefly(pid);
+    }
     if let Err(e) = &result {
         if let Some(r) = ready.as_mut() {
             let _ = msg::send(r, &Message::Failed { reason: e.chain() });
@@ -101,6 +122,7 @@ fn supervise(
     m: &PodManifest,
     debug: bool,
     ready: &mut Option<std::fs::File>,
+    console: Option<OwnedFd>,
 ) -> Result<(i32, Option<cni::Teardown>), Fail> {
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
@@ -138,7 +160,7 @@ fn supervise(
             None => vec![],
         };
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
-        start_pod(dir, m, &layout, netns.as_deref())
+        start_pod(dir, m, &layout, netns.as_deref(), console)
     })();
     let back_home = || {
         if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
@@ -268,7 +290,13 @@ fn stop_timeout(dir: &Path) -> Duration {
 /// inside). Its mount namespace is a copy taken before the roots exist; `<pod>/apps` is a shared
 /// mount, so the roots the supervisor mounts afterwards (through idmapped layers, which need the
 /// init's user namespace to exist first) propagate into it. The init waits for `Go`.
-fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>) -> Result<(Pid, OwnedFd), Fail> {
+fn start_pod(
+    dir: &Path,
+    m: &PodManifest,
+    layout: &Layout,
+    netns: Option<&Path>,
+    console: Option<OwnedFd>,
+) -> Result<(Pid, OwnedFd), Fail> {
     use nix::mount::{mount, MsFlags};
     let sigs = signals();
     sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
@@ -303,7 +331,7 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
-            let code = match pod_init(dir, m, layout, supervisor, go_r, rep_w) {
+            let code = match pod_init(dir, m, layout, supervisor, go_r, rep_w, console) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("husk stage1 (pod init): {}", e.chain());
@@ -312,7 +340,12 @@ fn start_pod(dir: &Path, m: &PodManifest, layout: &Layout, netns: Option<&Path>)
             };
             std::process::exit(code);
         }
-        ForkResult::Parent { child } => child,
+        ForkResult::Parent { child } => {
+            // The init has its copy: the relay sees the socket close if the app never opens
+            // its terminal.
+            drop(console);
+            child
+        }
     };
     drop(go_r);
     drop(rep_w);
@@ -375,6 +408,7 @@ fn pod_init(
     supervisor: Pid,
     go: OwnedFd,
     report: OwnedFd,
+    console: Option<OwnedFd>,
 ) -> Result<i32, Fail> {
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(Step::Pod, || "cannot set the parent-death signal".into())?;
@@ -419,7 +453,7 @@ fn pod_init(
     };
     for (k, app) in m.apps.iter().enumerate() {
         let log_fd = log_fds[k].take();
-        let spawned = spawn_app(dir, m, app, layout, log_fd.as_ref());
+        let spawned = spawn_app(dir, m, app, layout, log_fd.as_ref(), console.as_ref());
         // Our copy of the app's write end goes now: the writer sees the stream end with the app.
         drop(log_fd);
         match spawned {
@@ -454,6 +488,7 @@ fn pod_init(
     }
     let _ = msg::send(&mut report, &Message::Ready);
     drop(report);
+    drop(console);
 
     husk_sys::proc::release_startup_memory();
     let sigs = signals();
@@ -496,15 +531,16 @@ fn pod_init(
     }
     drop(log_fds);
     if let Some(pid) = logger {
-        wait_for_logger(pid);
+        wait_briefly(pid);
     }
     Ok(m.exit_policy.pod_status(&ended))
 }
 
-/// Lets the log writer drain what the apps wrote last (it ends when every writer closed its
-/// pipe). A process the apps left behind may hold a pipe open: after a short while the pod
-/// ends anyway, which ends that process and the writer with it.
-fn wait_for_logger(pid: Pid) {
+/// Lets the log writer (or the terminal relay) drain what the apps wrote last (it ends when
+/// every writer closed its pipe, or the app's terminal). A process the apps left behind may
+/// hold a pipe open: after a short while the pod ends anyway, which ends that process and the
+/// writer with it.
+fn wait_briefly(pid: Pid) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -528,6 +564,7 @@ fn spawn_app(
     app: &App,
     layout: &Layout,
     log: Option<&OwnedFd>,
+    console: Option<&OwnedFd>,
 ) -> Result<Pid, (i32, Fail)> {
     let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
     match fork()
@@ -535,7 +572,7 @@ fn spawn_app(
     {
         ForkResult::Child => {
             drop(err_r);
-            let (code, e) = match exec_app(dir, m, app, layout, log) {
+            let (code, e) = match exec_app(dir, m, app, layout, log, console) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -575,6 +612,7 @@ fn exec_app(
     app: &App,
     layout: &Layout,
     log: Option<&OwnedFd>,
+    console: Option<&OwnedFd>,
 ) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail::step(Step::Process, "cannot unblock signals", e)))?;
@@ -589,6 +627,9 @@ fn exec_app(
         .map_err(|e| setup(Fail::step(Step::Cgroup, "cannot create the app's cgroup namespace", e)))?;
     rootfs::mount_cgroups(&root, layout).map_err(setup)?;
     rootfs::pivot(&root).map_err(setup)?;
+    if let Some(sock) = console {
+        crate::console::take_terminal(sock, app.user.uid, true).map_err(setup)?;
+    }
     if let Some(adj) = app.resources.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
             setup(Fail::Invalid(format!("cannot set oom_score_adj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE, which this host's root may lack)")))
@@ -598,7 +639,7 @@ fn exec_app(
     exec_in_root(app, &app.exec)
 }
 
-/// `enter --pid=PID --app=NAME [--] CMD…`: joins the app's namespaces and cgroup, takes on the
+/// `enter --pid=PID --app=NAME [--tty] [--] CMD…`: joins the app's namespaces and cgroup, takes on the
 /// app's user, capabilities and no_new_privs (never more than the app has: rkt CVE-2019-10144).
 fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     let dir = pod_dir()?;
@@ -653,12 +694,21 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
         nix::sched::setns(f, *flag).ctx(Step::Pod, || format!("cannot join the {flag:?} namespace of app {name}"))?;
     }
     drop(files);
+    // `--tty`: the command gets a terminal of the app's devpts, relayed to ours.
+    let terminal = if args.iter().any(|a| a == "--tty") { Some(crate::console::sockets()?) } else { None };
     match fork().ctx(Step::Pod, || "cannot fork".into())? {
         ForkResult::Child => {
             // Until exec this process runs the host's stage1 binary inside the pod's PID
             // namespace: keep /proc/<pid>/exe out of the apps' reach.
             let _ = nix::sys::prctl::set_dumpable(false);
-            let r = become_app_user(&app).map_err(|e| (exit::STAGE1_FAILED, e)).and_then(|_| exec_in_root(&app, &cmd));
+            let r = match &terminal {
+                Some((_, sock)) => crate::console::take_terminal(sock, app.user.uid, false),
+                None => Ok(()),
+            };
+            let r = r
+                .and_then(|_| become_app_user(&app))
+                .map_err(|e| (exit::STAGE1_FAILED, e))
+                .and_then(|_| exec_in_root(&app, &cmd));
             let (code, e) = match r {
                 Err(e) => e,
                 Ok(never) => match never {},
@@ -671,6 +721,12 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
             let mut int = SigSet::empty();
             int.add(Signal::SIGINT);
             let _ = int.thread_block();
+            if let Some((relay_end, app_end)) = terminal {
+                drop(app_end);
+                if let Err(e) = crate::console::relay_entered(relay_end) {
+                    eprintln!("husk enter: {}", e.chain());
+                }
+            }
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, c)) => return Ok(c),

@@ -34,7 +34,8 @@ pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
         .open("/dev/null")
         .ctx(Step::Process, || "cannot open /dev/null".into())?;
     match m.stdio {
-        Stdio::Interactive => {}
+        // A terminal replaces all three once the app is in its root (`console::take_terminal`).
+        Stdio::Interactive | Stdio::Terminal { .. } | Stdio::AttachableTerminal => {}
         Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?,
         Stdio::Log => {
             let out = log.ok_or_else(|| Fail::Invalid("a detached app has no log pipe".into()))?;

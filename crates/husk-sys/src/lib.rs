@@ -8,6 +8,7 @@ pub mod idmap;
 pub mod lock;
 pub mod proc;
 pub mod resolve;
+pub mod tty;
 
 pub use fsutil::{atomic_write, atomic_write_volatile, fsync_dir};
 pub use lock::{Lock, LockError, LockKind};

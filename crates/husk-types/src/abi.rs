@@ -27,6 +27,10 @@ pub const NETNS_DIR: &str = "/run/husk/netns";
 /// The host-wide registry of private-user ranges (one for every data dir).
 pub const ID_RANGES_DIR: &str = "/run/husk/id-ranges";
 
+/// The name of [`PodDir::attach_socket`]. Clients connect through `/proc/self/fd/<dir fd>/` so
+/// that a long data dir never exceeds a socket path's 108 bytes.
+pub const ATTACH_SOCKET: &str = "attach.sock";
+
 /// A pod's cgroup, relative to each hierarchy's root.
 pub fn pod_cgroup(uuid: &str) -> String {
     format!("husk/{uuid}")
@@ -132,6 +136,11 @@ impl PodDir {
     /// An empty volume's directory.
     pub fn volume(&self, name: &str) -> PathBuf {
         self.root.join("volumes").join(name)
+    }
+
+    /// The socket `husk attach` connects to, served by stage1 for an attachable terminal.
+    pub fn attach_socket(&self) -> PathBuf {
+        self.root.join(ATTACH_SOCKET)
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 pub mod abi;
+pub mod attach;
 pub mod bytes;
 pub mod digest;
 pub mod etc;

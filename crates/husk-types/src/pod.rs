@@ -166,6 +166,31 @@ pub enum Stdio {
     Interactive,
     /// stdin is /dev/null, stdout and stderr go to `logs/<app>.log` in the pod dir.
     Log,
+    /// A pty allocated in the app's own devpts is its stdin, stdout, stderr, controlling
+    /// terminal and `/dev/console`; stage1 relays it to the invoker's terminal (foreground
+    /// `run -t`), forwarding the invoker's input when `input` (`-it`).
+    Terminal { input: bool },
+    /// A pty as with [`Stdio::Terminal`], in a detached pod: stage1 writes its output to
+    /// `logs/<app>.log` and serves `husk attach` on `attach.sock` in the pod dir.
+    AttachableTerminal,
+}
+
+impl Stdio {
+    /// Whether the app gets a pty.
+    pub fn has_terminal(self) -> bool {
+        matches!(self, Stdio::Terminal { .. } | Stdio::AttachableTerminal)
+    }
+
+    /// Whether the app owns something of the invoker's that only one app can have (its
+    /// terminal, its input).
+    pub fn needs_single_app(self) -> bool {
+        self != Stdio::Inherit && self != Stdio::Log
+    }
+
+    /// Whether stage1 writes the apps' output to their log files.
+    pub fn is_logged(self) -> bool {
+        matches!(self, Stdio::Log | Stdio::AttachableTerminal)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

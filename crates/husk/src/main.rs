@@ -118,9 +118,9 @@ fn unknown_flag_message(e: &clap::Error) -> String {
 /// What to suggest for an unknown flag, podman's first.
 fn flag_hint(flag: &str) -> String {
     match flag {
-        "-i" | "-t" | "-it" | "-ti" | "--tty" => {
-            "husk gives the app the terminal with --interactive (there is no -t/-i yet)".into()
-        }
+        "--privileged" => "husk has no --privileged: keep what the app needs with the app flags --caps-retain and \
+                           --seccomp, or run a trusted host tool with --stage1=fly"
+            .into(),
         "-v" => "a host directory is a pod volume: --volume NAME,kind=host,source=/host/dir with the app flag \
                  --mount volume=NAME,target=/dir"
             .into(),
@@ -180,6 +180,7 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
         Command::CatManifest(r) => cmd::cat_manifest::cmd_cat_manifest(&ctx, r),
         Command::Logs(a) => cmd::logs::cmd_logs(&ctx, a),
         Command::Enter(a) => cmd::enter::cmd_enter(&ctx, a),
+        Command::Attach(a) => cmd::attach::cmd_attach(&ctx, a),
         Command::Stop(a) => cmd::stop::cmd_stop(&ctx, a),
         Command::Rm(a) => cmd::rm::cmd_rm(&ctx, a),
         Command::Gc(a) => cmd::gc::cmd_gc(&ctx, a),
@@ -200,13 +201,14 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
 mod tests {
     use super::*;
 
-    /// clap told podman users to pass `-i` after `--`, which hands it to the app.
+    /// clap told podman users to pass their flag after `--`, which hands it to the app.
     #[test]
     fn unknown_flags_get_a_hint_that_fits_not_clap_tip() {
-        let e = Cli::try_parse_from(["husk", "run", "-i", "img"]).unwrap_err();
+        let e = Cli::try_parse_from(["husk", "run", "--privileged", "img"]).unwrap_err();
         let m = unknown_flag_message(&e);
-        assert!(!m.contains("tip:") && !m.contains("'-- -i'"), "{m}");
-        assert!(m.contains("hint: husk gives the app the terminal with --interactive"), "{m}");
+        assert!(!m.contains("tip:") && !m.contains("'-- --privileged'"), "{m}");
+        assert!(m.contains("hint: husk has no --privileged"), "{m}");
+        assert!(Cli::try_parse_from(["husk", "run", "-it", "img"]).is_ok(), "podman's -it is husk's too");
         let e = Cli::try_parse_from(["husk", "list", "--bogus"]).unwrap_err();
         assert!(unknown_flag_message(&e).contains("husk COMMAND --help"));
     }

@@ -26,6 +26,7 @@ const COMMANDS: &[&[&str]] = &[
     &["cat-manifest"],
     &["logs"],
     &["enter"],
+    &["attach"],
     &["stop"],
     &["rm"],
     &["gc"],

@@ -2,7 +2,7 @@
 
 use std::os::unix::process::CommandExt;
 
-use husk_pod::{Phase, PodError};
+use husk_pod::PodError;
 
 use crate::exit::{self, Failure};
 use crate::flags::pod::*;
@@ -10,16 +10,7 @@ use crate::Ctx;
 
 pub fn cmd_enter(ctx: &Ctx, a: &EnterArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
-    let uuid = a.pod.resolve(&pods)?;
-    let i = pods.info(&uuid)?;
-    if i.phase != Phase::Running {
-        return Err(PodError::WrongPhase {
-            uuid,
-            phase: i.phase.as_str().into(),
-            why: "only running pods can be entered".into(),
-        }
-        .into());
-    }
+    let (uuid, i) = a.pod.running(&pods, "entered")?;
     let m = i.manifest.as_ref().expect("running pods have a manifest");
     let app = match (&a.app, m.apps.as_slice()) {
         (Some(n), _) => n.clone(),
@@ -39,6 +30,15 @@ pub fn cmd_enter(ctx: &Ctx, a: &EnterArgs) -> Result<i32, Failure> {
         .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no running app {app:?}")))?;
     let stage1 = ctx.stage1_path(&m.flavor)?;
     let mut cmd = std::process::Command::new(&stage1);
-    cmd.arg("enter").arg(format!("--pid={pid}")).arg(format!("--app={app}")).arg("--").args(&a.cmd).current_dir(&i.dir);
+    cmd.arg("enter").arg(format!("--pid={pid}")).arg(format!("--app={app}"));
+    // As `docker exec -it` when typed at a terminal: output redirected to a file stays
+    // untouched by a terminal's line discipline.
+    let tty = a.tty.unwrap_or_else(|| {
+        husk_sys::tty::is_terminal(std::io::stdin()) && husk_sys::tty::is_terminal(std::io::stdout())
+    });
+    if tty {
+        cmd.arg("--tty");
+    }
+    cmd.arg("--").args(&a.cmd).current_dir(&i.dir);
     Err(PodError::Stage1 { path: stage1, source: cmd.exec() }.into())
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use husk_pod::Phase;
 use husk_types::abi::PodDir;
-use husk_types::pod::Stdio;
 
 use crate::exit::{self, Failure};
 use crate::flags::pod::*;
@@ -19,7 +18,7 @@ pub fn cmd_logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32, Failure> {
         .manifest
         .as_ref()
         .ok_or_else(|| Failure::new(exit::POD, anyhow::anyhow!("pod {uuid} has no manifest yet")))?;
-    if m.stdio != Stdio::Log {
+    if !m.stdio.is_logged() {
         return Err(Failure::new(
             exit::POD,
             anyhow::anyhow!("pod {uuid} ran in the foreground: its apps wrote to the terminal that started it"),

@@ -2,6 +2,7 @@
 //! result; shared pieces (resolving UUIDs, stage1's gc entrypoint, what list and status show) are
 //! here and in [`show`]. Commands depend on [`crate::flags`]; nothing there depends on them.
 
+pub mod attach;
 pub mod cat_manifest;
 pub mod enter;
 pub mod fetch;
@@ -28,6 +29,21 @@ use crate::Ctx;
 impl PodRef {
     pub fn resolve(&self, pods: &Pods) -> Result<String, Failure> {
         Ok(pods.resolve(&uuid_arg(self.uuid.as_deref(), self.uuid_file.as_deref())?)?)
+    }
+
+    /// The pod, which must be running: `what` says what only running pods can be (`entered`).
+    pub fn running(&self, pods: &Pods, what: &str) -> Result<(String, husk_pod::PodInfo), Failure> {
+        let uuid = self.resolve(pods)?;
+        let i = pods.info(&uuid)?;
+        if i.phase != husk_pod::Phase::Running {
+            return Err(PodError::WrongPhase {
+                uuid,
+                phase: i.phase.as_str().into(),
+                why: format!("only running pods can be {what}"),
+            }
+            .into());
+        }
+        Ok((uuid, i))
     }
 }
 

@@ -120,14 +120,26 @@ fn hosts_from(a: &RunArgs) -> Result<Hosts, Failure> {
     Ok(Hosts::Written { entries })
 }
 
-fn stdio_of(detach: bool, interactive: bool) -> Stdio {
-    if detach {
-        Stdio::Log
-    } else if interactive {
-        Stdio::Interactive
-    } else {
-        Stdio::Inherit
-    }
+/// How `-d`, `-i` and `-t` wire the app: as podman does, except that a detached pod's input
+/// only comes through `husk attach`, which needs the terminal (`-dit` and `-dt` are the same).
+fn stdio_of(detach: bool, interactive: bool, tty: bool) -> Result<Stdio, Failure> {
+    Ok(match (detach, interactive, tty) {
+        (true, _, true) => Stdio::AttachableTerminal,
+        (true, true, false) => {
+            return Err(Failure::usage(
+                "--interactive with --detach needs --tty: a detached pod's input comes through `husk attach`",
+            ))
+        }
+        (true, false, false) => Stdio::Log,
+        (false, input, true) => Stdio::Terminal { input },
+        (false, true, false) => Stdio::Interactive,
+        (false, false, false) => Stdio::Inherit,
+    })
+}
+
+/// The invoker's TERM, for an app given a terminal.
+fn invoker_term() -> Option<String> {
+    std::env::var("TERM").ok().filter(|t| !t.is_empty())
 }
 
 /// The pod request the flags of `run`/`prepare` describe.
@@ -180,11 +192,9 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
     if a.stage1 == Flavor::Fly && apps.len() != 1 {
         return Err(Failure::usage("--stage1=fly runs exactly one app"));
     }
-    if a.interactive && apps.len() != 1 {
-        return Err(Failure::usage("--interactive needs a pod with exactly one app"));
-    }
-    if a.interactive && a.detach {
-        return Err(Failure::usage("--interactive and --detach exclude each other"));
+    let stdio = stdio_of(a.detach, a.interactive, a.tty)?;
+    if stdio.needs_single_app() && apps.len() != 1 {
+        return Err(Failure::usage("--interactive and --tty need a pod with exactly one app"));
     }
     let plugin_dirs = ctx
         .config
@@ -204,7 +214,8 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         ipc: a.ipc.clone(),
         flavor: a.stage1.clone(),
         private_users: a.private_users,
-        stdio: stdio_of(a.detach, a.interactive),
+        stdio,
+        term: invoker_term(),
         log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
         exit_policy: a.exit_policy.into(),
         exit_command: if a.rm { rm_command(ctx)? } else { vec![] },
@@ -270,6 +281,7 @@ fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32
 pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let uuid = a.pod.resolve(&pods)?;
-    let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio_of(a.detach, a.interactive))?;
+    let stdio = stdio_of(a.detach, a.interactive, a.tty)?;
+    let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio, invoker_term().as_deref())?;
     start(ctx, pod, &m, a.detach)
 }

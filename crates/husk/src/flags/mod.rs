@@ -195,6 +195,8 @@ pub enum Command {
     /// Run a command inside a running pod's app, with the app's privileges.
     #[command(visible_alias = "exec")]
     Enter(pod::EnterArgs),
+    /// Attach to the terminal of a pod started with `run -d -t` (detach: ctrl-p ctrl-q).
+    Attach(pod::AttachArgs),
     /// Stop running pods: SIGTERM, then SIGKILL after the timeout.
     Stop(pod::StopArgs),
     /// Remove exited or prepared pods.

@@ -123,9 +123,14 @@ pub struct RunArgs {
     /// Write the pod's UUID to this file.
     #[arg(long)]
     pub uuid_file_save: Option<PathBuf>,
-    /// Give the (single) app the terminal.
-    #[arg(long)]
+    /// Keep stdin open for the (single) app: without -t the app shares the invoker's terminal
+    /// or pipes; with -t (`-it`) the keys typed reach its terminal.
+    #[arg(short, long)]
     pub interactive: bool,
+    /// Give the (single) app a terminal of its own (a pty of the pod's devpts, with TERM set),
+    /// relayed to the invoker's; with --detach, attach to it later with `husk attach`.
+    #[arg(short, long)]
+    pub tty: bool,
     /// Start the pod in the background, print its UUID and return; output goes to `husk logs`.
     #[arg(short, long)]
     pub detach: bool,
@@ -202,9 +207,12 @@ pub struct RunPreparedArgs {
     /// Start it in the background.
     #[arg(short, long)]
     pub detach: bool,
-    /// Give the app the terminal.
-    #[arg(long)]
+    /// Keep stdin open for the app (see `run --interactive`).
+    #[arg(short, long)]
     pub interactive: bool,
+    /// Give the app a terminal of its own (see `run --tty`).
+    #[arg(short, long)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,10 +245,31 @@ pub struct EnterArgs {
     /// The app to enter (required when the pod has several).
     #[arg(long)]
     pub app: Option<String>,
+    /// Give the command a terminal of the app's devpts, relayed to ours (default: when stdin
+    /// and stdout are both terminals; --tty=false turns it off).
+    #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub tty: Option<bool>,
     /// Command (default /bin/sh), passed unchanged (any bytes); `--` before it is optional (it
     /// is needed when the command's first word starts with '-').
     #[arg(trailing_var_arg = true)]
     pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub pod: PodRef,
+    /// The keys that detach, leaving the pod running: comma-separated, each ctrl-<letter> or one
+    /// character, as podman writes them; empty: never detach.
+    #[arg(long, default_value = "ctrl-p,ctrl-q", value_parser = parse_detach_keys)]
+    pub detach_keys: husk_types::attach::DetachKeys,
+    /// Only show the output; what is typed is not sent.
+    #[arg(long)]
+    pub no_stdin: bool,
+}
+
+fn parse_detach_keys(s: &str) -> Result<husk_types::attach::DetachKeys, String> {
+    husk_types::attach::DetachKeys::parse(s)
 }
 
 #[derive(Debug, Args)]
