@@ -127,6 +127,11 @@ pub enum FetchError {
     NotInStore { image: String },
     #[error("{image}: {why}")]
     Source { image: String, why: String },
+    /// The trust policy refused the image (each signature's reason is in it).
+    #[error(transparent)]
+    Untrusted(#[from] husk_trust::Rejected),
+    #[error("{image}: cannot read its signatures: {why}")]
+    Signatures { image: String, why: String },
 }
 
 impl FetchError {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use husk_sys::LockKind;
+use husk_trust::{SignatureKind, Target, Trust, TrustRecord};
 use husk_types::{ImageSource, Reference};
 
 use crate::error::FetchError;
@@ -33,6 +34,9 @@ pub struct FetchOptions<'a> {
     /// An async caller's runtime, for a [`fetch`] run on one of its blocking threads
     /// (`spawn_blocking`); None: the registry client starts its own.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The trust policy every image must satisfy before it is stored; None skips
+    /// verification (`--insecure-options=image`).
+    pub trust: Option<&'a Trust>,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,10 @@ pub struct Fetched {
     pub record: ImageRecord,
     /// True when nothing had to be downloaded.
     pub cached: bool,
+    /// One line for the user: the image was accepted although nothing vouches for its name.
+    pub notice: Option<String>,
+    /// What the trust policy checked for this name (now, or when it was stored).
+    pub trust: Option<TrustRecord>,
 }
 
 /// The name an image from `source` is stored under.
@@ -70,7 +78,7 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
         match (opts.policy, &existing) {
             (PullPolicy::New | PullPolicy::Never, Some(r)) => {
                 if let Ok(record) = store.read_ref_image(r) {
-                    return Ok(Fetched { name, record, cached: true });
+                    return Ok(Fetched { name, record, cached: true, notice: None, trust: r.trust.clone() });
                 }
             }
             (PullPolicy::Never, None) => return Err(FetchError::NotInStore { image: name }),
@@ -92,10 +100,35 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
         }
         .run(blobs)
     };
-    let (record, cached) = match source {
+    let mut notice = None;
+    // A local image is checked against its transport's rules before anything is read.
+    let local_trust = |transport: &'static str, path: &Path| -> Result<Option<TrustRecord>, FetchError> {
+        let Some(t) = opts.trust else { return Ok(None) };
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let target = Target::Local { transport, path: &path };
+        Ok(Some(husk_trust::check_local(&t.decide(&target), &name, &target)?))
+    };
+    let (record, cached, trust) = match source {
         ImageSource::Registry(r) => {
             let reg = Registry::new(r, &opts.registry, opts.runtime.clone())?;
             let (mut bytes, mut digest) = reg.manifest(None)?;
+            // Signatures name what the reference names (an index, for a multi-platform image),
+            // and are checked before any layer is downloaded.
+            let trust = match opts.trust {
+                Some(t) => {
+                    let reference = r.clone().normalized();
+                    let decision = t.decide(&Target::Docker(&reference));
+                    let found = if decision.needs(SignatureKind::Gpg) || decision.needs(SignatureKind::Cosign) {
+                        crate::signatures::gather(t, &decision, &reg, &reference, &digest)?
+                    } else {
+                        husk_trust::Found::default()
+                    };
+                    let checked = husk_trust::verify(&decision, &reference, &digest, &found)?;
+                    notice = decision.notice;
+                    Some(checked)
+                }
+                None => None,
+            };
             if let Some(kind) = manifest_kind(&bytes, None) {
                 if kind == MT_OCI_INDEX || kind == MT_DOCKER_LIST {
                     let (d, size) = select_platform(&name, &bytes)?;
@@ -117,21 +150,24 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
                 (true, Some(Ok(rec)))
                     if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) =>
                 {
-                    (rec, true)
+                    (rec, true, trust)
                 }
-                _ => (ingest(&bytes, digest, &reg, &name)?, false),
+                _ => (ingest(&bytes, digest, &reg, &name)?, false, trust),
             }
         }
         ImageSource::OciLayout { dir, tag } => {
+            let trust = local_trust("oci", dir)?;
             let (bytes, digest) = layout_manifest(dir, tag.as_deref(), &name)?;
-            (ingest(&bytes, digest, &LayoutBlobs { dir, image: &name }, &name)?, false)
+            (ingest(&bytes, digest, &LayoutBlobs { dir, image: &name }, &name)?, false, trust)
         }
         ImageSource::OciArchive { file, tag } => {
+            let trust = local_trust("oci-archive", file)?;
             let scratch = extract_archive(store, file, &name)?;
             let (bytes, digest) = layout_manifest(&scratch.path, tag.as_deref(), &name)?;
-            (ingest(&bytes, digest, &LayoutBlobs { dir: &scratch.path, image: &name }, &name)?, false)
+            (ingest(&bytes, digest, &LayoutBlobs { dir: &scratch.path, image: &name }, &name)?, false, trust)
         }
         ImageSource::DockerArchive { file } => {
+            let trust = local_trust("docker-archive", file)?;
             let da = docker_archive(store, file, &name)?;
             if opts.name.is_none() {
                 if let Some(t) = &da.repo_tag {
@@ -144,11 +180,34 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
                     );
                 }
             }
-            let rec =
-                ingest(&da.manifest, da.digest.clone(), &LayoutBlobs { dir: &da.scratch.path, image: &name }, &name)?;
-            (rec, false)
+            let blobs = LayoutBlobs { dir: &da.scratch.path, image: &name };
+            let rec = ingest(&da.manifest, da.digest.clone(), &blobs, &name)?;
+            (rec, false, trust)
         }
     };
-    store.write_ref(&name, &record).map_err(|e| store_err(&name, e))?;
-    Ok(Fetched { name, record, cached })
+    store.write_ref(&name, &record, trust.clone()).map_err(|e| store_err(&name, e))?;
+    Ok(Fetched { name, record, cached, notice, trust })
+}
+
+/// Whether an image stored under `name` may run under today's policy, which may have tightened
+/// since it was fetched (see [`Trust::admit`]). `checked` is what was checked then; a name
+/// without (fetched before husk verified, or with `--insecure-options=image`) is judged as a
+/// docker reference.
+pub fn admit(trust: &Trust, name: &str, checked: Option<&TrustRecord>) -> Result<husk_trust::Decision, FetchError> {
+    let (transport, location) = checked.map_or(("docker", name), |t| (t.transport.as_str(), t.location.as_str()));
+    let local = |transport: &'static str| {
+        let path = Path::new(location);
+        trust.admit(name, &Target::Local { transport, path }, checked)
+    };
+    let decision = match transport {
+        "oci" => local("oci"),
+        "oci-archive" => local("oci-archive"),
+        "docker-archive" => local("docker-archive"),
+        _ => match Reference::parse(location) {
+            Ok(r) => trust.admit(name, &Target::Docker(&r.normalized()), checked),
+            // Not a reference (a record of an old local import): the transports' defaults apply.
+            Err(_) => local("oci"),
+        },
+    }?;
+    Ok(decision)
 }

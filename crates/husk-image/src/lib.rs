@@ -12,11 +12,12 @@ pub mod layout;
 pub mod maintenance;
 mod migrate;
 pub mod registry;
+pub mod signatures;
 pub mod store;
 pub mod unpack;
 
 pub use error::{FetchError, StoreError, UnpackError};
-pub use fetch::{fetch, FetchOptions, Fetched, PullPolicy};
+pub use fetch::{admit, fetch, FetchOptions, Fetched, PullPolicy};
 pub use ingest::{NoProgress, Progress};
 pub use registry::{AsyncRegistry, RegistryOptions};
 pub use store::{Found, ImageRecord, Store, Via};

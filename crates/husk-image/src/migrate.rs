@@ -234,8 +234,8 @@ mod tests {
         };
         let oci = rec(&f.oci.0, &f.oci.1, MT_OCI_MANIFEST);
         let docker = rec(&f.docker.0, &f.docker.1, MT_DOCKER_MANIFEST);
-        s.write_ref("localhost/app:oci", &oci).unwrap();
-        s.write_ref("localhost/app:docker", &docker).unwrap();
+        s.write_ref("localhost/app:oci", &oci, None).unwrap();
+        s.write_ref("localhost/app:docker", &docker, None).unwrap();
         let p = s.root().join("images").join(format!("{}.json", f.config.hex()));
         fs::write(p, serde_json::to_vec(&docker).unwrap()).unwrap();
         fs::remove_file(s.root().join(VERSION_FILE)).unwrap();

@@ -102,6 +102,43 @@ impl AsyncRegistry {
         Ok((bytes, digest))
     }
 
+    /// The manifest under `tag` of the same repository (a cosign signature tag), raw;
+    /// `Ok(None)` when there is no such tag.
+    pub async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        let reference = oci_client::Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            tag.to_string(),
+        );
+        match self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES).await {
+            Ok((bytes, _)) => {
+                crate::ingest::check_metadata_size(&self.image, "signature manifest", bytes.len() as u64)?;
+                Ok(Some(bytes.to_vec()))
+            }
+            Err(e) => match self.map_err(e) {
+                FetchError::NotFound { .. } => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// A small blob in memory, checked against its digest and size.
+    pub async fn small_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, FetchError> {
+        let mut stream = std::pin::pin!(self.blob_stream(digest).await?);
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| FetchError::Source { image: self.image.clone(), why: format!("reading {digest}: {e}") })?;
+            buf.extend_from_slice(&chunk);
+            if buf.len() as u64 > size {
+                break;
+            }
+        }
+        crate::store::check_blob(digest, size, &buf)
+            .map_err(|source| FetchError::Store { image: self.image.clone(), source })?;
+        Ok(buf)
+    }
+
     /// A blob's bytes as they arrive (to be hashed and checked by the consumer).
     pub async fn blob_stream(
         &self,
@@ -165,6 +202,41 @@ impl Registry {
     /// Fetches the manifest (or index) the reference points at: bytes and digest.
     pub fn manifest(&self, digest: Option<&Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
         self.rt.block_on(self.inner.manifest(digest))
+    }
+
+    /// See [`AsyncRegistry::tagged_manifest`].
+    pub fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        self.rt.block_on(self.inner.tagged_manifest(tag))
+    }
+
+    /// See [`AsyncRegistry::small_blob`].
+    pub fn small_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, FetchError> {
+        self.rt.block_on(self.inner.small_blob(digest, size))
+    }
+
+    /// GETs `url` (a lookaside signature), at most `max` bytes; `Ok(None)` on 404.
+    pub fn http_get(&self, url: &str, max: u64) -> Result<Option<Vec<u8>>, String> {
+        self.rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(15))
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+            match resp.status().as_u16() {
+                404 => return Ok(None),
+                200 => {}
+                s => return Err(format!("HTTP {s}")),
+            }
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                buf.extend_from_slice(&chunk);
+                if buf.len() as u64 > max {
+                    return Err("larger than a signature can be".into());
+                }
+            }
+            Ok(Some(buf))
+        })
     }
 }
 

@@ -78,6 +78,12 @@ pub struct RefRecord {
     /// The record's key.
     pub manifest: Digest,
     pub updated: chrono::DateTime<chrono::Utc>,
+    /// What the trust policy checked when this name was fetched. Kept per name, not per
+    /// manifest: a signature vouches for a name (`docker-reference`), and one manifest can be
+    /// stored under a verified name and an unverified one. Absent: fetched before husk verified
+    /// signatures, or with `--insecure-options=image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<husk_trust::TrustRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,13 +312,19 @@ impl Store {
         self.root.join("refs").join(format!("{}.json", escape_ref(name)))
     }
 
-    /// Points `name` at `rec`'s manifest.
-    pub fn write_ref(&self, name: &str, rec: &ImageRecord) -> Result<(), StoreError> {
+    /// Points `name` at `rec`'s manifest, with what the trust policy checked.
+    pub fn write_ref(
+        &self,
+        name: &str,
+        rec: &ImageRecord,
+        trust: Option<husk_trust::TrustRecord>,
+    ) -> Result<(), StoreError> {
         let r = RefRecord {
             name: name.to_string(),
             id: rec.id.clone(),
             manifest: rec.manifest.clone(),
             updated: chrono::Utc::now(),
+            trust,
         };
         self.put_ref(&r)
     }
@@ -521,6 +533,18 @@ pub fn remove_any(p: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Checks bytes held in memory against their descriptor: size, then digest.
+pub fn check_blob(digest: &Digest, size: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    if bytes.len() as u64 != size {
+        return Err(StoreError::SizeMismatch { digest: digest.clone(), expected: size, actual: bytes.len() as u64 });
+    }
+    let (actual, _) = hash_reader(bytes).expect("hashing memory cannot fail");
+    if &actual != digest {
+        return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+    }
+    Ok(())
 }
 
 /// Hashes a reader to its sha256 digest.

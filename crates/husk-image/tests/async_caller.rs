@@ -30,6 +30,8 @@ fn the_registry_client_works_inside_an_async_caller() {
         let handle = tokio::runtime::Handle::current();
         let source = ImageSource::Registry(reference.clone());
         tokio::task::spawn_blocking(move || {
+            // No trust root for the test registry: accepted, with a notice.
+            let trust = husk_trust::Trust::default();
             let o = FetchOptions {
                 policy: PullPolicy::Update,
                 registry: opts(),
@@ -37,12 +39,14 @@ fn the_registry_client_works_inside_an_async_caller() {
                 name: None,
                 parallel: 2,
                 runtime: Some(handle),
+                trust: Some(&trust),
             };
-            fetch(&store, &source, &o).map(|f| f.record.layers.len())
+            fetch(&store, &source, &o).map(|f| (f.record.layers.len(), f.notice.is_some()))
         })
         .await
         .unwrap()
     });
-    assert!(fetched.unwrap() >= 1);
+    let (layers, notice) = fetched.unwrap();
+    assert!(layers >= 1 && notice);
     drop(rt);
 }

@@ -14,6 +14,22 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
     pub paths: Paths,
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: image signature policy (docs/trust.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// What an image with no trust root for its name gets: "accept" (with a notice) or
+    /// "require" (refused). Unset: policy.json's default when that file exists, else accept.
+    pub default: Option<husk_trust::DefaultRule>,
+    /// containers-policy.json to honour (default /etc/containers/policy.json, when present).
+    pub policy: Option<PathBuf>,
+    /// containers-registries.d directory: where GPG signatures are looked up
+    /// (default /etc/containers/registries.d).
+    pub registries_d: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +84,17 @@ mod tests {
         std::fs::write(d.path().join("husk.toml"), "[registries.\"127.0.0.1:5000\"]\ninsecure = [\"http\"]\n").unwrap();
         let c = Config::load(d.path()).unwrap();
         assert_eq!(c.registries["127.0.0.1:5000"].insecure, vec!["http"]);
+    }
+
+    #[test]
+    fn parses_trust() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("husk.toml"), "[trust]\ndefault = \"require\"\npolicy = \"/p.json\"\n").unwrap();
+        let c = Config::load(d.path()).unwrap();
+        assert_eq!(c.trust.default, Some(husk_trust::DefaultRule::Require));
+        assert_eq!(c.trust.policy.as_deref(), Some(Path::new("/p.json")));
+        std::fs::write(d.path().join("husk.toml"), "[trust]\ndefault = \"maybe\"\n").unwrap();
+        assert!(Config::load(d.path()).unwrap_err().to_string().contains("husk.toml"));
     }
 
     #[test]

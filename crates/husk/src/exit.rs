@@ -70,6 +70,14 @@ fn fetch_hint(e: &husk_image::FetchError) -> Option<String> {
         )),
         FetchError::NotFound { .. } => Some("check the image name and tag".into()),
         FetchError::NotInStore { .. } => Some("fetch it first (husk fetch) or use --pull-policy=new".into()),
+        FetchError::Untrusted(_) => Some(
+            "see the trusted keys with `husk trust list` and docs/trust.md; --insecure-options=image skips \
+             verification for one command"
+                .into(),
+        ),
+        FetchError::Signatures { .. } => {
+            Some("check the lookaside URL in registries.d (docs/trust.md) and that the registry is reachable".into())
+        }
         _ => None,
     }
 }
@@ -97,6 +105,23 @@ impl From<husk_image::FetchError> for Failure {
             _ => IMAGE,
         };
         Failure { code, error: e.into(), hint }
+    }
+}
+
+impl From<husk_trust::store::StoreError> for Failure {
+    fn from(e: husk_trust::store::StoreError) -> Self {
+        use husk_trust::store::StoreError as S;
+        let (code, hint) = match &e {
+            S::BadPrefix { .. } => {
+                (USAGE, Some("a prefix looks like docker.io/library or registry.example.com:5000/team"))
+            }
+            S::BadKey { .. } => {
+                (USAGE, Some("export a public key with `gpg --export --armor KEYID` or `cosign public-key`"))
+            }
+            S::NoSuchKey { .. } | S::Ambiguous { .. } => (USAGE, Some("list trusted keys with `husk trust list`")),
+            S::Io { .. } => (ENGINE, Some("the trust store is in the config dir: run as root, or pass --config-dir")),
+        };
+        Failure { code, error: e.into(), hint: hint.map(String::from) }
     }
 }
 

@@ -10,7 +10,7 @@ mod output;
 mod progress;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
 
@@ -24,6 +24,9 @@ pub struct Ctx {
     pub config: config::Config,
     pub insecure: Vec<Insecure>,
     pub verbose: u8,
+    /// `--policy`.
+    pub policy: Option<PathBuf>,
+    trust: std::cell::OnceCell<Option<husk_trust::Trust>>,
 }
 
 impl Ctx {
@@ -36,6 +39,45 @@ impl Ctx {
             let f: Failure = e.into();
             f.hint(format!("the data dir {} must be writable (run as root, or pass --dir)", self.dir.display()))
         })
+    }
+
+    /// The trust policy images are fetched and run under, loaded once per command; None with
+    /// `--insecure-options=image`, which is said on stderr.
+    pub fn trust(&self) -> Result<Option<&husk_trust::Trust>, Failure> {
+        if let Some(t) = self.trust.get() {
+            return Ok(t.as_ref());
+        }
+        let t = if self.insecure(Insecure::Image) {
+            eprintln!("warning: --insecure-options=image: image signatures are NOT verified by this command");
+            None
+        } else {
+            Some(self.load_trust()?)
+        };
+        Ok(self.trust.get_or_init(|| t).as_ref())
+    }
+
+    fn load_trust(&self) -> Result<husk_trust::Trust, Failure> {
+        let keys = husk_trust::TrustStore::new(&self.config_dir).load()?;
+        let bad_policy = |why: String| {
+            Failure::new(exit::USAGE, anyhow::anyhow!("invalid trust policy: {why}"))
+                .hint("see containers-policy.json(5) and docs/trust.md")
+        };
+        let policy = match (&self.policy, &self.config.trust.policy) {
+            // A policy named on the command line must exist.
+            (Some(p), _) => Some(
+                husk_trust::Policy::load(p)
+                    .map_err(bad_policy)?
+                    .ok_or_else(|| Failure::usage(format!("the policy file {} does not exist", p.display())))?,
+            ),
+            (None, Some(p)) => husk_trust::Policy::load(p).map_err(bad_policy)?,
+            (None, None) => husk_trust::Policy::load(Path::new(DEFAULT_POLICY)).map_err(bad_policy)?,
+        };
+        let dir = self.config.trust.registries_d.as_deref().unwrap_or(Path::new(husk_trust::registries::DEFAULT_DIR));
+        let registries = husk_trust::Registries::load(dir).map_err(|why| {
+            Failure::new(exit::USAGE, anyhow::anyhow!("invalid registries.d configuration: {why}"))
+                .hint("see containers-registries.d(5) and docs/trust.md")
+        })?;
+        Ok(husk_trust::Trust::new(keys, policy, self.config.trust.default, registries))
     }
 
     pub fn pods(&self) -> Result<husk_pod::Pods, Failure> {
@@ -62,6 +104,9 @@ impl Ctx {
         Ok(p)
     }
 }
+
+/// The containers policy honoured when present (containers-policy.json(5)).
+const DEFAULT_POLICY: &str = "/etc/containers/policy.json";
 
 /// Splits argv at `---` (the app separator of `run` and `prepare`). Arguments are bytes
 /// (`OsString`): app arguments and environment values reach the app unchanged, and every other
@@ -166,10 +211,19 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     // own directory: they must be absolute.
     let dir = std::path::absolute(&cli.dir)
         .map_err(|e| Failure::usage(format!("invalid --dir {}: {e}", cli.dir.display())))?;
-    let ctx = Ctx { dir, config_dir: cli.config_dir, config, insecure: cli.insecure_options, verbose: cli.verbose };
+    let ctx = Ctx {
+        dir,
+        config_dir: cli.config_dir,
+        config,
+        insecure: cli.insecure_options,
+        verbose: cli.verbose,
+        policy: cli.policy,
+        trust: std::cell::OnceCell::new(),
+    };
     match &cli.command {
         Command::Fetch(a) => cmd::fetch::cmd_fetch(&ctx, a),
         Command::Image(c) => cmd::image::cmd_image(&ctx, c),
+        Command::Trust(c) => cmd::trust::cmd_trust(&ctx, c),
         Command::Run(a) => cmd::run::cmd_run(&ctx, a, &segments, false),
         Command::Prepare(a) => cmd::run::cmd_run(&ctx, a, &segments, true),
         Command::RunPrepared(a) => cmd::run::cmd_run_prepared(&ctx, a),

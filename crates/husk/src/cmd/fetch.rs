@@ -37,7 +37,7 @@ pub fn options_for<'a>(
             reg.skip_tls_verify = true;
         }
     }
-    FetchOptions { policy, registry: reg, progress, name, parallel: 4, runtime: None }
+    FetchOptions { policy, registry: reg, progress, name, parallel: 4, runtime: None, trust: None }
 }
 
 /// Fetches one image (used by `fetch` and by `run`/`prepare`).
@@ -56,8 +56,23 @@ pub fn fetch_one(
         )
     })?;
     let progress = crate::progress::for_fetch(quiet);
-    let opts = options_for(ctx, &source, progress.as_ref(), policy, name);
-    Ok(fetch(store, &source, &opts)?)
+    let mut opts = options_for(ctx, &source, progress.as_ref(), policy, name);
+    opts.trust = ctx.trust()?;
+    let f = fetch(store, &source, &opts)?;
+    // Said even with -q: it is about trust, not progress.
+    if let Some(n) = &f.notice {
+        eprintln!("{n}");
+    }
+    Ok(f)
+}
+
+/// Refuses a stored image that today's trust policy would not let in (it may have tightened
+/// since the image was fetched).
+pub fn admit(ctx: &Ctx, f: &husk_image::Fetched) -> Result<(), Failure> {
+    if let Some(t) = ctx.trust()? {
+        husk_image::admit(t, &f.name, f.trust.as_ref())?;
+    }
+    Ok(())
 }
 
 pub fn cmd_fetch(ctx: &Ctx, args: &FetchArgs) -> Result<i32, Failure> {

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::fetch::fetch_one;
 use crate::exit::{self, Failure};
-use crate::flags::{Format, ImageCommand};
+use crate::flags::{Format, ImageCommand, ManifestFormat};
 use crate::output::{human_size, human_time, Table};
 use crate::Ctx;
 
@@ -24,19 +24,27 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
                             serde_json::json!({
                                 "id": i.id, "names": refs.iter().filter(|r| r.manifest == i.manifest).map(|r| &r.name).collect::<Vec<_>>(),
                                 "manifest": i.manifest, "size": i.size(), "layers": i.layers.len(), "fetched": i.fetched, "source": i.source,
+                                "trust": refs.iter().filter(|r| r.manifest == i.manifest).map(|r| (r.name.clone(), r.trust.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                             })
                         })
                         .collect();
                     println!("{}", serde_json::to_string_pretty(&v).unwrap());
                 }
                 Format::Table => {
-                    let mut t = Table::new(&["ID", "NAME", "SIZE", "LAYERS", "FETCHED"]);
+                    let mut t = Table::new(&["ID", "NAME", "SIZE", "LAYERS", "FETCHED", "SIGNED BY"]);
                     for i in &images {
                         let id = if *full { i.id.to_string() } else { i.id.to_string()[..19].to_string() };
                         let names: Vec<&str> =
                             refs.iter().filter(|r| r.manifest == i.manifest).map(|r| r.name.as_str()).collect();
                         let shown = if names.is_empty() { "<none>".to_string() } else { names.join(",") };
-                        t.row(vec![id, shown, human_size(i.size()), i.layers.len().to_string(), human_time(i.fetched)]);
+                        t.row(vec![
+                            id,
+                            shown,
+                            human_size(i.size()),
+                            i.layers.len().to_string(),
+                            human_time(i.fetched),
+                            signed_by(refs.iter().filter(|r| r.manifest == i.manifest).map(|r| r.trust.as_ref())),
+                        ]);
                     }
                     t.print();
                 }
@@ -76,10 +84,25 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
             );
             Ok(0)
         }
-        ImageCommand::CatManifest { image, config } => {
+        ImageCommand::CatManifest { image, config, format } => {
             let rec = store.resolve(image)?;
-            let data = store.read_blob(if *config { &rec.config } else { &rec.manifest })?;
+            let digest = if *config { &rec.config } else { &rec.manifest };
+            let data = store.read_blob(digest)?;
             let v: serde_json::Value = serde_json::from_slice(&data).context("stored manifest is not JSON")?;
+            let v = match format {
+                ManifestFormat::Raw => v,
+                ManifestFormat::Json => {
+                    let (key, media_type) =
+                        if *config { ("config", "config") } else { ("manifest", rec.manifest_media_type.as_str()) };
+                    let mut out = serde_json::json!({
+                        "digest": digest, "id": rec.id, "names": store.names_of(&rec.manifest)?,
+                        "media_type": media_type,
+                        "trust": store.refs()?.into_iter().filter(|r| r.manifest == rec.manifest).map(|r| (r.name, r.trust)).collect::<std::collections::BTreeMap<_, _>>(),
+                    });
+                    out[key] = v;
+                    out
+                }
+            };
             println!("{}", serde_json::to_string_pretty(&v).unwrap());
             Ok(0)
         }
@@ -143,5 +166,28 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
                     .hint("remove the affected images (husk image rm) and fetch them again"))
             }
         }
+    }
+}
+
+/// The SIGNED BY column, over a manifest's names: the keys (last 16 digits) that verified any
+/// of them, else `unsigned` when a policy accepted them without a signature, else `-` (nothing
+/// was checked).
+fn signed_by<'a>(names: impl Iterator<Item = Option<&'a husk_trust::TrustRecord>>) -> String {
+    let mut keys: Vec<String> = Vec::new();
+    let mut checked = false;
+    for t in names.flatten() {
+        checked = true;
+        for s in &t.signatures {
+            let fp = s.fingerprint.trim_start_matches("SHA256:");
+            let k = format!("{} {}", s.kind, &fp[fp.len().saturating_sub(16)..]);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    match (keys.is_empty(), checked) {
+        (false, _) => keys.join(","),
+        (true, true) => "unsigned".into(),
+        (true, false) => "-".into(),
     }
 }

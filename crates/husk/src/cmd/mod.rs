@@ -15,6 +15,7 @@ pub mod run;
 pub mod show;
 pub mod status;
 pub mod stop;
+pub mod trust;
 
 use std::path::Path;
 

@@ -17,10 +17,14 @@ pub struct Cli {
     /// Configuration directory holding husk.toml.
     #[arg(long, global = true, env = "HUSK_CONFIG_DIR", default_value = "/etc/husk")]
     pub config_dir: PathBuf,
-    /// Loosen security for this command: http, tls (registries); capabilities, seccomp, paths,
-    /// all-run (pods). Comma-separated.
+    /// Loosen security for this command: http, tls (registries); image (skip signature
+    /// verification); capabilities, seccomp, paths, all-run (pods). Comma-separated.
     #[arg(long, global = true, value_delimiter = ',', value_parser = parse_insecure)]
     pub insecure_options: Vec<Insecure>,
+    /// A containers-policy.json to apply instead of husk.toml's [trust] policy
+    /// (default /etc/containers/policy.json, when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// More logging (debug); repeat for trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -32,6 +36,7 @@ pub struct Cli {
 pub enum Insecure {
     Http,
     Tls,
+    Image,
     Capabilities,
     Seccomp,
     Paths,
@@ -42,13 +47,16 @@ fn parse_insecure(s: &str) -> Result<Insecure, String> {
     Ok(match s {
         "http" => Insecure::Http,
         "tls" => Insecure::Tls,
+        "image" => Insecure::Image,
         "capabilities" => Insecure::Capabilities,
         "seccomp" => Insecure::Seccomp,
         "paths" => Insecure::Paths,
         "all-run" => Insecure::AllRun,
-        "image" | "ondisk" => return Err(format!("{s:?} is not supported: husk always verifies images")),
+        "ondisk" => return Err(format!("{s:?} is not supported: husk always verifies the store's blobs")),
         other => {
-            return Err(format!("unknown insecure option {other:?} (http, tls, capabilities, seccomp, paths, all-run)"))
+            return Err(format!(
+                "unknown insecure option {other:?} (http, tls, image, capabilities, seccomp, paths, all-run)"
+            ))
         }
     })
 }
@@ -58,6 +66,43 @@ pub enum Format {
     #[default]
     Table,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManifestFormat {
+    Raw,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a public key for images under a name prefix (GPG keys: armored or binary; PEM
+    /// public keys for cosign signatures). Shows the fingerprint and asks, or takes --yes.
+    Add {
+        /// HOST[:PORT][/NAMESPACE[/REPO]]: the images the key vouches for.
+        #[arg(long)]
+        prefix: String,
+        /// The public key file.
+        key: PathBuf,
+        /// Trust it without asking (required when not on a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// List trusted keys: prefix, key type, fingerprint.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Stop trusting a key (by fingerprint, at least 8 digits).
+    Rm {
+        fingerprint: String,
+        /// Only under this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Remove every key the fingerprint matches.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +165,10 @@ pub enum ImageCommand {
         /// Print the image config instead.
         #[arg(long)]
         config: bool,
+        /// raw: the stored bytes' JSON; json: the manifest with its digest, names and what the
+        /// trust policy verified.
+        #[arg(long, value_enum, default_value = "raw")]
+        format: ManifestFormat,
     },
     /// Import a local image (same sources as `fetch`).
     Import {
@@ -166,6 +215,9 @@ pub enum Command {
     /// Manage images in the store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage the keys images are verified with.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Run a pod: IMAGE [app flags] [-- ARGS] [--- IMAGE2 [app flags] [-- ARGS]] …
     Run(pod::RunArgs),
     /// Prepare a pod without running it; prints its UUID.
@@ -239,6 +291,9 @@ mod tests {
         let e = parse(&["--insecure-options=bogus", "image", "gc"]).unwrap_err().to_string();
         assert!(e.contains("bogus"));
         assert!(parse(&["--insecure-options=ondisk", "image", "gc"]).is_err());
+        let c = parse(&["--insecure-options=image,http", "--policy", "/p.json", "fetch", "x"]).unwrap();
+        assert_eq!(c.insecure_options, vec![Insecure::Image, Insecure::Http]);
+        assert_eq!(c.policy, Some(PathBuf::from("/p.json")));
     }
 
     #[test]

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# What signature verification costs a fetch: the 50 MB, 4-layer test image fetched from the
+# loopback registry into a fresh store, unverified (--insecure-options=image), verified with a
+# GPG signature (skopeo --sign-by, file:// lookaside) and with a cosign P-256 signature (the
+# registry's sha256-HEX.sig tag), side by side in one session; medians and ratios.
+#   scripts/bench-trust.sh [--runs N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=15
+while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+for p in hyperfine skopeo gpg openssl curl; do command -v $p >/dev/null || need="${need:-} $p"; done
+[ -n "${need:-}" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${need/gpg/gnupg} >/dev/null
+cargo build --release --locked -q
+scripts/build-images.sh >/dev/null
+scripts/registry.sh start >/dev/null
+scripts/registry.sh push build/images >/dev/null
+reg=127.0.0.1:5000
+w=$(mktemp -d /var/tmp/husk-bench-trust.XXXXXX)
+trap 'rm -rf "$w"' EXIT
+copy() { skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "$@"; }
+
+# GPG: a throwaway key, the image signed into a lookaside store, trusted for its prefix.
+export GNUPGHOME=$w/gnupg; mkdir -m 700 "$GNUPGHOME"
+gpg --batch --passphrase '' --quick-gen-key "bench <bench@husk.invalid>" ed25519 sign never 2>/dev/null
+fpr=$(gpg --list-keys --with-colons | awk -F: '/^fpr/ {print $10; exit}')
+mkdir -p "$w/regd" "$w/etc"
+printf 'docker:\n  %s:\n    lookaside: file://%s/sigstore\n' "$reg" "$w" > "$w/regd/bench.yaml"
+copy --registries.d "$w/regd" --sign-by "$fpr" "docker://$reg/husk/big" "docker://$reg/bench-gpg/big"
+gpg --export --armor > "$w/gpg.asc"
+
+# Cosign: a P-256 key, the payload signed with openssl and pushed under the .sig tag.
+copy "docker://$reg/husk/big" "docker://$reg/bench-cosign/big"
+digest=sha256:$(skopeo inspect --raw --tls-verify=false "docker://$reg/bench-cosign/big" | sha256sum | cut -d' ' -f1)
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$w/cosign.key"
+openssl pkey -pubout -in "$w/cosign.key" -out "$w/cosign.pub"
+printf '{"critical":{"identity":{"docker-reference":"%s/bench-cosign/big:latest"},"image":{"docker-manifest-digest":"%s"},"type":"cosign container image signature"},"optional":null}' \
+  "$reg" "$digest" > "$w/payload"
+sig=$(openssl dgst -sha256 -sign "$w/cosign.key" "$w/payload" | base64 -w0)
+push_blob() { # FILE -> digest
+  local d loc; d=sha256:$(sha256sum "$1" | cut -d' ' -f1)
+  loc=$(curl -sS -X POST -D - -o /dev/null "http://$reg/v2/bench-cosign/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  case $loc in /*) loc=http://$reg$loc;; esac
+  case $loc in *\?*) loc="$loc&digest=$d";; *) loc="$loc?digest=$d";; esac
+  curl -sS -f -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$1" "$loc" >/dev/null
+  echo "$d"
+}
+pd=$(push_blob "$w/payload")
+printf '{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' "$pd" > "$w/config"
+cd_=$(push_blob "$w/config")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":%d,"digest":"%s"},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","size":%d,"digest":"%s","annotations":{"dev.cosignproject.cosign/signature":"%s"}}]}' \
+  "$(stat -c %s "$w/config")" "$cd_" "$(stat -c %s "$w/payload")" "$pd" "$sig" > "$w/sigmanifest"
+curl -sS -f -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$w/sigmanifest" \
+  "http://$reg/v2/bench-cosign/big/manifests/sha256-${digest#sha256:}.sig" >/dev/null
+
+printf '[registries."%s"]\ninsecure = ["http"]\n[trust]\npolicy = "%s/none.json"\nregistries_d = "%s/regd"\n' "$reg" "$w" "$w" > "$w/etc/husk.toml"
+H="$PWD/target/release/husk --dir $w/data --config-dir $w/etc"
+$H trust add --yes --prefix "$reg/bench-gpg" "$w/gpg.asc" >/dev/null 2>&1
+$H trust add --yes --prefix "$reg/bench-cosign" "$w/cosign.pub" >/dev/null 2>&1
+# Each variant must really verify: a failed check would be a fast, wrong measurement.
+for v in bench-gpg bench-cosign; do
+  $H fetch -q "$reg/$v/big" >/dev/null
+  $H image list --format json | grep -q '"fingerprint"' || { echo "$v was not verified" >&2; exit 1; }
+  rm -rf "$w/data"
+done
+
+settle() { sync; sleep 3; }
+settle
+hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$w/trust.json" \
+  --prepare "rm -rf $w/data" \
+  -n "husk fetch big, unverified (--insecure-options=image)" "$H --insecure-options=image fetch -q $reg/husk/big" \
+  -n "husk fetch big, GPG-verified" "$H fetch -q $reg/bench-gpg/big" \
+  -n "husk fetch big, cosign-verified" "$H fetch -q $reg/bench-cosign/big" >/dev/null 2>&1
+python3 - "$w/trust.json" "$runs" <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))["results"]
+base = res[0]["median"]
+print(f"### Fetch the 50 MB test image, with and without signature verification ({sys.argv[2]} runs, medians)\n")
+print("| command | median | ratio to unverified |\n|---|---|---|")
+for r in res:
+    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/base:.3f}x |")
+PY
