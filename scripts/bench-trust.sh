@@ -2,7 +2,7 @@
 # What signature verification costs a fetch: the 50 MB, 4-layer test image fetched from the
 # loopback registry into a fresh store, unverified (--insecure-options=image), verified with a
 # GPG signature (skopeo --sign-by, file:// lookaside) and with a cosign P-256 signature (the
-# registry's sha256-HEX.sig tag), side by side in one session; medians and ratios.
+# registry's sha256-HEX.sig tag), side by side in one session, interleaved; medians and ratios.
 #   scripts/bench-trust.sh [--runs N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ scripts/registry.sh start >/dev/null
 scripts/registry.sh push build/images >/dev/null
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-trust.XXXXXX)
-trap 'rm -rf "$w"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$w"' EXIT
 copy() { skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "$@"; }
 
 # GPG: a throwaway key, the image signed into a lookaside store, trusted for its prefix.
@@ -54,29 +54,64 @@ curl -sS -f -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json'
   "http://$reg/v2/bench-cosign/big/manifests/sha256-${digest#sha256:}.sig" >/dev/null
 
 printf '[registries."%s"]\ninsecure = ["http"]\n[trust]\npolicy = "%s/none.json"\nregistries_d = "%s/regd"\n' "$reg" "$w" "$w" > "$w/etc/husk.toml"
-H="$PWD/target/release/husk --dir $w/data --config-dir $w/etc"
+# The store is on tmpfs: the disk's writeback varies by tens of percent between runs here and
+# would drown what is measured (the fsyncs stay in the code; on tmpfs they cost nothing).
+data=$(mktemp -d /dev/shm/husk-bench-trust.XXXXXX)
+trap '[ -n "${KEEP:-}" ] || rm -rf "$w" "$data"' EXIT
+H="$PWD/target/release/husk --dir $data --config-dir $w/etc"
 $H trust add --yes --prefix "$reg/bench-gpg" "$w/gpg.asc" >/dev/null 2>&1
 $H trust add --yes --prefix "$reg/bench-cosign" "$w/cosign.pub" >/dev/null 2>&1
 # Each variant must really verify: a failed check would be a fast, wrong measurement.
 for v in bench-gpg bench-cosign; do
   $H fetch -q "$reg/$v/big" >/dev/null
-  $H image list --format json | grep -q '"fingerprint"' || { echo "$v was not verified" >&2; exit 1; }
-  rm -rf "$w/data"
+  listed=$($H image list --format json)
+  grep -q '"fingerprint"' <<<"$listed" || { echo "$v was not verified" >&2; exit 1; }
+  rm -rf "$data"
 done
 
-settle() { sync; sleep 3; }
-settle
-hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$w/trust.json" \
-  --prepare "rm -rf $w/data" \
-  -n "husk fetch big, unverified (--insecure-options=image)" "$H --insecure-options=image fetch -q $reg/husk/big" \
-  -n "husk fetch big, GPG-verified" "$H fetch -q $reg/bench-gpg/big" \
-  -n "husk fetch big, cosign-verified" "$H fetch -q $reg/bench-cosign/big" >/dev/null 2>&1
-python3 - "$w/trust.json" "$runs" <<'PY'
+# Interleaved (each round runs every variant once, in a random order), each run from an empty
+# store after a sync: on this machine a fetch slows the runs just after it, so hyperfine's
+# one-command-at-a-time order would favour whichever variant runs first.
+sync; sleep 3
+python3 - "$runs" "$data" \
+  "husk fetch big, unverified (--insecure-options=image)" "$H --insecure-options=image fetch -q $reg/husk/big" \
+  "husk fetch big, GPG-verified" "$H fetch -q $reg/bench-gpg/big" \
+  "husk fetch big, cosign-verified" "$H fetch -q $reg/bench-cosign/big" <<'PY'
+import random, shlex, shutil, statistics, subprocess, sys, time
+runs, data, rest = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+variants = list(zip(rest[0::2], rest[1::2]))
+times = {n: [] for n, _ in variants}
+for i in range(runs + 2):
+    # A fresh order each round: no variant always follows another.
+    for name, cmd in random.sample(variants, len(variants)):
+        shutil.rmtree(data, ignore_errors=True)
+        subprocess.run(["sync"], check=True)
+        t = time.perf_counter()
+        subprocess.run(shlex.split(cmd), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if i >= 2:  # two warm-up rounds
+            times[name].append(time.perf_counter() - t)
+base = statistics.median(times[variants[0][0]])
+print(f"### Fetch the 50 MB test image, with and without signature verification ({runs} interleaved runs, medians)\n")
+print("| command | median | ratio to unverified |\n|---|---|---|")
+for name, _ in variants:
+    m = statistics.median(times[name])
+    print(f"| {name} | {m*1000:.1f} ms | {m/base:.3f}x |")
+PY
+# The check alone: the image is stored, --pull-policy=update asks for the manifest only, so
+# what remains is the manifest request plus (when verified) gathering and checking signatures.
+rm -rf "$data"
+for v in husk bench-gpg bench-cosign; do $H --insecure-options=image fetch -q "$reg/$v/big" >/dev/null 2>&1; done
+echo
+hyperfine -N --style none --runs "$((runs * 2))" --warmup 3 --export-json "$w/cached.json" \
+  -n "manifest check, unverified" "$H --insecure-options=image fetch -q $reg/bench-cosign/big" \
+  -n "manifest check, GPG-verified" "$H fetch -q $reg/bench-gpg/big" \
+  -n "manifest check, cosign-verified" "$H fetch -q $reg/bench-cosign/big" >/dev/null 2>&1
+python3 - "$w/cached.json" <<'PY'
 import json, sys
 res = json.load(open(sys.argv[1]))["results"]
 base = res[0]["median"]
-print(f"### Fetch the 50 MB test image, with and without signature verification ({sys.argv[2]} runs, medians)\n")
-print("| command | median | ratio to unverified |\n|---|---|---|")
+print("### A stored image, `fetch --pull-policy=update` (manifest only): what the check itself costs\n")
+print("| command | median | added |\n|---|---|---|")
 for r in res:
-    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/base:.3f}x |")
+    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {(r['median']-base)*1000:+.1f} ms |")
 PY

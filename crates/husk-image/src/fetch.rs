@@ -1,13 +1,17 @@
 //! `husk fetch`: any image source into the store, under a pull policy.
 
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use husk_sys::LockKind;
 use husk_trust::{SignatureKind, Target, Trust, TrustRecord};
 use husk_types::{ImageSource, Reference};
 
 use crate::error::FetchError;
-use crate::ingest::{manifest_kind, select_platform, Ingest, LayoutBlobs, Progress, MT_DOCKER_LIST, MT_OCI_INDEX};
+use crate::ingest::{
+    manifest_kind, select_platform, BlobSource, Ingest, LayoutBlobs, Progress, MT_DOCKER_LIST, MT_OCI_INDEX,
+};
 use crate::layout::{docker_archive, extract_archive, layout_manifest};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::{ImageRecord, Store};
@@ -111,49 +115,64 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
     let (record, cached, trust) = match source {
         ImageSource::Registry(r) => {
             let reg = Registry::new(r, &opts.registry, opts.runtime.clone())?;
-            let (mut bytes, mut digest) = reg.manifest(None)?;
-            // Signatures name what the reference names (an index, for a multi-platform image),
-            // and are checked before any layer is downloaded.
-            let trust = match opts.trust {
-                Some(t) => {
-                    let reference = r.clone().normalized();
-                    let decision = t.decide(&Target::Docker(&reference));
-                    let found = if decision.needs(SignatureKind::Gpg) || decision.needs(SignatureKind::Cosign) {
-                        crate::signatures::gather(t, &decision, &reg, &reference, &digest)?
-                    } else {
-                        husk_trust::Found::default()
-                    };
-                    let checked = husk_trust::verify(&decision, &reference, &digest, &found)?;
-                    notice = decision.notice;
-                    Some(checked)
+            let (top_bytes, top) = reg.manifest(None)?;
+            // Signatures name what the reference names (an index, for a multi-platform image).
+            // They are checked while the layers download, so that their round trips cost no
+            // time; a refusal stops the download and no name is written (blobs already stored
+            // stay for `image gc`).
+            let cancel = AtomicBool::new(false);
+            let (checked, ingested) = std::thread::scope(|s| {
+                let checker = opts.trust.map(|t| {
+                    let (reg, top, cancel) = (&reg, &top, &cancel);
+                    s.spawn(move || {
+                        let r = check_remote(t, reg, r, top);
+                        if r.is_err() {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                });
+                // The record, whether nothing was downloaded, whether the record is new.
+                let ingested = (|| -> Result<(ImageRecord, bool, bool), FetchError> {
+                    let (bytes, digest) = platform_manifest(&reg, &name, top_bytes, top.clone())?;
+                    let unchanged = existing.as_ref().is_some_and(|e| e.manifest == digest);
+                    match (unchanged, existing.as_ref().map(|e| store.read_ref_image(e))) {
+                        (true, Some(Ok(rec)))
+                            if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) =>
+                        {
+                            Ok((rec, true, false))
+                        }
+                        _ => {
+                            let new = !store.image_path(&digest).is_file();
+                            let blobs = Cancellable { inner: &reg, cancel: &cancel };
+                            Ok((ingest(&bytes, digest, &blobs, &name)?, false, new))
+                        }
+                    }
+                })();
+                if ingested.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                (checker.map(|h| h.join().expect("the signature check does not panic")), ingested)
+            });
+            // A refusal wins over whatever the cancelled download reported; a record this fetch
+            // created for the refused manifest goes too (its blobs stay for `image gc`).
+            let trust = match checked {
+                Some(Ok((rec, n))) => {
+                    notice = n;
+                    Some(rec)
+                }
+                Some(Err(e)) => {
+                    if let Ok((rec, _, true)) = &ingested {
+                        if let Err(err) = store.remove_image(&rec.manifest) {
+                            tracing::warn!("could not remove the record of refused {}: {err}", rec.manifest);
+                        }
+                    }
+                    return Err(e);
                 }
                 None => None,
             };
-            if let Some(kind) = manifest_kind(&bytes, None) {
-                if kind == MT_OCI_INDEX || kind == MT_DOCKER_LIST {
-                    let (d, size) = select_platform(&name, &bytes)?;
-                    (bytes, digest) = reg.manifest(Some(&d))?;
-                    if size != bytes.len() as u64 {
-                        return Err(FetchError::Store {
-                            image: name,
-                            source: crate::StoreError::SizeMismatch {
-                                digest,
-                                expected: size,
-                                actual: bytes.len() as u64,
-                            },
-                        });
-                    }
-                }
-            }
-            let unchanged = existing.as_ref().is_some_and(|e| e.manifest == digest);
-            match (unchanged, existing.as_ref().map(|e| store.read_ref_image(e))) {
-                (true, Some(Ok(rec)))
-                    if rec.layers.iter().all(|l| store.has_blob(&l.digest) && store.has_layer(&l.diff_id)) =>
-                {
-                    (rec, true, trust)
-                }
-                _ => (ingest(&bytes, digest, &reg, &name)?, false, trust),
-            }
+            let (rec, cached, _) = ingested?;
+            (rec, cached, trust)
         }
         ImageSource::OciLayout { dir, tag } => {
             let trust = local_trust("oci", dir)?;
@@ -187,6 +206,78 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
     };
     store.write_ref(&name, &record, trust.clone()).map_err(|e| store_err(&name, e))?;
     Ok(Fetched { name, record, cached, notice, trust })
+}
+
+/// Gathers and verifies the signatures of `r`'s manifest `digest` (see husk_trust's model).
+fn check_remote(
+    t: &Trust,
+    reg: &Registry,
+    r: &Reference,
+    digest: &husk_types::Digest,
+) -> Result<(TrustRecord, Option<String>), FetchError> {
+    let reference = r.clone().normalized();
+    let decision = t.decide(&Target::Docker(&reference));
+    let found = if decision.needs(SignatureKind::Gpg) || decision.needs(SignatureKind::Cosign) {
+        crate::signatures::gather(t, &decision, reg, &reference, digest)?
+    } else {
+        husk_trust::Found::default()
+    };
+    Ok((husk_trust::verify(&decision, &reference, digest, &found)?, decision.notice))
+}
+
+/// The manifest to ingest: `bytes` itself, or the entry of this platform when it is an index.
+fn platform_manifest(
+    reg: &Registry,
+    name: &str,
+    bytes: Vec<u8>,
+    digest: husk_types::Digest,
+) -> Result<(Vec<u8>, husk_types::Digest), FetchError> {
+    let Some(kind) = manifest_kind(&bytes, None) else { return Ok((bytes, digest)) };
+    if kind != MT_OCI_INDEX && kind != MT_DOCKER_LIST {
+        return Ok((bytes, digest));
+    }
+    let (d, size) = select_platform(name, &bytes)?;
+    let (bytes, digest) = reg.manifest(Some(&d))?;
+    if size != bytes.len() as u64 {
+        return Err(FetchError::Store {
+            image: name.to_string(),
+            source: crate::StoreError::SizeMismatch { digest, expected: size, actual: bytes.len() as u64 },
+        });
+    }
+    Ok((bytes, digest))
+}
+
+/// A blob source whose reads fail once `cancel` is set (a refused signature check).
+struct Cancellable<'a> {
+    inner: &'a dyn BlobSource,
+    cancel: &'a AtomicBool,
+}
+
+struct CancellableRead<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    cancel: &'a AtomicBool,
+}
+
+fn cancelled() -> std::io::Error {
+    std::io::Error::other("stopped: the image's signatures were refused")
+}
+
+impl BlobSource for Cancellable<'_> {
+    fn open(&self, digest: &husk_types::Digest, size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(FetchError::Source { image: String::new(), why: cancelled().to_string() });
+        }
+        Ok(Box::new(CancellableRead { inner: self.inner.open(digest, size)?, cancel: self.cancel }))
+    }
+}
+
+impl Read for CancellableRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Whether an image stored under `name` may run under today's policy, which may have tightened

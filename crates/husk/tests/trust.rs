@@ -61,8 +61,14 @@ impl Trusting {
             err.contains("refused by the trust policy") && err.contains(why),
             "{reference}: expected {why:?}:\n{err}"
         );
-        let list = self.env.ok(&["image", "list", "--format", "json"]);
-        assert!(!list.contains(&format!("\"{reference}\"")), "a refused image got a name: {list}");
+        let list = self.env.json(&["image", "list", "--format", "json"]);
+        for i in list.as_array().unwrap() {
+            assert!(!i["names"].as_array().unwrap().is_empty(), "a refused image left a record: {list}");
+            assert!(
+                !i["names"].to_string().contains(&format!("\"{reference}\"")),
+                "a refused image got a name: {list}"
+            );
+        }
         err
     }
 
