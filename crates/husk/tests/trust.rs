@@ -112,6 +112,40 @@ fn gpg_signatures_written_by_skopeo_are_verified() {
     assert_eq!(cat["trust"][at("trust-gpg/app")]["signatures"][0]["fingerprint"], fp.as_str());
     assert_eq!(t.env.ok(&["run", "--net=none", &at("trust-gpg/app"), "--", "echo", "ok"]).trim(), "ok");
 
+    // The same lookaside store over http://, as a registry's signature server would serve it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .arg(&t.lookaside)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http_regd = t.path("registries-http.d");
+    std::fs::create_dir_all(&http_regd).unwrap();
+    std::fs::write(
+        http_regd.join("t.yaml"),
+        format!("docker:\n  {}:\n    lookaside: http://127.0.0.1:{port}\n", registry()),
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(t.path("etc/husk.toml")).unwrap();
+    std::fs::write(
+        t.path("etc/husk.toml"),
+        toml.replace(&t.regd.display().to_string(), &http_regd.display().to_string()),
+    )
+    .unwrap();
+    let up = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the lookaside http server did not start");
+    let fetched = t.env.husk(&["fetch", "-q", "--pull-policy=update", &at("trust-gpg/app")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(fetched.status.success(), "over http: {}", String::from_utf8_lossy(&fetched.stderr));
+    assert_eq!(t.trust_of(&at("trust-gpg/app"))["signatures"][0]["fingerprint"], fp.as_str());
+    std::fs::write(t.path("etc/husk.toml"), toml).unwrap();
+
     // A key nobody trusts.
     other.sign_copy(&t.regd, &src, &at("trust-gpg/stranger"));
     t.refused(&at("trust-gpg/stranger"), "which is not trusted here");
@@ -316,7 +350,30 @@ fn removing_a_key_tightens_run_and_trust_add_asks_first() {
     let err = t.env.fails(&["trust", "add", "--yes", "--prefix", &prefix, k1.private.to_str().unwrap()], 120);
     assert!(err.contains("secret key"), "{err}");
 
+    // On a terminal it asks: "n" leaves nothing, "y" trusts.
+    for (answer, trusted) in [("n", false), ("y", true)] {
+        let mut cmd = t.env.cmd();
+        cmd.args(["trust", "add", "--prefix", &prefix, k1.public.to_str().unwrap()]);
+        let (mut child, pty) = husk_sys::tty::spawn_on_pty(&mut cmd, 24, 80).unwrap();
+        let mut master = std::fs::File::from(pty.master.try_clone().unwrap());
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("[y/N]") {
+            use std::io::Read as _;
+            let n = master.read(&mut buf).unwrap();
+            assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&seen).contains("p256 key SHA256:"), "the fingerprint is shown first");
+        std::io::Write::write_all(&mut master, format!("{answer}\n").as_bytes()).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.success(), trusted, "{answer}");
+        let n = t.env.json(&["trust", "list", "--format", "json"]).as_array().unwrap().len();
+        assert_eq!(n, usize::from(trusted), "{answer}");
+    }
+    // Adding it again (with --yes) rewrites the same file.
     let fp1 = t.trust(&prefix, &k1.public);
+    assert_eq!(t.env.json(&["trust", "list", "--format", "json"]).as_array().unwrap().len(), 1);
     t.env.ok(&["fetch", "-q", &at(repo)]);
     assert_eq!(t.env.ok(&["run", "--net=none", &at(repo), "--", "echo", "ok"]).trim(), "ok");
     // The prefix now trusts k2 only: the stored image, verified with k1, no longer runs.
