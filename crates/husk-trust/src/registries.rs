@@ -7,8 +7,8 @@
 //!   registry.example.com:5000/ns:
 //!     lookaside: https://sigs.example.com/ns
 //! ```
-//! The most specific `docker` entry (reference, repository, its namespaces, host) with a
-//! lookaside wins, then `default-docker`, then `file:///var/lib/containers/sigstore` (what
+//! The most specific `docker` entry (reference, repository, its namespaces, host, `*.domain`)
+//! with a lookaside wins, then `default-docker`, then `file:///var/lib/containers/sigstore` (what
 //! containers/image uses for root). `sigstore` is the old name of `lookaside`.
 
 use std::collections::BTreeMap;
@@ -94,18 +94,9 @@ impl Registries {
         Ok(out)
     }
 
-    /// The lookaside base URL for `r`.
+    /// The lookaside base URL for `r`: its scopes are matched as policy.json's are.
     pub fn lookaside(&self, r: &Reference) -> String {
-        let mut name = r.name();
-        let mut scopes = vec![r.to_string()];
-        loop {
-            scopes.push(name.clone());
-            match name.rfind('/') {
-                Some(i) => name.truncate(i),
-                None => break,
-            }
-        }
-        scopes
+        crate::policy::docker_scopes(r)
             .iter()
             .find_map(|s| self.docker.get(s).and_then(Entry::url))
             .or_else(|| self.default_docker.as_ref().and_then(Entry::url))

@@ -275,20 +275,19 @@ fn check_signed(
 ) -> Result<VerifiedSignature, Vec<String>> {
     let gpg_keys: Vec<&PublicKey> = s.keys.iter().filter(|k| k.key_type == KeyType::Gpg).collect();
     let cosign_keys: Vec<&PublicKey> = s.keys.iter().filter(|k| k.key_type != KeyType::Gpg).collect();
+    // A signature that verified with `key`: what its payload vouches for, if it is this image.
+    let vouched = |kind: SignatureKind, key: &PublicKey, payload: &[u8]| -> Result<VerifiedSignature, String> {
+        let identity = check_payload(payload, kind, image, digest, &s.identity)?;
+        Ok(VerifiedSignature { kind, key_type: key.key_type, fingerprint: key.fingerprint.clone(), identity })
+    };
     let mut reasons = Vec::new();
     let mut seen = 0;
     if !gpg_keys.is_empty() {
         for sig in &found.gpg {
             seen += 1;
-            let r = verify_gpg(&gpg_keys, &sig.bytes).map_err(|e| e.to_string()).and_then(|(payload, key)| {
-                let identity = check_payload(&payload, SignatureKind::Gpg, image, digest, &s.identity)?;
-                Ok(VerifiedSignature {
-                    kind: SignatureKind::Gpg,
-                    key_type: key.key_type,
-                    fingerprint: key.fingerprint.clone(),
-                    identity,
-                })
-            });
+            let r = verify_gpg(&gpg_keys, &sig.bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|(payload, key)| vouched(SignatureKind::Gpg, key, &payload));
             match r {
                 Ok(v) => return Ok(v),
                 Err(why) => reasons.push(format!("{}: {why}", sig.origin)),
@@ -314,15 +313,7 @@ fn check_signed(
                         e.to_string()
                     }
                 })
-                .and_then(|key| {
-                    let identity = check_payload(&sig.payload, SignatureKind::Cosign, image, digest, &s.identity)?;
-                    Ok(VerifiedSignature {
-                        kind: SignatureKind::Cosign,
-                        key_type: key.key_type,
-                        fingerprint: key.fingerprint.clone(),
-                        identity,
-                    })
-                });
+                .and_then(|key| vouched(SignatureKind::Cosign, key, &sig.payload));
             match r {
                 Ok(v) => return Ok(v),
                 Err(why) => reasons.push(format!("{}: {why}", sig.origin)),
