@@ -17,7 +17,7 @@ scripts/registry.sh start >/dev/null
 scripts/registry.sh push build/images >/dev/null
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-trust.XXXXXX)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$w"' EXIT
+trap '[ -n "${KEEP:-}" ] || { GNUPGHOME=$w/gnupg gpgconf --kill all 2>/dev/null; rm -rf "$w"; }' EXIT
 copy() { skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "$@"; }
 
 # GPG: a throwaway key, the image signed into a lookaside store, trusted for its prefix.
@@ -57,7 +57,7 @@ printf '[registries."%s"]\ninsecure = ["http"]\n[trust]\npolicy = "%s/none.json"
 # The store is on tmpfs: the disk's writeback varies by tens of percent between runs here and
 # would drown what is measured (the fsyncs stay in the code; on tmpfs they cost nothing).
 data=$(mktemp -d /dev/shm/husk-bench-trust.XXXXXX)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$w" "$data"' EXIT
+trap '[ -n "${KEEP:-}" ] || { GNUPGHOME=$w/gnupg gpgconf --kill all 2>/dev/null; rm -rf "$w" "$data"; }' EXIT
 H="$PWD/target/release/husk --dir $data --config-dir $w/etc"
 $H trust add --yes --prefix "$reg/bench-gpg" "$w/gpg.asc" >/dev/null 2>&1
 $H trust add --yes --prefix "$reg/bench-cosign" "$w/cosign.pub" >/dev/null 2>&1

@@ -15,8 +15,8 @@ use husk_sys::LockKind;
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
 use husk_types::pod::{
-    App, Dns, ExitPolicy, Flavor, Hosts, IpcMode, LogLimits, NetMode, PodManifest, Stdio, StopRequest, Volume,
-    VolumeKind, ABI_VERSION,
+    App, Dns, ExitPolicy, Flavor, Hosts, IpcMode, LogLimits, NetMode, Notify, PodManifest, Stdio, StopRequest, Systemd,
+    Volume, VolumeKind, ABI_VERSION,
 };
 
 use crate::error::PodError;
@@ -46,6 +46,8 @@ pub struct PodRequest {
     /// Run by stage1 when the pod has exited (see [`PodManifest::exit_command`]); `{uuid}` in
     /// an argument becomes the pod's UUID.
     pub exit_command: Vec<husk_types::ByteStr>,
+    /// Readiness, socket activation, stop timeout and output for a systemd unit.
+    pub systemd: husk_types::pod::Systemd,
 }
 
 fn invalid(why: impl Into<String>) -> PodError {
@@ -62,6 +64,55 @@ fn check_stdio(stdio: Stdio, apps: usize, flavor: &Flavor) -> Result<(), PodErro
         return Err(invalid(
             "the fly stage1 has no devpts of its own to give the app a terminal; use -i without -t (the app shares yours)",
         ));
+    }
+    Ok(())
+}
+
+/// What the systemd settings need, checked before anything exists (app names are checked once
+/// the apps are named, in [`prepare`]).
+fn check_systemd(sd: &Systemd, stdio: Stdio, apps: usize, flavor: &Flavor) -> Result<(), PodError> {
+    let asked = sd.notify != Notify::Auto || sd.socket_app.is_some() || sd.log_prefix;
+    if *flavor == Flavor::Fly && asked {
+        return Err(invalid(
+            "--sd-notify, --socket-activated and --log-prefix need the ns stage1 (fly execs the app in its place)",
+        ));
+    }
+    if sd.log_prefix && stdio != Stdio::Inherit {
+        return Err(invalid(
+            "--log-prefix applies to a foreground pod's output without a terminal (a detached pod's output is \
+             in `husk logs`, per app)",
+        ));
+    }
+    if sd.socket_app.is_none() && apps > 1 && listen_fds_for_us().is_some() {
+        return Err(invalid(format!(
+            "husk was started with socket-activated fds ($LISTEN_FDS) and the pod has {apps} apps: name the app \
+             that gets them with --socket-activated=APP"
+        )));
+    }
+    Ok(())
+}
+
+/// `$LISTEN_FDS` when `$LISTEN_PID` is this process (sd_listen_fds(3)); stage1, which this
+/// process becomes by exec, keeps the pid.
+pub fn listen_fds_for_us() -> Option<u32> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let n: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    (pid == std::process::id() && n > 0).then_some(n)
+}
+
+/// Names in the systemd settings must be apps of the pod.
+fn check_systemd_names(sd: &Systemd, apps: &[&str]) -> Result<(), PodError> {
+    let known = |n: &str| apps.contains(&n);
+    let names = || apps.join(", ");
+    if let Notify::App(n) = &sd.notify {
+        if !known(n) {
+            return Err(invalid(format!("--sd-notify=app:{n}: the pod has no app {n:?} (its apps: {})", names())));
+        }
+    }
+    if let Some(n) = &sd.socket_app {
+        if !known(n) {
+            return Err(invalid(format!("--socket-activated={n}: the pod has no app {n:?} (its apps: {})", names())));
+        }
     }
     Ok(())
 }
@@ -99,6 +150,7 @@ impl PodRequest {
             return Err(invalid("the fly stage1 runs exactly one app"));
         }
         check_stdio(self.stdio, self.apps.len(), &self.flavor)?;
+        check_systemd(&self.systemd, self.stdio, self.apps.len(), &self.flavor)?;
         if let Some(h) = &self.hostname {
             husk_types::pod::validate_hostname(h).map_err(invalid)?;
         }
@@ -242,7 +294,9 @@ fn assemble(
             .iter()
             .map(|a| husk_types::ByteStr(a.to_string_lossy().replace("{uuid}", &pod.uuid).into_bytes()))
             .collect(),
+        systemd: req.systemd.clone(),
     };
+    check_systemd_names(&m.systemd, &m.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>())?;
     write_pod_dirs(&pod.dir, &m)?;
     Ok(m)
 }
@@ -478,7 +532,19 @@ mod tests {
             log_limits: LogLimits::default(),
             exit_policy: ExitPolicy::default(),
             exit_command: vec![],
+            systemd: Systemd::default(),
         }
+    }
+
+    #[test]
+    fn systemd_names_must_be_apps() {
+        let apps = ["web", "db"];
+        let ok = Systemd { notify: Notify::App("db".into()), socket_app: Some("web".into()), ..Default::default() };
+        assert!(check_systemd_names(&ok, &apps).is_ok());
+        let bad = Systemd { notify: Notify::App("nope".into()), ..Default::default() };
+        assert!(check_systemd_names(&bad, &apps).unwrap_err().to_string().contains("no app \"nope\""));
+        let bad = Systemd { socket_app: Some("nope".into()), ..Default::default() };
+        assert!(check_systemd_names(&bad, &apps).unwrap_err().to_string().contains("--socket-activated=nope"));
     }
 
     #[test]
@@ -543,6 +609,21 @@ mod tests {
                     r.net = NetMode::Host;
                 }),
                 "no devpts",
+            ),
+            (
+                Box::new(|r| {
+                    r.flavor = Flavor::Fly;
+                    r.net = NetMode::Host;
+                    r.systemd.notify = Notify::Pod;
+                }),
+                "need the ns stage1",
+            ),
+            (
+                Box::new(|r| {
+                    r.stdio = Stdio::Log;
+                    r.systemd.log_prefix = true;
+                }),
+                "--log-prefix applies to a foreground pod",
             ),
             (Box::new(|r| r.hostname = Some("a\nb".into())), "RFC 1123"),
             (Box::new(|r| r.hosts = Hosts::Written { entries: vec![("1.2.3.4".into(), "a b".into())] }), "RFC 1123"),

@@ -59,7 +59,7 @@ fn run() -> Result<i32, Fail> {
                 crate::rootfs::make_root_slave().map_err(setup)?;
                 crate::rootfs::mount_roots(&dir, &m, None).map_err(setup)?;
                 let root = crate::rootfs::setup(&dir, &m, app).map_err(setup)?;
-                wire_stdio(&m, log_fd.as_ref()).map_err(setup)?;
+                wire_stdio(&m, log_fd.as_ref().map(|f| (f, f))).map_err(setup)?;
                 nix::unistd::chroot(&root)
                     .map_err(|e| setup(Fail::step(Step::Mount, format!("chroot {}", root.display()), e)))?;
                 become_app_user(app).map_err(setup)?;

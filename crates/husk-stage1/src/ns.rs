@@ -9,7 +9,7 @@ use std::time::Duration;
 use husk_sys::proc::{fork, ForkResult};
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
-use husk_types::pod::{exit, App, AppStatus, NetMode, Outcome, PodManifest, Stage1State, Stdio, ABI_VERSION};
+use husk_types::pod::{exit, App, AppStatus, NetMode, Notify, Outcome, PodManifest, Stage1State, Stdio, ABI_VERSION};
 use husk_types::ByteStr;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -21,7 +21,10 @@ use crate::cni;
 use crate::common::{
     debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail, Step,
 };
-use crate::process::{become_app_user, exec_in_root, status_of, wire_stdio, Never};
+use crate::notify::{Notifier, Proxy};
+use crate::process::{
+    become_app_user, exec_in_root, exec_in_root_with, status_of, wire_stdio, ExecExtras, Listen, Never,
+};
 use crate::rootfs;
 
 /// How long apps get between SIGTERM and SIGKILL when the pod stops itself.
@@ -144,6 +147,14 @@ fn supervise(
     };
     let host_mnt =
         std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
+    // systemd: who says ready, and the socket-activated fds (ours: `husk run` exec'd into us).
+    let notifier = Notifier::from_env()?;
+    let notify_mode = crate::notify::mode(m, notifier.is_some());
+    let proxy = match &notify_mode {
+        Notify::App(_) => Some(Proxy::bind(dir)?),
+        _ => None,
+    };
+    let listen = Listen::from_env();
     let started = (|| -> Result<_, Fail> {
         for app in &m.apps {
             layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
@@ -160,7 +171,7 @@ fn supervise(
             None => vec![],
         };
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
-        start_pod(dir, m, &layout, netns.as_deref(), console)
+        start_pod(dir, m, &layout, netns.as_deref(), console, listen.as_ref())
     })();
     let back_home = || {
         if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
@@ -224,6 +235,9 @@ fn supervise(
         };
     }
     *ready = None;
+    if let (Notify::Pod, Some(n), None) = (&notify_mode, &notifier, &start_error) {
+        n.send(&crate::notify::ready(supervisor.as_raw()));
+    }
 
     // From here on the supervisor only waits: give back the memory setup needed.
     husk_sys::proc::release_startup_memory();
@@ -233,8 +247,22 @@ fn supervise(
     // passes, or on a SIGALRM from `husk stop --force`, the init is told to kill the apps (its
     // SIGALRM), which it does and records each one's status (137).
     let mut stopping = false;
+    // With an app's notify socket, the supervisor waits on it and on the signals together.
+    let events = match &proxy {
+        Some(p) => Some(Events::new(&sigs, p)?),
+        None => None,
+    };
     let code = loop {
-        let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
+        let sig = match &events {
+            None => sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?,
+            Some(ev) => match ev.next()? {
+                Event::Signal(s) => s,
+                Event::Notify => {
+                    ev.proxy.forward(notifier.as_ref(), supervisor.as_raw());
+                    continue;
+                }
+            },
+        };
         match sig {
             Signal::SIGCHLD => match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, c)) => break c,
@@ -248,7 +276,10 @@ fn supervise(
                 let _ = kill(init, other);
                 if matches!(other, Signal::SIGTERM | Signal::SIGINT) && !stopping {
                     stopping = true;
-                    match stop_timeout(dir) {
+                    if let (Notify::Pod, Some(n)) = (&notify_mode, &notifier) {
+                        n.send("STOPPING=1\n");
+                    }
+                    match stop_timeout(dir, m) {
                         t if t.is_zero() => {
                             let _ = kill(init, Signal::SIGALRM);
                         }
@@ -273,13 +304,66 @@ fn supervise(
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
-/// [`STOP_GRACE`] (a SIGTERM from systemd or a shell).
-fn stop_timeout(dir: &Path) -> Duration {
+/// the pod's `--stop-timeout` (a SIGTERM from systemd or a shell), or [`STOP_GRACE`].
+fn stop_timeout(dir: &Path, m: &PodManifest) -> Duration {
     std::fs::read(PodDir::new(dir).stop_request())
         .ok()
         .and_then(|d| serde_json::from_slice::<husk_types::pod::StopRequest>(&d).ok())
         .map(|r| Duration::from_millis(r.timeout_ms))
-        .unwrap_or(STOP_GRACE)
+        .unwrap_or_else(|| pod_stop_timeout(m))
+}
+
+fn pod_stop_timeout(m: &PodManifest) -> Duration {
+    m.systemd.stop_timeout_ms.map(Duration::from_millis).unwrap_or(STOP_GRACE)
+}
+
+/// What the supervisor waits for when an app has a notify socket.
+enum Event {
+    Signal(Signal),
+    Notify,
+}
+
+/// The supervisor's signals as a signalfd (they are blocked already), polled with the app's
+/// notify socket.
+struct Events<'a> {
+    sigfd: nix::sys::signalfd::SignalFd,
+    proxy: &'a Proxy,
+}
+
+impl<'a> Events<'a> {
+    fn new(sigs: &SigSet, proxy: &'a Proxy) -> Result<Events<'a>, Fail> {
+        let sigfd = nix::sys::signalfd::SignalFd::with_flags(sigs, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+            .ctx(Step::Pod, || "cannot create a signalfd".into())?;
+        Ok(Events { sigfd, proxy })
+    }
+
+    fn next(&self) -> Result<Event, Fail> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        loop {
+            let mut fds = [
+                PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.proxy.sock.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Fail::step(Step::Pod, "poll failed", e)),
+            }
+            let sig_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+            let notify_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+            if sig_ready {
+                if let Some(info) = self.sigfd.read_signal().ctx(Step::Pod, || "cannot read the signalfd".into())? {
+                    if let Ok(s) = Signal::try_from(info.ssi_signo as i32) {
+                        return Ok(Event::Signal(s));
+                    }
+                }
+            }
+            if notify_ready {
+                return Ok(Event::Notify);
+            }
+        }
+    }
 }
 
 /// Creates the pod: the supervisor's private mount namespace holding the app roots, and the pod
@@ -296,6 +380,7 @@ fn start_pod(
     layout: &Layout,
     netns: Option<&Path>,
     console: Option<OwnedFd>,
+    listen: Option<&Listen>,
 ) -> Result<(Pid, OwnedFd), Fail> {
     use nix::mount::{mount, MsFlags};
     let sigs = signals();
@@ -331,7 +416,8 @@ fn start_pod(
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
-            let code = match pod_init(dir, m, layout, supervisor, go_r, rep_w, console) {
+            let ch = InitChannels { go: go_r, report: rep_w, console };
+            let code = match pod_init(dir, m, layout, supervisor, ch, listen) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("husk stage1 (pod init): {}", e.chain());
@@ -399,6 +485,16 @@ fn host_pids(init: i32, ns_pids: &BTreeMap<String, i32>) -> BTreeMap<String, i32
     out
 }
 
+/// What the pod init talks to the supervisor (and the terminal relay) over.
+struct InitChannels {
+    /// The supervisor's go-ahead, once the roots are mounted.
+    go: OwnedFd,
+    /// Where the init reports each app's pid, then ready or failed.
+    report: OwnedFd,
+    /// The terminal relay's socket, for an app with a terminal.
+    console: Option<OwnedFd>,
+}
+
 /// PID 1 of the pod: finishes the pod's namespaces, starts the apps, reaps, forwards signals,
 /// records each app's exit status.
 fn pod_init(
@@ -406,10 +502,10 @@ fn pod_init(
     m: &PodManifest,
     layout: &Layout,
     supervisor: Pid,
-    go: OwnedFd,
-    report: OwnedFd,
-    console: Option<OwnedFd>,
+    ch: InitChannels,
+    listen: Option<&Listen>,
 ) -> Result<i32, Fail> {
+    let InitChannels { go, report, console } = ch;
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(Step::Pod, || "cannot set the parent-death signal".into())?;
     // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
@@ -442,18 +538,26 @@ fn pod_init(
     }
 
     let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
-    // A detached pod's output goes through the log writer, which bounds what is kept.
+    // A detached pod's output goes through the log writer, which bounds what is kept; with
+    // --log-prefix a foreground pod's goes through the prefixer. Per app: (stdout, stderr).
+    let names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     let (logger, mut log_fds) = match m.stdio {
         Stdio::Log => {
-            let names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
             let (pid, fds) = crate::logger::spawn(dir, &names, m.log_limits)?;
-            (Some(pid), fds.into_iter().map(Some).collect())
+            (Some(pid), fds.into_iter().map(|f| Some((f, None))).collect())
         }
-        _ => (None, m.apps.iter().map(|_| None).collect::<Vec<Option<OwnedFd>>>()),
+        Stdio::Inherit if m.systemd.log_prefix => {
+            let (pid, fds) = crate::prefix::spawn(&names)?;
+            (Some(pid), fds.into_iter().map(|(o, e)| Some((o, Some(e)))).collect())
+        }
+        _ => (None, m.apps.iter().map(|_| None).collect::<Vec<Option<(OwnedFd, Option<OwnedFd>)>>>()),
     };
+    let socket_app = m.systemd.socket_app(m);
     for (k, app) in m.apps.iter().enumerate() {
         let log_fd = log_fds[k].take();
-        let spawned = spawn_app(dir, m, app, layout, log_fd.as_ref(), console.as_ref());
+        let out = log_fd.as_ref().map(|(o, e)| (o, e.as_ref().unwrap_or(o)));
+        let listen = listen.filter(|_| socket_app == Some(app.name.as_str()));
+        let spawned = spawn_app(dir, m, app, layout, out, console.as_ref(), listen);
         // Our copy of the app's write end goes now: the writer sees the stream end with the app.
         drop(log_fd);
         match spawned {
@@ -517,7 +621,8 @@ fn pod_init(
                                 // others.
                                 stopping = true;
                                 signal_all(&live, Signal::SIGTERM);
-                                nix::unistd::alarm::set(STOP_GRACE.as_secs() as u32);
+                                let grace = pod_stop_timeout(m).as_secs_f64().ceil().min(u32::MAX as f64);
+                                nix::unistd::alarm::set((grace as u32).max(1));
                             }
                         }
                     }
@@ -563,8 +668,9 @@ fn spawn_app(
     m: &PodManifest,
     app: &App,
     layout: &Layout,
-    log: Option<&OwnedFd>,
+    out: Option<(&OwnedFd, &OwnedFd)>,
     console: Option<&OwnedFd>,
+    listen: Option<&Listen>,
 ) -> Result<Pid, (i32, Fail)> {
     let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
     match fork()
@@ -572,7 +678,7 @@ fn spawn_app(
     {
         ForkResult::Child => {
             drop(err_r);
-            let (code, e) = match exec_app(dir, m, app, layout, log, console) {
+            let (code, e) = match exec_app(dir, m, app, layout, out, console, listen) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -611,8 +717,9 @@ fn exec_app(
     m: &PodManifest,
     app: &App,
     layout: &Layout,
-    log: Option<&OwnedFd>,
+    out: Option<(&OwnedFd, &OwnedFd)>,
     console: Option<&OwnedFd>,
+    listen: Option<&Listen>,
 ) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail::step(Step::Process, "cannot unblock signals", e)))?;
@@ -621,7 +728,7 @@ fn exec_app(
     // `<pod>/apps` is shared with the supervisor: keep this app's mounts to itself.
     rootfs::make_root_slave().map_err(setup)?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
-    wire_stdio(m, log).map_err(setup)?;
+    wire_stdio(m, out).map_err(setup)?;
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| setup(Fail::step(Step::Cgroup, "cannot create the app's cgroup namespace", e)))?;
@@ -636,7 +743,19 @@ fn exec_app(
         })?;
     }
     become_app_user(app).map_err(setup)?;
-    exec_in_root(app, &app.exec)
+    let mut extras = ExecExtras::default();
+    if let Notify::App(name) = &m.systemd.notify {
+        if *name == app.name {
+            extras.env.push(("NOTIFY_SOCKET".into(), husk_types::pod::APP_NOTIFY_SOCKET.into()));
+        }
+    }
+    if let Some(l) = listen {
+        // fds 3… are the activator's sockets (inherited from `husk run`); this process's pid is
+        // the app's, as it will see it.
+        extras.env.extend(l.env(std::process::id()));
+        extras.keep_fds = l.count;
+    }
+    exec_in_root_with(app, &app.exec, &extras)
 }
 
 /// `enter --pid=PID --app=NAME [--tty] [--] CMD…`: joins the app's namespaces and cgroup, takes on the

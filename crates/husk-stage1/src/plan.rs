@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use husk_types::etc::Hosts;
-use husk_types::pod::{App, IpcMode, NetMode, PodManifest, Stdio, VolumeKind, MASKED_PATHS, READONLY_PATHS};
+use husk_types::pod::{App, IpcMode, NetMode, Notify, PodManifest, Stdio, VolumeKind, MASKED_PATHS, READONLY_PATHS};
 
 /// Mount flags, as `mount(2)` takes them (`MS_*`).
 pub mod flags {
@@ -100,6 +100,8 @@ pub struct HostFacts {
     pub volume_sources: BTreeMap<String, (PathBuf, bool)>,
     /// The invoker's terminal, for an interactive pod.
     pub tty: Option<PathBuf>,
+    /// `--sd-notify=app:NAME`: the directory of that app's notify socket.
+    pub notify_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,6 +194,12 @@ pub fn app_mounts(m: &PodManifest, app: &App, facts: &HostFacts) -> Result<Vec<S
         let read_only = *name == "hostname" || *name == "hosts" && m.hosts == Hosts::Host;
         plan.push(Step::Bind { source: src.clone(), target: Target::File(path), read_only });
     }
+    // The app that talks to systemd itself gets its socket at /run/notify.
+    if let (Notify::App(name), Some(src)) = (&m.systemd.notify, &facts.notify_dir) {
+        if *name == app.name {
+            plan.push(Step::Bind { source: src.clone(), target: Target::Dir("run/notify".into()), read_only: false });
+        }
+    }
     // Tools read /etc/mtab (podman adds it too).
     plan.push(Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts" });
     for mp in &app.mounts {
@@ -256,6 +264,20 @@ mod tests {
     use husk_types::Digest;
     use nix::sched::CloneFlags as F;
 
+    #[test]
+    fn only_the_app_named_by_sd_notify_gets_the_notify_socket() {
+        let (mut m, app) = fixture();
+        let facts = HostFacts { notify_dir: Some("/p/notify".into()), ..Default::default() };
+        let bind =
+            Step::Bind { source: "/p/notify".into(), target: Target::Dir("run/notify".into()), read_only: false };
+        m.systemd.notify = husk_types::pod::Notify::App(app.name.clone());
+        assert!(app_mounts(&m, &app, &facts).unwrap().contains(&bind));
+        m.systemd.notify = husk_types::pod::Notify::App("other".into());
+        assert!(!app_mounts(&m, &app, &facts).unwrap().contains(&bind));
+        m.systemd.notify = husk_types::pod::Notify::Pod;
+        assert!(!app_mounts(&m, &app, &facts).unwrap().iter().any(|s| matches!(s, Step::Bind { .. })));
+    }
+
     pub fn fixture() -> (PodManifest, App) {
         let app = App {
             name: "web".into(),
@@ -292,6 +314,7 @@ mod tests {
             log_limits: LogLimits::default(),
             exit_policy: Default::default(),
             exit_command: vec![],
+            systemd: Default::default(),
         };
         (m, app)
     }
@@ -354,6 +377,7 @@ mod tests {
             .into_iter()
             .collect(),
             tty: None,
+            notify_dir: None,
         };
         let k = kinds(&app_mounts(&m, &app, &facts).unwrap());
         let tail: Vec<&str> = k.iter().skip_while(|s| !s.starts_with("replace")).map(String::as_str).collect();

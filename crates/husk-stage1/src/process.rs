@@ -27,7 +27,9 @@ pub fn status_of(ws: Option<WaitStatus>, started: Option<chrono::DateTime<chrono
 
 /// The app's standard streams: the invoker's (foreground), the terminal (interactive), or, for
 /// a detached pod, `/dev/null` in and the log writer's pipe (`log`) out.
-pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
+/// `out`: the pipes the app's stdout and stderr go to (a detached pod's log writer, the same pipe
+/// twice; `--log-prefix`'s prefixer, two pipes).
+pub fn wire_stdio(m: &PodManifest, out: Option<(&OwnedFd, &OwnedFd)>) -> Result<(), Fail> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -36,12 +38,16 @@ pub fn wire_stdio(m: &PodManifest, log: Option<&OwnedFd>) -> Result<(), Fail> {
     match m.stdio {
         // A terminal replaces all three once the app is in its root (`console::take_terminal`).
         Stdio::Interactive | Stdio::Terminal { .. } | Stdio::AttachableTerminal => {}
-        Stdio::Inherit => nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?,
-        Stdio::Log => {
-            let out = log.ok_or_else(|| Fail::Invalid("a detached app has no log pipe".into()))?;
+        Stdio::Inherit | Stdio::Log => {
             nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?;
-            nix::unistd::dup2_stdout(out).ctx(Step::Process, || "cannot redirect stdout".into())?;
-            nix::unistd::dup2_stderr(out).ctx(Step::Process, || "cannot redirect stderr".into())?;
+            match out {
+                Some((o, e)) => {
+                    nix::unistd::dup2_stdout(o).ctx(Step::Process, || "cannot redirect stdout".into())?;
+                    nix::unistd::dup2_stderr(e).ctx(Step::Process, || "cannot redirect stderr".into())?;
+                }
+                None if m.stdio == Stdio::Log => return Err(Fail::Invalid("a detached app has no log pipe".into())),
+                None => {}
+            }
         }
     }
     Ok(())
@@ -114,10 +120,55 @@ pub fn become_app_user(app: &App) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Socket-activated fds an app gets (sd_listen_fds(3)): they are fds 3… already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub count: u32,
+    /// `$LISTEN_FDNAMES`, when the activator set it.
+    pub names: Option<String>,
+}
+
+impl Listen {
+    /// The fds of `$LISTEN_FDS` when `$LISTEN_PID` is this process (the supervisor: `husk run`
+    /// exec'd into it).
+    pub fn from_env() -> Option<Listen> {
+        let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+        let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+        (pid == std::process::id() && count > 0)
+            .then(|| Listen { count, names: std::env::var("LISTEN_FDNAMES").ok().filter(|n| !n.is_empty()) })
+    }
+
+    /// The variables the app sees: its own pid (in its PID namespace), as systemd would set.
+    pub fn env(&self, pid: u32) -> Vec<(String, String)> {
+        let mut v = vec![("LISTEN_FDS".to_string(), self.count.to_string()), ("LISTEN_PID".into(), pid.to_string())];
+        if let Some(n) = &self.names {
+            v.push(("LISTEN_FDNAMES".into(), n.clone()));
+        }
+        v
+    }
+}
+
+/// What one exec adds to the app's own: variables (they win over the app's) and fds kept.
+#[derive(Debug, Clone, Default)]
+pub struct ExecExtras {
+    pub env: Vec<(String, String)>,
+    /// fds 3..3+N stay open across the exec.
+    pub keep_fds: u32,
+}
+
 /// chdir to the working dir and exec argv with the app's environment. Never returns on success.
 /// Arguments and values are bytes, passed to execve unchanged.
 pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
-    let env = app.environment();
+    exec_in_root_with(app, argv, &ExecExtras::default())
+}
+
+/// [`exec_in_root`], with `extras`.
+pub fn exec_in_root_with(app: &App, argv: &[ByteStr], extras: &ExecExtras) -> Result<Never, (i32, Fail)> {
+    let mut env = app.environment();
+    for (k, v) in &extras.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), ByteStr::from(v.as_str())));
+    }
     std::env::set_current_dir(&app.working_dir).map_err(|e| {
         (
             exit::STAGE1_FAILED,
@@ -145,6 +196,11 @@ pub fn exec_in_root(app: &App, argv: &[ByteStr]) -> Result<Never, (i32, Fail)> {
     let env_c: Vec<CString> =
         env.iter().map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<Result<_, _>>()?;
     husk_sys::proc::cloexec_from(3).map_err(|e| (exit::STAGE1_FAILED, Fail::Invalid(e.to_string())))?;
+    if extras.keep_fds > 0 {
+        husk_sys::proc::keep_across_exec(3, extras.keep_fds).map_err(|e| {
+            (exit::STAGE1_FAILED, Fail::Invalid(format!("the socket-activated fds 3..{}: {e}", 3 + extras.keep_fds)))
+        })?;
+    }
     // The app starts with default signal dispositions (stage1's runtime ignores SIGPIPE).
     husk_sys::proc::reset_signal_dispositions();
     // Last: from here on only execve runs under the filter.

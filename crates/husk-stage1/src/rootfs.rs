@@ -167,7 +167,8 @@ fn host_facts(pod_dir: &Path, m: &PodManifest) -> Result<crate::plan::HostFacts,
         Stdio::Interactive => nix::unistd::ttyname(std::io::stdin()).ok(),
         _ => None,
     };
-    Ok(crate::plan::HostFacts { etc_files, volume_sources, tty })
+    let notify_dir = matches!(m.systemd.notify, husk_types::pod::Notify::App(_)).then(|| pd.notify_dir());
+    Ok(crate::plan::HostFacts { etc_files, volume_sources, tty, notify_dir })
 }
 
 /// The real [`crate::apply::MountSys`]: targets resolved inside the app's root with

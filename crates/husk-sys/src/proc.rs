@@ -71,6 +71,18 @@ pub fn fork() -> io::Result<ForkResult> {
     unsafe { fork_unchecked() }
 }
 
+/// Clears close-on-exec on fds `first..first + count` (socket-activated fds handed to an app
+/// after [`cloexec_from`] marked every fd).
+pub fn keep_across_exec(first: i32, count: u32) -> io::Result<()> {
+    for fd in first..first.saturating_add(count as i32) {
+        // SAFETY: the fd is only borrowed for the fcntl; an fd that is not open fails with EBADF,
+        // which is reported, and no ownership is taken.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    }
+    Ok(())
+}
+
 /// Marks every fd from `first` up close-on-exec, so that nothing of the runtime (the pod lock,
 /// pipes, directory fds) leaks into an app (runc CVE-2024-21626 class).
 pub fn cloexec_from(first: u32) -> io::Result<()> {

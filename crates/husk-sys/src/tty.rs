@@ -214,6 +214,20 @@ pub fn recv_fd(sock: impl AsFd) -> io::Result<Option<OwnedFd>> {
     Err(io::Error::other("the message carried no file descriptor"))
 }
 
+/// Receives one message (a datagram) and every fd that came with it (at most 16; close-on-exec).
+pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut cmsg, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(f) = m {
+            fds.extend(f);
+        }
+    }
+    Ok((got.bytes, fds))
+}
+
 /// The other side of a relay from the invoker's terminal: a pty master, or `husk attach`'s
 /// connection to a detached pod.
 pub trait Far {

@@ -10,6 +10,13 @@ struct Gpg {
     home: tempfile::TempDir,
 }
 
+/// gpg starts an agent per GNUPGHOME; it must not outlive the test.
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", self.home.path()).args(["--kill", "all"]).status();
+    }
+}
+
 impl Gpg {
     fn new(algo: &str) -> Gpg {
         let home = tempfile::tempdir().unwrap();

@@ -147,6 +147,12 @@ impl PodDir {
         self.root.join("logs")
     }
 
+    /// `--sd-notify=app:NAME`: the directory holding the app's notify socket, bound at
+    /// `/run/notify` in that app.
+    pub fn notify_dir(&self) -> PathBuf {
+        self.root.join("notify")
+    }
+
     /// An app's log: generation 0 is the current file, 1 the one before, …
     pub fn app_log(&self, app: &str, generation: u32) -> PathBuf {
         match generation {

@@ -362,6 +362,57 @@ pub struct PodManifest {
     /// --rm`: stage0's own `rm` of the pod). Empty: nothing.
     #[serde(default)]
     pub exit_command: Vec<ByteStr>,
+    /// How the pod fits a systemd unit: readiness, socket activation, stop timeout, output.
+    #[serde(default)]
+    pub systemd: Systemd,
+}
+
+/// `--sd-notify`: who tells systemd (`$NOTIFY_SOCKET`) that the service is ready.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case", tag = "mode", content = "app")]
+pub enum Notify {
+    /// `pod` when `$NOTIFY_SOCKET` is set when the pod starts, else nothing.
+    #[default]
+    Auto,
+    /// Stage1 sends `READY=1` (and `MAINPID`, the supervisor) once every app has started.
+    Pod,
+    /// The named app gets a socket of its own (`/run/notify/notify.sock`, `$NOTIFY_SOCKET`);
+    /// what it sends is passed on, from the supervisor, with `MAINPID` the supervisor.
+    App(String),
+    /// Nothing is sent, and no app sees the variable.
+    Ignore,
+}
+
+/// The systemd side of a pod (docs/systemd.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Systemd {
+    #[serde(default)]
+    pub notify: Notify,
+    /// The app that gets the socket-activated fds (`$LISTEN_FDS`), when husk was started with
+    /// some; None: the pod's only app.
+    #[serde(default)]
+    pub socket_app: Option<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when the pod stops on a SIGTERM (a unit's stop)
+    /// or because an app ended it; None: 10 s. `husk stop --timeout` overrides it.
+    #[serde(default)]
+    pub stop_timeout_ms: Option<u64>,
+    /// Each line of a foreground pod's output starts with `[APP] ` (for journald).
+    #[serde(default)]
+    pub log_prefix: bool,
+}
+
+/// Where `$NOTIFY_SOCKET` is inside the app that `Notify::App` names.
+pub const APP_NOTIFY_SOCKET: &str = "/run/notify/notify.sock";
+
+impl Systemd {
+    /// The app that gets socket-activated fds in pod `m`.
+    pub fn socket_app<'a>(&'a self, m: &'a PodManifest) -> Option<&'a str> {
+        match &self.socket_app {
+            Some(a) => Some(a),
+            None if m.apps.len() == 1 => Some(&m.apps[0].name),
+            None => None,
+        }
+    }
 }
 
 /// What `pod.json` may hold: this version's fields, and ABI 1's `hosts_entries` and
@@ -397,6 +448,8 @@ struct PodManifestWire {
     exit_policy: ExitPolicy,
     #[serde(default)]
     exit_command: Vec<ByteStr>,
+    #[serde(default)]
+    systemd: Systemd,
 }
 
 impl From<PodManifestWire> for PodManifest {
@@ -424,6 +477,7 @@ impl From<PodManifestWire> for PodManifest {
             log_limits: w.log_limits,
             exit_policy: w.exit_policy,
             exit_command: w.exit_command,
+            systemd: w.systemd,
         }
     }
 }

@@ -141,9 +141,72 @@ fn main() {
                 std::process::exit(1);
             }
         },
+        Some("notify") => {
+            if let Err(e) = notify(&args[1..]) {
+                eprintln!("notify: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some("serve-fd3") => {
+            if let Err(e) = serve_fd3() {
+                eprintln!("serve-fd3: {e}");
+                std::process::exit(1);
+            }
+        }
         Some(other) => {
             eprintln!("husk-workload: unknown mode {other}");
             std::process::exit(2);
         }
     }
+}
+
+/// `notify [--barrier] MESSAGE…`: sends each MESSAGE (`\n` in it is a newline) as a datagram to
+/// `$NOTIFY_SOCKET`, as sd_notify(3) does; `--barrier` then sends `BARRIER=1` with a pipe's write
+/// end and waits (5 s at most) for the receiver to close it, as sd_notify_barrier(3) does.
+fn notify(args: &[String]) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let path = std::env::var("NOTIFY_SOCKET").map_err(|_| "NOTIFY_SOCKET is not set".to_string())?;
+    println!("NOTIFY_SOCKET={path}");
+    let sock = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
+    let barrier = args.iter().any(|a| a == "--barrier");
+    for m in args.iter().filter(|a| *a != "--barrier") {
+        sock.send_to(m.replace("\\n", "\n").as_bytes(), &path).map_err(|e| format!("send to {path}: {e}"))?;
+    }
+    if barrier {
+        let (r, w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+        let addr = UnixAddr::new(path.as_str()).map_err(|e| e.to_string())?;
+        let fds = [w.as_raw_fd()];
+        sendmsg(
+            sock.as_raw_fd(),
+            &[std::io::IoSlice::new(b"BARRIER=1")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map_err(|e| format!("send the barrier: {e}"))?;
+        drop(w);
+        let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&r), nix::poll::PollFlags::POLLIN)];
+        let n = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16)).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the barrier was not acknowledged within 5 s".into());
+        }
+        println!("barrier acknowledged");
+    }
+    Ok(())
+}
+
+/// `serve-fd3`: accepts one connection on the socket-activated fd 3 and answers with what
+/// sd_listen_fds(3) would see: `LISTEN_FDS`, whether `LISTEN_PID` is this process, and
+/// `LISTEN_FDNAMES`.
+fn serve_fd3() -> Result<(), String> {
+    use nix::sys::socket::{accept, send, MsgFlags};
+    let fds = std::env::var("LISTEN_FDS").map_err(|_| "LISTEN_FDS is not set".to_string())?;
+    let pid_ok = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // By number, as a socket-activated daemon does: fd 3 is the activator's listening socket.
+    let conn = accept(3).map_err(|e| format!("accept on fd 3: {e}"))?;
+    let answer = format!("LISTEN_FDS={fds} LISTEN_PID_IS_ME={pid_ok} LISTEN_FDNAMES={names}\n");
+    send(conn, answer.as_bytes(), MsgFlags::empty()).map_err(|e| format!("send: {e}"))?;
+    Ok(())
 }

@@ -219,6 +219,12 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         log_limits: husk_types::pod::LogLimits { max_size: a.log_max_size, max_files: a.log_max_files },
         exit_policy: a.exit_policy.into(),
         exit_command: if a.rm { rm_command(ctx)? } else { vec![] },
+        systemd: husk_types::pod::Systemd {
+            notify: a.sd_notify.clone().unwrap_or_default(),
+            socket_app: a.socket_activated.clone(),
+            stop_timeout_ms: Some(a.stop_timeout.as_millis().min(u64::MAX as u128) as u64),
+            log_prefix: a.log_prefix,
+        },
     })
 }
 

@@ -188,6 +188,34 @@ pub struct RunArgs {
     /// No progress display while fetching.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Readiness for systemd ($NOTIFY_SOCKET): pod (READY=1 once every app started), app:NAME
+    /// (the app gets a socket of its own and its messages are passed on), ignore. Default: pod
+    /// when $NOTIFY_SOCKET is set.
+    #[arg(long, value_parser = parse_sd_notify)]
+    pub sd_notify: Option<husk_types::pod::Notify>,
+    /// The app that gets the socket-activated fds ($LISTEN_FDS) as fds 3…; default: the pod's
+    /// only app.
+    #[arg(long, value_name = "APP")]
+    pub socket_activated: Option<String>,
+    /// Time between SIGTERM and SIGKILL when the pod is stopped by a SIGTERM (a unit's stop),
+    /// or by an app's end under --exit-policy.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+    /// Start each line of the apps' output with [APP] (a foreground pod without a terminal).
+    #[arg(long)]
+    pub log_prefix: bool,
+}
+
+fn parse_sd_notify(s: &str) -> Result<husk_types::pod::Notify, String> {
+    use husk_types::pod::Notify;
+    match s {
+        "pod" => Ok(Notify::Pod),
+        "ignore" => Ok(Notify::Ignore),
+        _ => match s.strip_prefix("app:") {
+            Some(name) if !name.is_empty() => Ok(Notify::App(name.to_string())),
+            _ => Err(format!("{s:?}: use pod, app:NAME or ignore")),
+        },
+    }
 }
 
 #[derive(Debug, Args)]

@@ -33,7 +33,7 @@ impl Gpg {
         let home = dir.join(format!("gnupg-{name}"));
         std::fs::create_dir_all(&home).unwrap();
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let g = Gpg { home, fingerprint: String::new() };
+        let mut g = Gpg { home, fingerprint: String::new() };
         g.gpg(&[
             "--passphrase",
             "",
@@ -44,8 +44,8 @@ impl Gpg {
             "never",
         ]);
         let list = String::from_utf8(g.gpg(&["--list-keys", "--with-colons"])).unwrap();
-        let fingerprint = list.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string();
-        Gpg { fingerprint, ..g }
+        g.fingerprint = list.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string();
+        g
     }
 
     pub fn gpg(&self, args: &[&str]) -> Vec<u8> {
@@ -82,6 +82,13 @@ impl Gpg {
                 &format!("docker://{dest}"),
             ]),
         );
+    }
+}
+
+/// gpg starts an agent per GNUPGHOME; it must not outlive the test.
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "all"]).status();
     }
 }
 
