@@ -280,6 +280,64 @@ impl Read for CancellableRead<'_> {
     }
 }
 
+/// Makes a stored image ready for a pod, as root: its manifest and config re-hashed (a member of
+/// the husk group may have written them; they are small), and every layer tree that is missing
+/// (a member's fetch stores blobs only) unpacked from its stored blob, checked against the
+/// config's diff_id as any unpack is.
+pub fn prepare_for_run(store: &Store, name: &str, rec: &ImageRecord) -> Result<(), FetchError> {
+    let err = |source| FetchError::Store { image: name.to_string(), source };
+    for (d, what) in [(&rec.manifest, "manifest"), (&rec.config, "config")] {
+        let bytes = store.read_blob(d).map_err(err)?;
+        crate::store::check_blob(d, bytes.len() as u64, &bytes).map_err(|e| {
+            tracing::debug!("{what} of {name} does not match its digest");
+            err(e)
+        })?;
+    }
+    // The record's layers must be the manifest's: a member may have rewritten the record.
+    let manifest = store.read_blob(&rec.manifest).map_err(err)?;
+    let config = store.read_blob(&rec.config).map_err(err)?;
+    let (_, parsed) = crate::ingest::parse_manifest(name, &manifest)?;
+    if parsed.config().digest().to_string() != rec.config.to_string()
+        || crate::ingest::layer_records(name, &parsed, &config)? != rec.layers
+    {
+        return Err(FetchError::Invalid {
+            image: name.to_string(),
+            what: "image record",
+            why: format!("it does not match manifest {}; fetch the image again as root", rec.manifest),
+        });
+    }
+    // Only a member's fetch leaves trees to unpack; a tree missing from root's own image is
+    // damage, which the pod's preparation reports (naming the fix).
+    if rec.layers.iter().all(|l| store.has_layer(&l.diff_id)) || !store.unpacks() || !store.trees_pending(rec) {
+        return Ok(());
+    }
+    let _shared = store.lock_store(LockKind::Shared).map_err(err)?;
+    Ingest {
+        store,
+        image: name,
+        manifest_bytes: &manifest,
+        manifest_digest: rec.manifest.clone(),
+        progress: &crate::ingest::NoProgress,
+        parallel: 4,
+    }
+    .run(&StoredBlobs { image: name })?;
+    Ok(())
+}
+
+/// The store as its own blob source: every blob an unpack needs is there already.
+struct StoredBlobs<'a> {
+    image: &'a str,
+}
+
+impl BlobSource for StoredBlobs<'_> {
+    fn open(&self, digest: &husk_types::Digest, _size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
+        Err(FetchError::Source {
+            image: self.image.to_string(),
+            why: format!("blob {digest} is not in the store; fetch the image again"),
+        })
+    }
+}
+
 /// Whether an image stored under `name` may run under today's policy, which may have tightened
 /// since it was fetched (see [`Trust::admit`]). `checked` is what was checked then; a name
 /// without (fetched before husk verified, or with `--insecure-options=image`) is judged as a

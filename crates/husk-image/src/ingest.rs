@@ -264,7 +264,8 @@ impl Ingest<'_> {
             let len = std::fs::metadata(&p).map_err(|e| self.store_err(StoreError::io(&p, "inspect blob", e)))?.len();
             check_size(&l.digest, l.size, len).map_err(|e| self.store_err(e))?;
         }
-        let have_tree = store.has_layer(&l.diff_id);
+        // Not root: the blob only; root unpacks it when it first runs the image.
+        let have_tree = store.has_layer(&l.diff_id) || !store.unpacks();
         self.progress.layer_start(&l.digest, l.size);
         if have_blob && have_tree {
             self.progress.layer_done(&l.digest, true);
@@ -295,7 +296,7 @@ impl Ingest<'_> {
             None => fallback,
         };
 
-        let tree_tmp = store.tmp_path(&key);
+        let tree_tmp = store.tree_staging_path(&key);
         let result = (|| -> Result<(), FetchError> {
             if !have_tree {
                 std::fs::create_dir(&tree_tmp).map_err(|e| self.store_err(StoreError::io(&tree_tmp, "create", e)))?;

@@ -17,7 +17,7 @@ pub mod store;
 pub mod unpack;
 
 pub use error::{FetchError, StoreError, UnpackError};
-pub use fetch::{admit, fetch, FetchOptions, Fetched, PullPolicy};
+pub use fetch::{admit, fetch, prepare_for_run, FetchOptions, Fetched, PullPolicy};
 pub use ingest::{NoProgress, Progress};
 pub use registry::{AsyncRegistry, RegistryOptions};
 pub use store::{Found, ImageRecord, Store, Via};

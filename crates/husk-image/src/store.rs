@@ -33,6 +33,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::StoreError;
 
+/// The largest blob [`Store::read_blob`] reads into memory (manifests and configs are at most
+/// 4 MiB; see `ingest::MAX_METADATA_SIZE`).
+const MAX_READ_BLOB: u64 = 16 << 20;
+
 /// The store format this husk reads and writes (`store/version`; also each record's
 /// `format_version`).
 pub const STORE_FORMAT_VERSION: u32 = 2;
@@ -97,7 +101,15 @@ pub struct LayerMeta {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Whether this process unpacks layers: only root can (ownership, device nodes, xattrs).
+    /// A member of the husk group stores verified blobs, and root unpacks them when it first
+    /// runs the image ([`crate::fetch::prepare_for_run`]).
+    unpacks: bool,
 }
+
+/// The store's directories: group-writable (setgid `husk`) for members' fetches, except
+/// `layers/`, which only root writes (docs/threat-model.md).
+pub const SHARED_DIRS: &[&str] = &["blobs", "blobs/sha256", "images", "refs", "locks", "tmp"];
 
 /// How [`Store::lookup`] matched what the user wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,13 +139,36 @@ impl Store {
                 fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, "create store directory", e))?;
             }
         }
-        let store = Store { root };
+        let store = Store { root, unpacks: rustix::process::geteuid().is_root() };
         crate::migrate::ensure_current(&store)?;
         Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether layers fetched by this process are unpacked now (see [`Store::unpacks`]).
+    pub fn unpacks(&self) -> bool {
+        self.unpacks
+    }
+
+    /// The uid that wrote a manifest's image record (None: no such record).
+    pub fn image_owner(&self, manifest: &Digest) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(self.image_path(manifest)).ok().map(|m| m.uid())
+    }
+
+    /// Whether an image's missing layer trees are pending rather than lost: a member of the
+    /// husk group fetched it (blobs only), and root unpacks them at its first run.
+    pub fn trees_pending(&self, rec: &ImageRecord) -> bool {
+        self.image_owner(&rec.manifest).is_some_and(|u| u != 0)
+    }
+
+    /// The uid that wrote a name's reference (None: no such name).
+    pub fn ref_owner(&self, name: &str) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(self.ref_path(name)).ok().map(|m| m.uid())
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -169,14 +204,29 @@ impl Store {
         Err(StoreError::LayersMissing { name: name.to_string(), missing: missing.join(", ") })
     }
 
+    /// A small blob (a manifest, a config), checked against its digest at every read: blobs are
+    /// files a member of the husk group may have written, so what is returned is what was
+    /// verified, never bytes swapped in after a check.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let p = self.blob_path(d);
-        fs::read(&p).map_err(|e| StoreError::io(&p, "read blob", e))
+        let f = husk_sys::fsutil::open_regular_nofollow(&p).map_err(|e| StoreError::io(&p, "read blob", e))?;
+        let mut bytes = Vec::new();
+        f.take(MAX_READ_BLOB + 1).read_to_end(&mut bytes).map_err(|e| StoreError::io(&p, "read blob", e))?;
+        if bytes.len() as u64 > MAX_READ_BLOB {
+            return Err(StoreError::Corrupt { path: p, why: format!("larger than {MAX_READ_BLOB} bytes") });
+        }
+        let (actual, _) = hash_reader(&bytes[..]).map_err(|e| StoreError::io(&p, "hash", e))?;
+        if &actual != d {
+            return Err(StoreError::DigestMismatch { expected: d.clone(), actual });
+        }
+        Ok(bytes)
     }
 
+    /// A blob to stream (a layer): whoever reads it checks what it yields (an unpack checks the
+    /// diff_id).
     pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
         let p = self.blob_path(d);
-        File::open(&p).map_err(|e| StoreError::io(&p, "open blob", e))
+        husk_sys::fsutil::open_regular_nofollow(&p).map_err(|e| StoreError::io(&p, "open blob", e))
     }
 
     /// Locks one key (a digest, a reference) for the duration of work on it.
@@ -219,14 +269,33 @@ impl Store {
         self.root.join("tmp").join(format!("{key}.{:016x}", rand::random::<u64>()))
     }
 
+    /// Where a layer tree is unpacked before it is published: inside `layers/`, which only root
+    /// writes, so that no member of the husk group can swap a tree between its unpack and its
+    /// rename into place (the shared `tmp/` is group-writable). A `.`-name is never a layer.
+    pub fn tree_staging_path(&self, key: &str) -> PathBuf {
+        self.root.join("layers").join(format!(".{key}.{:016x}", rand::random::<u64>()))
+    }
+
     /// Removes leftovers of interrupted work whose owner no longer holds its lock.
     pub fn clean_tmp(&self) -> Result<usize, StoreError> {
-        let dir = self.root.join("tmp");
+        let mut removed = self.clean_dir(&self.root.join("tmp"), "")?;
+        if self.unpacks {
+            removed += self.clean_dir(&self.root.join("layers"), ".")?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes the entries of `dir` named `PREFIX<lock key>.<random>` whose lock is free.
+    fn clean_dir(&self, dir: &Path, prefix: &str) -> Result<usize, StoreError> {
         let mut removed = 0;
-        let entries = fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?;
+        let entries = fs::read_dir(dir).map_err(|e| StoreError::io(dir, "list", e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let key = name.rsplit_once('.').map_or(name.as_str(), |(k, _)| k);
+            let Some(name) = name.strip_prefix(prefix) else { continue };
+            if prefix.is_empty() && name.starts_with('.') {
+                continue;
+            }
+            let key = name.rsplit_once('.').map_or(name, |(k, _)| k);
             let lock = self.root.join("locks").join(format!("{key}.lock"));
             if let Ok(Some(_held)) = Lock::try_lock(&lock, LockKind::Exclusive) {
                 remove_any(&e.path()).map_err(|err| StoreError::io(&e.path(), "remove leftover", err))?;
@@ -240,8 +309,20 @@ impl Store {
     /// `owner` is the lock key the caller holds, so that [`Store::clean_tmp`] can tell a
     /// leftover from work in progress.
     pub fn blob_writer(&self, expected: Option<(Digest, u64)>, owner: &str) -> Result<BlobWriter, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::PermissionsExt;
         let tmp = self.tmp_path(owner);
-        let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, "create", e))?;
+        // create_new: never through something another user put at that name.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(&tmp, "create", e))?;
+        // Readable by root and by the husk group whatever the umask (a 0600 blob root wrote
+        // would be unreadable to a member's fetch, and vice versa).
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(|e| StoreError::io(&tmp, "set the mode of", e))?;
         Ok(BlobWriter { store: self.clone(), tmp, file: Some(file), hasher: Sha256::new(), size: 0, expected })
     }
 
@@ -275,7 +356,7 @@ impl Store {
     /// Reads the record of one manifest.
     pub fn read_image(&self, manifest: &Digest) -> Result<ImageRecord, StoreError> {
         let p = self.image_path(manifest);
-        let data = fs::read(&p).map_err(|e| StoreError::io(&p, "read image record", e))?;
+        let data = read_small(&p).map_err(|e| StoreError::io(&p, "read image record", e))?;
         serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
     }
 
@@ -337,7 +418,7 @@ impl Store {
 
     pub fn read_ref(&self, name: &str) -> Result<Option<RefRecord>, StoreError> {
         let p = self.ref_path(name);
-        match fs::read(&p) {
+        match read_small(&p) {
             Ok(d) => {
                 serde_json::from_slice(&d).map(Some).map_err(|e| StoreError::Corrupt { path: p, why: e.to_string() })
             }
@@ -371,7 +452,7 @@ impl Store {
         for e in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, "list", e))?.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
-                if let Ok(d) = fs::read(&p) {
+                if let Ok(d) = read_small(&p) {
                     let r: RefRecord = serde_json::from_slice(&d)
                         .map_err(|e| StoreError::Corrupt { path: p.clone(), why: e.to_string() })?;
                     out.push(r);
@@ -526,6 +607,15 @@ impl Drop for BlobWriter {
 }
 
 /// Removes a file, symlink or directory tree.
+/// A store metadata file: a regular file, not through a symlink (members of the husk group
+/// write the directories these are in), at most 16 MiB.
+fn read_small(p: &Path) -> io::Result<Vec<u8>> {
+    let f = husk_sys::fsutil::open_regular_nofollow(p)?;
+    let mut out = Vec::new();
+    f.take(MAX_READ_BLOB).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 pub fn remove_any(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
@@ -579,6 +669,24 @@ mod tests {
         assert!(!s.has_blob(&wrong));
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    /// Another user of a shared store may swap a blob, or put a symlink or a FIFO in its place:
+    /// what a read returns is checked, and never read through a link or blocked on a FIFO.
+    #[test]
+    fn a_swapped_blob_or_record_is_never_believed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let id = s.put_blob(b"hello", None).unwrap();
+        std::fs::write(s.blob_path(&id), b"jello").unwrap();
+        assert!(matches!(s.read_blob(&id), Err(StoreError::DigestMismatch { .. })));
+        std::fs::remove_file(s.blob_path(&id)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", s.blob_path(&id)).unwrap();
+        assert!(matches!(s.read_blob(&id), Err(StoreError::Io { .. })));
+        assert!(s.open_blob(&id).is_err());
+        let r = s.ref_path("h.io/a:1");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &r, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        assert!(s.read_ref("h.io/a:1").is_err(), "a FIFO is refused, not waited on");
     }
 
     #[test]

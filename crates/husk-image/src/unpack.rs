@@ -176,9 +176,18 @@ impl Unpacker {
                 header.device_major().ok().flatten().unwrap_or(0),
                 header.device_minor().ok().flatten().unwrap_or(0),
             );
-            rustix::fs::mknodat(&parent, leaf, ft, FsMode::from_raw_mode(meta.mode), dev)
-                .map_err(|e| UnpackError::io(&path, "create device node", errno_io(e)))?;
-            self.set_meta(&path, &meta, &xattrs, false, &shown)?;
+            match rustix::fs::mknodat(&parent, leaf, ft, FsMode::from_raw_mode(meta.mode), dev) {
+                // Rendering as a user other than root (`image extract` by a member of the husk
+                // group): device nodes are skipped, as tar does; the layers pods use are
+                // unpacked by root.
+                Err(rustix::io::Errno::PERM) if !rustix::process::geteuid().is_root() => {
+                    tracing::warn!("skipped device node {shown}: only root can create one");
+                }
+                r => {
+                    r.map_err(|e| UnpackError::io(&path, "create device node", errno_io(e)))?;
+                    self.set_meta(&path, &meta, &xattrs, false, &shown)?;
+                }
+            }
         } else if matches!(
             kind,
             tar::EntryType::XGlobalHeader
@@ -307,13 +316,13 @@ impl Unpacker {
         shown: &str,
     ) -> Result<(), UnpackError> {
         let p = rel_or_dot(path);
-        rustix::fs::chownat(
+        tolerate_rootless(rustix::fs::chownat(
             &self.root,
             p,
             Some(Uid::from_raw(meta.uid)),
             Some(Gid::from_raw(meta.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
-        )
+        ))
         .map_err(|e| UnpackError::io(path, "set owner of", errno_io(e)))?;
         let st = rustix::fs::statat(&self.root, p, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| UnpackError::io(path, "inspect", errno_io(e)))?;
@@ -340,7 +349,7 @@ impl Unpacker {
 
 fn apply_fd_meta(f: &File, meta: &Meta, xattrs: &[(String, Vec<u8>)], shown: &str) -> Result<(), UnpackError> {
     let p = Path::new(shown);
-    rustix::fs::fchown(f, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+    tolerate_rootless(rustix::fs::fchown(f, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))))
         .map_err(|e| UnpackError::io(p, "set owner of", errno_io(e)))?;
     // chmod after chown: chown clears set-uid/set-gid bits.
     rustix::fs::fchmod(f, FsMode::from_raw_mode(meta.mode))
@@ -545,6 +554,16 @@ pub fn decompressor<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
         Compression::None => Box::new(r),
     })
+}
+
+/// An ownership change a user other than root may not make (EPERM): files keep that user as
+/// owner, as `tar` extracts them without root. Root's unpacks (every layer a pod uses) never
+/// take this path.
+fn tolerate_rootless(r: rustix::io::Result<()>) -> rustix::io::Result<()> {
+    match r {
+        Err(rustix::io::Errno::PERM) if !rustix::process::geteuid().is_root() => Ok(()),
+        r => r,
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename over the
@@ -23,7 +23,17 @@ pub fn atomic_write_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<
 /// placed where a file is expected (an OCI layout's `index.json` or a blob) cannot hang the
 /// caller; anything but a regular file is refused with `InvalidInput` naming what it is.
 pub fn open_regular(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    open_regular_flags(path, 0)
+}
+
+/// [`open_regular`], refusing a symlink at `path` itself: for files in a directory another
+/// user may write (the store's shared directories, which members of the husk group write).
+pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
+    open_regular_flags(path, libc::O_NOFOLLOW)
+}
+
+fn open_regular_flags(path: &Path, extra: i32) -> io::Result<File> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra).open(path)?;
     let ft = f.metadata()?.file_type();
     if !ft.is_file() {
         use std::os::unix::fs::FileTypeExt;
@@ -50,6 +60,9 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
     let tmp = dir.join(format!(".tmp-{}-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The mode asked for, whatever the umask: a store file root writes must stay readable
+        // by the husk group (and a member's by root), under any umask.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         if durable {
             f.sync_all()?;

@@ -58,9 +58,21 @@ fn open(path: &Path, target: Target) -> Result<File, LockError> {
     let mut o = OpenOptions::new();
     match target {
         Target::Dir => o.read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW),
-        Target::File => o.read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC),
+        // Group-readable: a lock file another user created (root, or a member of the husk group
+        // in a shared store) is opened read-only below, which is all flock needs. Who may reach
+        // the file at all is the directory's business.
+        Target::File => {
+            o.read(true).write(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        }
     };
-    o.open(path).map_err(|source| LockError::Open { path: path.to_path_buf(), source })
+    match o.open(path) {
+        Err(e) if target == Target::File && e.kind() == std::io::ErrorKind::PermissionDenied => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|source| LockError::Open { path: path.to_path_buf(), source }),
+        r => r.map_err(|source| LockError::Open { path: path.to_path_buf(), source }),
+    }
 }
 
 fn op(kind: LockKind, nonblock: bool) -> FlockOperation {

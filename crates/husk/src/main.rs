@@ -136,11 +136,74 @@ fn main() {
     let code = match run(cli, rest) {
         Ok(c) => c,
         Err(f) => {
+            let f = with_group_hint(f);
             exit::report(&f);
             f.code
         }
     };
     std::process::exit(code);
+}
+
+/// A permission error met by a user other than root: say which group grants what, never just
+/// EACCES.
+fn with_group_hint(mut f: Failure) -> Failure {
+    if rustix::process::geteuid().is_root() {
+        return f;
+    }
+    let denied = f.error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::PermissionDenied) || io.raw_os_error() == Some(1))
+    });
+    if !denied {
+        return f;
+    }
+    let group = cmd::setup::GROUP;
+    let member = cmd::setup::group_gid(group).is_some_and(|g| {
+        rustix::process::getgid().as_raw() == g
+            || rustix::process::getgroups().is_ok_and(|gs| gs.iter().any(|x| x.as_raw() == g))
+    });
+    f.hint = Some(if member {
+        format!(
+            "you are in the `{group}` group, but the data dir is not set up for it: root runs `husk setup` \
+             (`husk setup --check` shows what is wrong)"
+        )
+    } else {
+        format!(
+            "without root, this needs membership in the `{group}` group (fetch, image list, list, status, logs, \
+             trust list): root runs `husk setup` and `usermod -aG {group} $USER` (then log in again); or run as root"
+        )
+    });
+    f
+}
+
+/// The commands only root may run (the privilege table in the README), by name.
+fn needs_root(c: &Command) -> Option<&'static str> {
+    use flags::{ImageCommand as I, TrustCommand as T};
+    Some(match c {
+        Command::Run(_) => "run",
+        Command::Prepare(_) => "prepare",
+        Command::RunPrepared(_) => "run-prepared",
+        Command::Enter(_) => "enter",
+        Command::Attach(_) => "attach",
+        Command::Stop(_) => "stop",
+        Command::Rm(_) => "rm",
+        Command::Gc(_) => "gc",
+        Command::Image(I::Rm { .. }) => "image rm",
+        Command::Image(I::Gc) => "image gc",
+        Command::Trust(T::Add { .. }) => "trust add",
+        Command::Trust(T::Rm { .. }) => "trust rm",
+        Command::Setup { check: false } => "setup",
+        _ => return None,
+    })
+}
+
+fn root_why(c: &Command) -> &'static str {
+    match c {
+        Command::Trust(_) => "the trust store decides what every pod may run",
+        Command::Image(_) | Command::Gc(_) | Command::Rm(_) => "removing images or pods can take what others use",
+        Command::Setup { .. } => "it creates a group and sets owners",
+        _ => "pods need namespaces, mounts and cgroups",
+    }
 }
 
 /// clap's message for an unknown flag, without its tip to pass the flag after `--` (which would
@@ -211,6 +274,15 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     // own directory: they must be absolute.
     let dir = std::path::absolute(&cli.dir)
         .map_err(|e| Failure::usage(format!("invalid --dir {}: {e}", cli.dir.display())))?;
+    if let Some(what) = needs_root(&cli.command) {
+        if !rustix::process::geteuid().is_root() {
+            return Err(Failure::new(exit::USAGE, anyhow::anyhow!("`husk {what}` needs root")).hint(format!(
+                "{}; members of the `{}` group may fetch, list images, and read pods' status and logs without it",
+                root_why(&cli.command),
+                cmd::setup::GROUP
+            )));
+        }
+    }
     let ctx = Ctx {
         dir,
         config_dir: cli.config_dir,
@@ -224,6 +296,7 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
         Command::Fetch(a) => cmd::fetch::cmd_fetch(&ctx, a),
         Command::Image(c) => cmd::image::cmd_image(&ctx, c),
         Command::Trust(c) => cmd::trust::cmd_trust(&ctx, c),
+        Command::Setup { check } => cmd::setup::cmd_setup(&ctx, *check),
         Command::Run(a) => cmd::run::cmd_run(&ctx, a, &segments, false),
         Command::Prepare(a) => cmd::run::cmd_run(&ctx, a, &segments, true),
         Command::RunPrepared(a) => cmd::run::cmd_run_prepared(&ctx, a),

@@ -22,6 +22,7 @@ const COMMANDS: &[&[&str]] = &[
     &["trust", "add"],
     &["trust", "list"],
     &["trust", "rm"],
+    &["setup"],
     &["run"],
     &["prepare"],
     &["run-prepared"],

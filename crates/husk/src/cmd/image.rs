@@ -157,6 +157,9 @@ pub fn cmd_image(ctx: &Ctx, cmd: &ImageCommand) -> Result<i32, Failure> {
                         let _ = writeln!(out, "DAMAGED {}: {} ({})", d.what, d.problem, d.path.display());
                     }
                     eprintln!("checked {checked} blobs and layer trees: {} damaged", damage.len());
+                    if !store.unpacks() {
+                        eprintln!("layer trees were not checked: only root can read every file of a tree");
+                    }
                 }
             }
             if damage.is_empty() {

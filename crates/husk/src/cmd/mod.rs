@@ -12,6 +12,7 @@ pub mod list;
 pub mod logs;
 pub mod rm;
 pub mod run;
+pub mod setup;
 pub mod show;
 pub mod status;
 pub mod stop;

@@ -256,7 +256,8 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     let mut images = Vec::new();
     for s in &req.apps {
         let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?;
-        crate::cmd::fetch::admit(ctx, &f)?;
+        crate::cmd::fetch::admit(ctx, &store, &f)?;
+        husk_image::prepare_for_run(&store, &f.name, &f.record)?;
         images.push(AppImage { name: f.name, record: f.record });
     }
     let (mut pod, m) = lifecycle::prepare(&pods, &store, &req, &images)?;

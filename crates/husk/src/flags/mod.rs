@@ -218,6 +218,12 @@ pub enum Command {
     /// Manage the keys images are verified with.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Create the husk group and the data and config dirs with their owners and modes (idempotent).
+    Setup {
+        /// Only report what is wrong; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a pod: IMAGE [app flags] [-- ARGS] [--- IMAGE2 [app flags] [-- ARGS]] …
     Run(pod::RunArgs),
     /// Prepare a pod without running it; prints its UUID.
