@@ -98,6 +98,20 @@ pub fn spawn(pod_dir: &Path, apps: &[String], limits: LogLimits) -> Result<(Pid,
 }
 
 fn copy_loop(reads: Vec<OwnedFd>, mut files: Vec<Rotating>) -> i32 {
+    pump(
+        reads,
+        |app, bytes| {
+            if let Err(e) = files[app].write(bytes) {
+                eprintln!("husk stage1: cannot write the log of app {}: {e}", files[app].app);
+            }
+        },
+        |_| {},
+    )
+}
+
+/// Reads every pipe of `reads` until each ends, in one process: `data(i, bytes)` for what pipe
+/// `i` yields, `end(i)` once when it ends. The log writer and `--log-prefix`'s prefixer.
+pub fn pump(reads: Vec<OwnedFd>, mut data: impl FnMut(usize, &[u8]), mut end: impl FnMut(usize)) -> i32 {
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
     let mut open: Vec<(OwnedFd, usize)> = reads.into_iter().enumerate().map(|(i, r)| (r, i)).collect();
     let mut buf = vec![0u8; 64 << 10];
@@ -115,19 +129,16 @@ fn copy_loop(reads: Vec<OwnedFd>, mut files: Vec<Rotating>) -> i32 {
             if !is_ready {
                 continue;
             }
-            let (fd, app) = &open[k];
+            let (fd, i) = &open[k];
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => closed.push(k),
-                Ok(n) => {
-                    if let Err(e) = files[*app].write(&buf[..n]) {
-                        eprintln!("husk stage1: cannot write the log of app {}: {e}", files[*app].app);
-                    }
-                }
+                Ok(n) => data(*i, &buf[..n]),
                 Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(_) => closed.push(k),
             }
         }
         for k in closed.into_iter().rev() {
+            end(open[k].1);
             open.remove(k);
         }
     }

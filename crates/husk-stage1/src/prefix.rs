@@ -4,9 +4,8 @@
 //! stage1's stdout and stderr (a partial line waits for its end, or for the stream's end).
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 
 use crate::common::{Context, Fail, Step};
@@ -71,45 +70,24 @@ pub fn spawn(apps: &[String]) -> Result<(Pid, Vec<(OwnedFd, OwnedFd)>), Fail> {
     }
 }
 
-fn copy_loop(mut open: Vec<(OwnedFd, bool, Lines)>) -> i32 {
-    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
-    let mut buf = vec![0u8; 64 << 10];
+fn copy_loop(streams: Vec<(OwnedFd, bool, Lines)>) -> i32 {
     let emit = |to_stderr: bool, bytes: &[u8]| {
         let _ = if to_stderr { std::io::stderr().write_all(bytes) } else { std::io::stdout().write_all(bytes) };
     };
-    while !open.is_empty() {
-        let mut fds: Vec<PollFd> = open.iter().map(|(r, _, _)| PollFd::new(r.as_fd(), PollFlags::POLLIN)).collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 1,
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-        drop(fds);
-        let mut closed = Vec::new();
-        for (k, is_ready) in ready.into_iter().enumerate() {
-            if !is_ready {
-                continue;
-            }
-            let (fd, to_stderr, lines) = &mut open[k];
-            match nix::unistd::read(&*fd, &mut buf) {
-                Ok(0) => {
-                    emit(*to_stderr, &lines.finish());
-                    closed.push(k);
-                }
-                Ok(n) => emit(*to_stderr, &lines.push(&buf[..n])),
-                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
-                Err(_) => {
-                    emit(*to_stderr, &lines.finish());
-                    closed.push(k);
-                }
-            }
-        }
-        for k in closed.into_iter().rev() {
-            open.remove(k);
-        }
-    }
-    0
+    let (reads, mut state): (Vec<OwnedFd>, Vec<(bool, Lines)>) =
+        streams.into_iter().map(|(f, e, l)| (f, (e, l))).unzip();
+    let lines = std::cell::RefCell::new(&mut state);
+    crate::logger::pump(
+        reads,
+        |i, bytes| {
+            let (to_stderr, l) = &mut lines.borrow_mut()[i];
+            emit(*to_stderr, &l.push(bytes));
+        },
+        |i| {
+            let (to_stderr, l) = &mut lines.borrow_mut()[i];
+            emit(*to_stderr, &l.finish());
+        },
+    )
 }
 
 #[cfg(test)]

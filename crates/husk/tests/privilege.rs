@@ -108,9 +108,17 @@ fn members_fetch_and_read_root_runs_outsiders_are_told_which_group() {
     // Root-only commands say so, and why.
     for args in [
         vec!["run", "--net=none", &image("busybox"), "--", "true"],
+        vec!["prepare", "--net=none", &image("busybox")],
+        vec!["run-prepared", "0000"],
+        vec!["enter", "0000", "--", "true"],
+        vec!["attach", "0000"],
+        vec!["stop", "0000"],
+        vec!["rm", "0000"],
         vec!["gc"],
         vec!["image", "rm", &image("busybox")],
+        vec!["image", "gc"],
         vec!["trust", "add", "--yes", "--prefix", "h.io/x", "/dev/null"],
+        vec!["trust", "rm", "ABCDEF0123"],
         vec!["setup"],
     ] {
         let args: Vec<&str> = args.iter().map(|a| &**a).collect();
@@ -129,6 +137,18 @@ fn members_fetch_and_read_root_runs_outsiders_are_told_which_group() {
     let uuid = env.detached(&["--net=none", &image("busybox"), "--", "sh", "-c", "echo hello; sleep 30"]);
     let st = s.ok_as(MEMBER, &["status", "--format", "json", &uuid]);
     assert!(st.contains("\"running\""), "{st}");
+    assert!(s.ok_as(MEMBER, &["cat-manifest", &uuid]).contains(&uuid));
+    // A member imports a local image too (an OCI layout it can read).
+    let layout = env.tmp.path().join("layout");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(common::images_dir().join("busybox"))
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&layout).status().unwrap().success());
+    s.ok_as(MEMBER, &["image", "import", "--name", "localhost/imported:1", &format!("oci:{}", layout.display())]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !s.ok_as(MEMBER, &["logs", &uuid]).contains("hello") {
         assert!(std::time::Instant::now() < deadline, "a member cannot read the logs");
