@@ -144,7 +144,7 @@ pub fn fetch(store: &Store, source: &ImageSource, opts: &FetchOptions<'_>) -> Re
                         }
                         _ => {
                             let new = !store.image_path(&digest).is_file();
-                            let blobs = Cancellable { inner: &reg, cancel: &cancel };
+                            let blobs = Cancellable { inner: &reg, cancel: &cancel, image: &name };
                             Ok((ingest(&bytes, digest, &blobs, &name)?, false, new))
                         }
                     }
@@ -251,6 +251,7 @@ fn platform_manifest(
 struct Cancellable<'a> {
     inner: &'a dyn BlobSource,
     cancel: &'a AtomicBool,
+    image: &'a str,
 }
 
 struct CancellableRead<'a> {
@@ -265,7 +266,7 @@ fn cancelled() -> std::io::Error {
 impl BlobSource for Cancellable<'_> {
     fn open(&self, digest: &husk_types::Digest, size: u64) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(FetchError::Source { image: String::new(), why: cancelled().to_string() });
+            return Err(FetchError::Source { image: self.image.to_string(), why: cancelled().to_string() });
         }
         Ok(Box::new(CancellableRead { inner: self.inner.open(digest, size)?, cancel: self.cancel }))
     }

@@ -92,12 +92,11 @@ fn check_systemd(sd: &Systemd, stdio: Stdio, apps: usize, flavor: &Flavor) -> Re
     Ok(())
 }
 
-/// `$LISTEN_FDS` when `$LISTEN_PID` is this process (sd_listen_fds(3)); stage1, which this
-/// process becomes by exec, keeps the pid.
+/// `$LISTEN_FDS` when `$LISTEN_PID` is this process; stage1, which this process becomes by
+/// exec, keeps the pid.
 pub fn listen_fds_for_us() -> Option<u32> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let n: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    (pid == std::process::id() && n > 0).then_some(n)
+    let var = |k: &str| std::env::var(k).ok();
+    husk_types::pod::listen_fds(var("LISTEN_PID").as_deref(), var("LISTEN_FDS").as_deref(), std::process::id())
 }
 
 /// Names in the systemd settings must be apps of the pod.

@@ -132,10 +132,13 @@ impl Listen {
     /// The fds of `$LISTEN_FDS` when `$LISTEN_PID` is this process (the supervisor: `husk run`
     /// exec'd into it).
     pub fn from_env() -> Option<Listen> {
-        let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-        let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-        (pid == std::process::id() && count > 0)
-            .then(|| Listen { count, names: std::env::var("LISTEN_FDNAMES").ok().filter(|n| !n.is_empty()) })
+        let var = |k: &str| std::env::var(k).ok();
+        let count = husk_types::pod::listen_fds(
+            var("LISTEN_PID").as_deref(),
+            var("LISTEN_FDS").as_deref(),
+            std::process::id(),
+        )?;
+        Some(Listen { count, names: var("LISTEN_FDNAMES").filter(|n| !n.is_empty()) })
     }
 
     /// The variables the app sees: its own pid (in its PID namespace), as systemd would set.

@@ -401,6 +401,15 @@ pub struct Systemd {
     pub log_prefix: bool,
 }
 
+/// How many socket-activated fds a process was given (sd_listen_fds(3)): `$LISTEN_FDS`, when
+/// `$LISTEN_PID` is `my_pid`; None otherwise (the variables were meant for another process, or
+/// are not numbers). stage0 checks it before the exec into stage1, which keeps the pid.
+pub fn listen_fds(listen_pid: Option<&str>, listen_fds: Option<&str>, my_pid: u32) -> Option<u32> {
+    let pid: u32 = listen_pid?.trim().parse().ok()?;
+    let n: u32 = listen_fds?.trim().parse().ok()?;
+    (pid == my_pid && n > 0).then_some(n)
+}
+
 /// Where `$NOTIFY_SOCKET` is inside the app that `Notify::App` names.
 pub const APP_NOTIFY_SOCKET: &str = "/run/notify/notify.sock";
 
@@ -728,5 +737,15 @@ mod tests {
         };
         let back: AppStatus = serde_json::from_value(serde_json::to_value(&failed).unwrap()).unwrap();
         assert_eq!((back.shell_status(), back), (127, failed));
+    }
+
+    #[test]
+    fn listen_fds_are_ours_only_when_listen_pid_is() {
+        assert_eq!(listen_fds(Some("42"), Some("2"), 42), Some(2));
+        assert_eq!(listen_fds(Some("41"), Some("2"), 42), None, "meant for another process");
+        assert_eq!(listen_fds(Some("42"), Some("0"), 42), None);
+        assert_eq!(listen_fds(None, Some("2"), 42), None);
+        assert_eq!(listen_fds(Some("42"), Some("two"), 42), None);
+        assert_eq!(listen_fds(Some("x"), Some("1"), 42), None);
     }
 }
