@@ -714,6 +714,27 @@ mod tests {
         assert!(!stale.exists());
     }
 
+    /// A tree being unpacked is staged in `layers/` (root's alone); what a killed unpack left
+    /// there goes once its lock is free, and never a published tree.
+    #[test]
+    fn stale_tree_staging_is_cleaned_only_when_unlocked() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert!(s.unpacks(), "the tests run as root");
+        let busy = s.tree_staging_path("layer-aaaa");
+        let stale = s.tree_staging_path("layer-bbbb");
+        for p in [&busy, &stale] {
+            fs::create_dir_all(p.join("rootfs")).unwrap();
+        }
+        let published = s.layer_dir(&Digest::from_sha256_bytes(&[7; 32]));
+        fs::create_dir_all(published.join("rootfs")).unwrap();
+        assert!(busy.file_name().unwrap().to_string_lossy().starts_with(".layer-aaaa."));
+        let _held = s.lock_key("layer-aaaa").unwrap();
+        assert_eq!(s.clean_tmp().unwrap(), 1);
+        assert!(busy.exists() && published.exists());
+        assert!(!stale.exists());
+    }
+
     #[test]
     fn ref_names_escape() {
         assert_eq!(escape_ref("127.0.0.1:5000/a/b:t"), "127.0.0.1:5000%2Fa%2Fb:t");

@@ -41,9 +41,21 @@ impl Shared {
         Shared { env, bin }
     }
 
+    /// Runs husk as `user`, under the strictest umask: what husk writes must not depend on it.
     fn as_user(&self, user: &str, args: &[&str]) -> Output {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid", user, "--regid", user, "--init-groups", "--"]).arg(&self.bin);
+        c.args([
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--init-groups",
+            "--",
+            "sh",
+            "-c",
+            "umask 077 && exec \"$0\" \"$@\"",
+        ])
+        .arg(&self.bin);
         c.arg("--dir").arg(self.env.dir()).arg("--config-dir").arg(self.env.tmp.path().join("etc"));
         c.args(args).env("HUSK_LOG", "warn").env("HOME", "/nonexistent");
         c.output().expect("setpriv (util-linux)")
@@ -125,6 +137,21 @@ fn members_fetch_and_read_root_runs_outsiders_are_told_which_group() {
         let err = s.fails_as(MEMBER, &args, 120);
         assert!(err.contains("needs root") && err.contains("`husk` group may"), "{args:?}: {err}");
     }
+
+    // What root fetches under umask 077 stays readable by members.
+    let st = Command::new("sh")
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(&s.bin)
+        .arg("--dir")
+        .arg(env.dir())
+        .arg("--config-dir")
+        .arg(env.tmp.path().join("etc"))
+        .args(["fetch", "-q", &image("workload")])
+        .env("HUSK_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.ok_as(MEMBER, &["image", "cat-manifest", "--format", "json", &image("workload")]);
 
     // Root runs what the member fetched: the layers are unpacked now, from the verified blobs.
     assert_eq!(env.ok(&["run", "-q", "--net=none", &image("busybox"), "--", "echo", "ok"]).trim(), "ok");
