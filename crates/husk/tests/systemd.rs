@@ -35,6 +35,17 @@ impl NotifySocket {
         }
     }
 
+    /// Starts `husk ARGS…` with this socket as its `$NOTIFY_SOCKET`, output captured.
+    fn spawn(&self, env: &Env, args: &[&str]) -> std::process::Child {
+        env.cmd()
+            .args(args)
+            .env("NOTIFY_SOCKET", &self.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn nothing_pending(&self) -> bool {
         self.sock.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 4096];
@@ -60,14 +71,7 @@ fn output(c: std::process::Child) -> (i32, String, String) {
 fn the_pod_says_ready_with_its_supervisor_as_mainpid_and_apps_never_see_the_socket() {
     let env = Env::new();
     let ns = NotifySocket::new(&env);
-    let child = env
-        .cmd()
-        .args(["run", "-q", "--net=none", &image("busybox"), "--", "sh", "-c", "env; sleep 1"])
-        .env("NOTIFY_SOCKET", &ns.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ns.spawn(&env, &["run", "-q", "--net=none", &image("busybox"), "--", "sh", "-c", "env; sleep 1"]);
     let pid = child.id();
     let ready = ns.recv(30).expect("no READY=1 from the pod");
     assert_eq!(ready, format!("READY=1\nMAINPID={pid}\n"), "MAINPID is the process the unit started");
@@ -77,13 +81,9 @@ fn the_pod_says_ready_with_its_supervisor_as_mainpid_and_apps_never_see_the_sock
     assert!(ns.nothing_pending());
 
     // ignore: nothing is sent.
-    let o = env
-        .cmd()
-        .args(["run", "-q", "--net=none", "--sd-notify=ignore", &image("busybox"), "--", "true"])
-        .env("NOTIFY_SOCKET", &ns.path)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (code, _, err) =
+        output(ns.spawn(&env, &["run", "-q", "--net=none", "--sd-notify=ignore", &image("busybox"), "--", "true"]));
+    assert_eq!(code, 0, "{err}");
     assert!(ns.nothing_pending());
     // Without the variable the default sends nothing either, and no flag is needed.
     env.ok(&["run", "-q", "--net=none", &image("busybox"), "--", "true"]);
@@ -94,9 +94,9 @@ fn the_pod_says_ready_with_its_supervisor_as_mainpid_and_apps_never_see_the_sock
 fn an_app_notifies_through_husk_which_passes_on_what_systemd_should_hear() {
     let env = Env::new();
     let ns = NotifySocket::new(&env);
-    let child = env
-        .cmd()
-        .args([
+    let child = ns.spawn(
+        &env,
+        &[
             "run",
             "-q",
             "--net=none",
@@ -116,12 +116,8 @@ fn an_app_notifies_through_husk_which_passes_on_what_systemd_should_hear() {
             "sh",
             "-c",
             "env",
-        ])
-        .env("NOTIFY_SOCKET", &ns.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let pid = child.id();
     assert_eq!(ns.recv(30).as_deref(), Some(format!("READY=1\nSTATUS=serving\nMAINPID={pid}\n").as_str()));
     assert_eq!(ns.recv(10).as_deref(), Some(format!("STATUS=still serving\nMAINPID={pid}\n").as_str()));
