@@ -7,14 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pods=1000; runs=30
 while [ $# -gt 0 ]; do case "$1" in --pods) pods=$2; shift 2;; --runs) runs=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-command -v hyperfine >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null
-cargo build --release --locked -q
-scripts/build-static.sh >/dev/null
-export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
-scripts/build-images.sh >/dev/null
-scripts/registry.sh start >/dev/null
-scripts/registry.sh push build/images >/dev/null
+. scripts/bench-common.sh
+bench_prepare hyperfine
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-scale.XXXXXX)
 trap 'rm -rf "$w"' EXIT

@@ -8,13 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=15
 while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-for p in hyperfine skopeo gpg openssl curl; do command -v $p >/dev/null || need="${need:-} $p"; done
-[ -n "${need:-}" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${need/gpg/gnupg} >/dev/null
-cargo build --release --locked -q
-scripts/build-images.sh >/dev/null
-scripts/registry.sh start >/dev/null
-scripts/registry.sh push build/images >/dev/null
+. scripts/bench-common.sh
+bench_prepare hyperfine skopeo gpg openssl curl
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-trust.XXXXXX)
 trap '[ -n "${KEEP:-}" ] || { GNUPGHOME=$w/gnupg gpgconf --kill all 2>/dev/null; rm -rf "$w"; }' EXIT

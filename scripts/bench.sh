@@ -8,14 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=15; out=""
 while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; --out) out=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-for p in hyperfine crun runc podman skopeo; do command -v $p >/dev/null || need="${need:-} $p"; done
-[ -n "${need:-}" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-cargo build --release --locked -q
-export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
-scripts/build-images.sh >/dev/null
-scripts/registry.sh start >/dev/null
-scripts/registry.sh push build/images >/dev/null
+. scripts/bench-common.sh
+bench_prepare hyperfine crun runc podman skopeo
 # crun refuses a hybrid cgroup layout whose v2 tree holds a controller; mount hugetlb as v1
 # the way a systemd host does (see shared BENCHMARKING.md).
 if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && [ ! -d /sys/fs/cgroup/hugetlb ]; then
