@@ -342,8 +342,19 @@ impl BlobSource for StoredBlobs<'_> {
 /// Whether an image stored under `name` may run under today's policy, which may have tightened
 /// since it was fetched (see [`Trust::admit`]). `checked` is what was checked then; a name
 /// without (fetched before husk verified, or with `--insecure-options=image`) is judged as a
-/// docker reference.
-pub fn admit(trust: &Trust, name: &str, checked: Option<&TrustRecord>) -> Result<husk_trust::Decision, FetchError> {
+/// docker reference. Root does not take another user's word for a signature: the signatures a
+/// member of the husk group's fetch recorded count for nothing here (root verifies by fetching
+/// the name itself).
+pub fn admit(
+    store: &Store,
+    trust: &Trust,
+    name: &str,
+    checked: Option<&TrustRecord>,
+) -> Result<husk_trust::Decision, FetchError> {
+    let me = rustix::process::geteuid().as_raw();
+    let writer = store.ref_owner(name).filter(|u| *u != me && me == 0);
+    let stripped = checked.filter(|_| writer.is_some()).map(|t| TrustRecord { signatures: vec![], ..t.clone() });
+    let checked = if writer.is_some() { stripped.as_ref() } else { checked };
     let (transport, location) = checked.map_or(("docker", name), |t| (t.transport.as_str(), t.location.as_str()));
     let local = |transport: &'static str| {
         let path = Path::new(location);
@@ -358,6 +369,14 @@ pub fn admit(trust: &Trust, name: &str, checked: Option<&TrustRecord>) -> Result
             // Not a reference (a record of an old local import): the transports' defaults apply.
             Err(_) => local("oci"),
         },
-    }?;
-    Ok(decision)
+    };
+    decision.map_err(|mut rejected| {
+        if let Some(uid) = writer {
+            rejected.reasons.push(format!(
+                "{name} was fetched by uid {uid}, and root does not take another user's word for a signature: \
+                 `husk fetch --pull-policy=update {name}` as root verifies it"
+            ));
+        }
+        FetchError::Untrusted(rejected)
+    })
 }

@@ -3,6 +3,8 @@
 //! group they lack; a member's fetch and root's run of the same image both work.
 
 mod common;
+#[path = "common/signing.rs"]
+mod signing;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -198,6 +200,25 @@ fn members_fetch_and_read_root_runs_outsiders_are_told_which_group() {
         assert!(err.contains("membership in the `husk` group"), "{args:?}: {err}");
     }
 
+    // A signature a member's fetch verified is not root's to believe: root's run refuses until
+    // root has verified it itself.
+    let reg = common::registry();
+    let signed = format!("{reg}/priv-signed/app:latest");
+    signing::copy(&image("busybox"), &signed);
+    let digest = signing::manifest_digest(&signed);
+    let key = signing::CosignKey::new(env.tmp.path(), "priv", signing::Alg::P256);
+    std::fs::set_permissions(&key.public, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let layer = signing::CosignLayer::signed(&key, signing::cosign_payload(&signed, &digest));
+    signing::attach(&reg, "priv-signed/app", &digest, &[layer]);
+    env.ok(&["trust", "add", "--yes", "--prefix", &format!("{reg}/priv-signed"), key.public.to_str().unwrap()]);
+    s.ok_as(MEMBER, &["fetch", "-q", &signed]);
+    let list = s.ok_as(MEMBER, &["image", "list", "--format", "json"]);
+    assert!(list.contains(&key_fingerprint(env)), "the member's fetch verified it: {list}");
+    let err = env.fails(&["run", "-q", "--net=none", &signed, "--", "true"], 121);
+    assert!(err.contains("root does not take another user's word"), "{err}");
+    env.ok(&["fetch", "-q", "--pull-policy=update", &signed]);
+    env.ok(&["run", "-q", "--net=none", &signed, "--", "true"]);
+
     // --check notices what is wrong, and setup puts it right.
     std::fs::set_permissions(env.dir().join("store/refs"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let o = env.husk(&["setup", "--check"]);
@@ -205,6 +226,11 @@ fn members_fetch_and_read_root_runs_outsiders_are_told_which_group() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("store/refs: mode 0700, want 2770"));
     env.ok(&["setup"]);
     env.ok(&["setup", "--check"]);
+}
+
+fn key_fingerprint(env: &Env) -> String {
+    let keys = env.json(&["trust", "list", "--format", "json"]);
+    keys[0]["fingerprint"].as_str().unwrap().to_string()
 }
 
 fn uid_of(user: &str) -> u32 {

@@ -67,24 +67,11 @@ pub fn fetch_one(
 }
 
 /// Refuses a stored image that today's trust policy would not let in (it may have tightened
-/// since the image was fetched). What a member of the husk group recorded as verified is not
-/// taken on its word: root re-verifies by fetching the name itself.
+/// since the image was fetched; see [`husk_image::admit`]).
 pub fn admit(ctx: &Ctx, store: &Store, f: &husk_image::Fetched) -> Result<(), Failure> {
-    let Some(t) = ctx.trust()? else { return Ok(()) };
-    let owner = store.ref_owner(&f.name);
-    let foreign = owner.is_some_and(|u| u != 0) && rustix::process::geteuid().is_root();
-    let checked = if foreign { None } else { f.trust.as_ref() };
-    husk_image::admit(t, &f.name, checked).map_err(|e| {
-        let failure: Failure = e.into();
-        match owner {
-            Some(uid) if foreign => failure.hint(format!(
-                "{} was fetched by uid {uid}, and root does not take another user's word for a signature: \
-                 `husk fetch --pull-policy=update {}` as root verifies it",
-                f.name, f.name
-            )),
-            _ => failure,
-        }
-    })?;
+    if let Some(t) = ctx.trust()? {
+        husk_image::admit(store, t, &f.name, f.trust.as_ref())?;
+    }
     Ok(())
 }
 
