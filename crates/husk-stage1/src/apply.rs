@@ -31,6 +31,22 @@ pub trait MountSys {
     fn symlink(&mut self, path: &str, to: &str) -> Result<(), Fail>;
     fn replace_special(&mut self, path: &str) -> Result<(), Fail>;
     fn remount_root_read_only(&mut self) -> Result<(), Fail>;
+    /// Binds `source` (recursively), then remounts the bind with `remount` flags if any.
+    fn bind_flags(&mut self, source: &Path, target: &Self::Handle, recursive: bool, remount: u64) -> Result<(), Fail>;
+    fn propagate(&mut self, target: &Self::Handle, flags: u64) -> Result<(), Fail>;
+    /// Creates a device node at `path` (which does not exist) with its mode and owner.
+    #[allow(clippy::too_many_arguments)]
+    fn device(
+        &mut self,
+        path: &str,
+        block: bool,
+        major: u32,
+        minor: u32,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), Fail>;
+    fn remount(&mut self, target: &Self::Handle, flags: u64) -> Result<(), Fail>;
 }
 
 /// Runs the steps in order; the first failure stops it.
@@ -88,6 +104,44 @@ pub fn apply<S: MountSys>(plan: &[Step], sys: &mut S) -> Result<(), Fail> {
                 }
             }
             Step::ReadOnlyRoot => sys.remount_root_read_only()?,
+            Step::Fs { fstype, source, target, flags, data, sysfs_fallback } => {
+                let t = sys.target(target)?;
+                if let Err(e) = sys.mount(source, &t, fstype, *flags, data.as_deref()) {
+                    if !sysfs_fallback {
+                        return Err(e);
+                    }
+                    sys.bind_flags(Path::new("/sys"), &t, true, RDONLY | (*flags & (NOSUID | NODEV | NOEXEC)))?;
+                }
+            }
+            Step::BindFlags { source, target, recursive, remount } => {
+                let t = sys.target(target)?;
+                sys.bind_flags(source, &t, *recursive, *remount)?;
+            }
+            Step::Propagation { target, flags } => {
+                let t = sys.target(target)?;
+                sys.propagate(&t, *flags)?;
+            }
+            Step::Device { path, block, major, minor, mode, uid, gid, bind_host } => {
+                if sys.lookup(path)?.is_some() {
+                    continue;
+                }
+                match bind_host {
+                    Some(host) => {
+                        let t = sys.target(&Target::File(path.clone()))?;
+                        sys.bind_flags(host, &t, false, 0)?;
+                    }
+                    None => {
+                        if let Some((dir, _)) = path.rsplit_once('/') {
+                            sys.target(&Target::Dir(dir.to_string()))?;
+                        }
+                        sys.device(path, *block, *major, *minor, *mode, *uid, *gid)?;
+                    }
+                }
+            }
+            Step::Remount { target, flags } => {
+                let t = sys.target(target)?;
+                sys.remount(&t, *flags)?;
+            }
         }
     }
     Ok(())
@@ -163,6 +217,29 @@ pub mod fake {
         }
         fn remount_root_read_only(&mut self) -> Result<(), Fail> {
             self.call("ro-root".into())
+        }
+        fn bind_flags(&mut self, source: &Path, t: &String, recursive: bool, remount: u64) -> Result<(), Fail> {
+            let r = if recursive { "rbind" } else { "bind" };
+            self.call(format!("{r} {} on {t} remount={remount:#x}", source.display()))
+        }
+        fn propagate(&mut self, t: &String, flags: u64) -> Result<(), Fail> {
+            self.call(format!("propagate {t} {flags:#x}"))
+        }
+        fn device(
+            &mut self,
+            path: &str,
+            block: bool,
+            major: u32,
+            minor: u32,
+            mode: u32,
+            uid: u32,
+            gid: u32,
+        ) -> Result<(), Fail> {
+            let k = if block { 'b' } else { 'c' };
+            self.call(format!("device {path} {k} {major}:{minor} {mode:o} {uid}:{gid}"))
+        }
+        fn remount(&mut self, t: &String, flags: u64) -> Result<(), Fail> {
+            self.call(format!("remount {t} {flags:#x}"))
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod fly;
 pub mod logger;
 pub mod notify;
 pub mod ns;
+pub mod oci;
 pub mod plan;
 pub mod prefix;
 pub mod process;

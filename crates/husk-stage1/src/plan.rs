@@ -87,6 +87,48 @@ pub enum Step {
     },
     /// Remount the whole root read-only (keeping nodev).
     ReadOnlyRoot,
+    /// A mount from an OCI bundle's config.json: any filesystem, owned strings. `sysfs_fallback`:
+    /// when the kernel refuses the mount (sysfs in a user namespace without its own network
+    /// namespace), bind the host's /sys read-only instead, as runc does.
+    Fs {
+        fstype: String,
+        source: String,
+        target: Target,
+        flags: u64,
+        data: Option<String>,
+        sysfs_fallback: bool,
+    },
+    /// A bind (recursive for `rbind`), then remounted with `remount` (`MS_RDONLY`, `MS_NOSUID`,
+    /// ...) when that is not empty.
+    BindFlags {
+        source: PathBuf,
+        target: Target,
+        recursive: bool,
+        remount: u64,
+    },
+    /// Mount propagation (`MS_SHARED`, `MS_SLAVE`, `MS_PRIVATE`, `MS_UNBINDABLE`, maybe with
+    /// `MS_REC`) of a mounted target.
+    Propagation {
+        target: Target,
+        flags: u64,
+    },
+    /// A device node with its mode and owner, skipped when something is at `path` already;
+    /// `bind_host` binds that host node instead (mknod is refused in a user namespace).
+    Device {
+        path: String,
+        block: bool,
+        major: u32,
+        minor: u32,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        bind_host: Option<PathBuf>,
+    },
+    /// Remounts a mounted target with `flags` (a tmpfs made read-only once its content is in).
+    Remount {
+        target: Target,
+        flags: u64,
+    },
 }
 
 /// What the planners need to know about the host and the pod directory.

@@ -261,6 +261,87 @@ impl crate::apply::MountSys for RealRoot {
         remount_read_only(&self.root, MsFlags::MS_NODEV)
             .ctx(Step::Mount, || format!("cannot make {} read-only", self.root.display()))
     }
+
+    fn bind_flags(&mut self, source: &Path, t: &OwnedFd, recursive: bool, remount: u64) -> Result<(), Fail> {
+        let target = proc_fd_path(t);
+        let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+        mount::<Path, Path, str, str>(Some(source), &target, None, MsFlags::MS_BIND | rec, None)
+            .ctx(Step::Mount, || format!("cannot bind {}", source.display()))?;
+        if remount != 0 {
+            let resolved = std::fs::read_link(&target)
+                .ctx(Step::Mount, || format!("cannot resolve the mount target of {}", source.display()))?;
+            remount_keeping_locked(&resolved, MsFlags::MS_BIND | MsFlags::from_bits_truncate(remount))
+                .ctx(Step::Mount, || format!("cannot remount the bind of {}", source.display()))?;
+        }
+        Ok(())
+    }
+
+    fn propagate(&mut self, t: &OwnedFd, flags: u64) -> Result<(), Fail> {
+        let resolved = std::fs::read_link(proc_fd_path(t)).ctx(Step::Mount, || "cannot resolve a mount".into())?;
+        mount::<str, Path, str, str>(None, &resolved, None, MsFlags::from_bits_truncate(flags), None)
+            .ctx(Step::Mount, || format!("cannot set the propagation of {}", resolved.display()))
+    }
+
+    fn device(
+        &mut self,
+        path: &str,
+        block: bool,
+        major: u32,
+        minor: u32,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), Fail> {
+        let (d, name) = self.parent(path)?;
+        let ft = if block { FileType::BlockDevice } else { FileType::CharacterDevice };
+        rustix::fs::mknodat(d, name, ft, Mode::from_raw_mode(mode & 0o7777), rustix::fs::makedev(major, minor))
+            .ctx(Step::Mount, || format!("cannot create /{path}"))?;
+        rustix::fs::chmodat(d, name, Mode::from_raw_mode(mode & 0o7777), rustix::fs::AtFlags::empty())
+            .ctx(Step::Mount, || format!("cannot chmod /{path}"))?;
+        rustix::fs::chownat(
+            d,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ctx(Step::Mount, || format!("cannot chown /{path}"))
+    }
+
+    fn remount(&mut self, t: &OwnedFd, flags: u64) -> Result<(), Fail> {
+        let resolved = std::fs::read_link(proc_fd_path(t)).ctx(Step::Mount, || "cannot resolve a mount".into())?;
+        remount_keeping_locked(&resolved, MsFlags::from_bits_truncate(flags))
+            .ctx(Step::Mount, || format!("cannot remount {}", resolved.display()))
+    }
+}
+
+/// Remounts `path` with `flags`. In a user namespace the kernel refuses to clear the flags the
+/// mount's owner set (nosuid, nodev, noexec, the atime mode: "locked"); on EPERM this retries
+/// with the mount's current flags of those kinds added, as runc does.
+fn remount_keeping_locked(path: &Path, flags: MsFlags) -> nix::Result<()> {
+    let once = |f: MsFlags| mount::<str, Path, str, str>(None, path, None, MsFlags::MS_REMOUNT | f, None);
+    match once(flags) {
+        Err(nix::errno::Errno::EPERM) => {
+            let st = nix::sys::statvfs::statvfs(path)?;
+            let have = st.flags();
+            use nix::sys::statvfs::FsFlags as F;
+            let mut locked = MsFlags::empty();
+            for (f, m) in [
+                (F::ST_NOSUID, MsFlags::MS_NOSUID),
+                (F::ST_NODEV, MsFlags::MS_NODEV),
+                (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (F::ST_NOATIME, MsFlags::MS_NOATIME),
+                (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (F::ST_RELATIME, MsFlags::MS_RELATIME),
+            ] {
+                if have.contains(f) {
+                    locked |= m;
+                }
+            }
+            once(flags | locked)
+        }
+        r => r,
+    }
 }
 
 /// A path inside the app's root as relative components, refusing `..`.

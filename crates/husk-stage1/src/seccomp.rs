@@ -14,45 +14,158 @@ use seccompiler::{
 
 use crate::common::Fail;
 
-fn action(a: Act) -> SeccompAction {
+/// A filter's action, as the kernel knows them (the subset seccompiler can emit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Errno(u32),
+    KillThread,
+    KillProcess,
+    Trap,
+    Log,
+    Trace(u32),
+}
+
+/// An argument comparison (`arg` is 0..6; the 64-bit value is compared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cond {
+    pub arg: u8,
+    pub op: CmpOp,
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    MaskedEq(u64),
+}
+
+/// One rule: the syscall, its action, and the conditions that must all hold (none: always).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub nr: i64,
+    pub action: Action,
+    pub conds: Vec<Cond>,
+}
+
+/// A whole filter: what a syscall gets when no rule matches, and the rules. Both husk's own
+/// [`SeccompPolicy`] and an OCI bundle's `linux.seccomp` become one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub default: Action,
+    pub rules: Vec<Rule>,
+}
+
+impl From<&SeccompPolicy> for Filter {
+    fn from(p: &SeccompPolicy) -> Filter {
+        let act = |a: Act| match a {
+            Act::Allow => Action::Allow,
+            Act::Errno(e) => Action::Errno(e as u32),
+        };
+        let rules = p
+            .rules
+            .iter()
+            .map(|r| Rule {
+                nr: r.nr,
+                action: act(r.action),
+                conds: r
+                    .arg_masked_eq
+                    .map(|(arg, mask, value)| vec![Cond { arg, op: CmpOp::MaskedEq(mask), value }])
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Filter { default: act(p.default), rules }
+    }
+}
+
+fn action(a: Action) -> SeccompAction {
     match a {
-        Act::Allow => SeccompAction::Allow,
-        Act::Errno(e) => SeccompAction::Errno(e as u32),
+        Action::Allow => SeccompAction::Allow,
+        Action::Errno(e) => SeccompAction::Errno(e),
+        Action::KillThread => SeccompAction::KillThread,
+        Action::KillProcess => SeccompAction::KillProcess,
+        Action::Trap => SeccompAction::Trap,
+        Action::Log => SeccompAction::Log,
+        Action::Trace(v) => SeccompAction::Trace(v),
     }
 }
 
 /// Compiles a policy into the BPF programs to install, in order.
 pub fn compile(p: &SeccompPolicy) -> Result<Vec<BpfProgram>, Fail> {
-    let mut by_action: BTreeMap<String, (Act, BTreeMap<i64, Vec<SeccompRule>>)> = BTreeMap::new();
-    for r in &p.rules {
-        let entry = by_action.entry(format!("{:?}", r.action)).or_insert_with(|| (r.action, BTreeMap::new()));
-        let rules = entry.1.entry(r.nr).or_default();
-        if let Some((arg, mask, value)) = r.arg_masked_eq {
-            let c = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), value)
-                .map_err(|e| Fail::Invalid(format!("seccomp rule for {}: {e}", r.syscall)))?;
-            rules.push(
-                SeccompRule::new(vec![c]).map_err(|e| Fail::Invalid(format!("seccomp rule for {}: {e}", r.syscall)))?,
-            );
-        }
+    compile_filter(&Filter::from(p))
+}
+
+/// The rule chains of one seccompiler filter: per syscall, the alternatives (an empty list is
+/// "always", which absorbs any conditional alternative).
+type Chains = BTreeMap<i64, Option<Vec<SeccompRule>>>;
+
+fn add_rule(chains: &mut Chains, r: &Rule) -> Result<(), Fail> {
+    let bad = |e: seccompiler::BackendError| Fail::Invalid(format!("seccomp rule for syscall {}: {e}", r.nr));
+    let entry = chains.entry(r.nr).or_insert_with(|| Some(Vec::new()));
+    if r.conds.is_empty() {
+        *entry = None;
+        return Ok(());
     }
+    if let Some(alts) = entry {
+        let conds = r
+            .conds
+            .iter()
+            .map(|c| {
+                let op = match c.op {
+                    CmpOp::Eq => SeccompCmpOp::Eq,
+                    CmpOp::Ne => SeccompCmpOp::Ne,
+                    CmpOp::Lt => SeccompCmpOp::Lt,
+                    CmpOp::Le => SeccompCmpOp::Le,
+                    CmpOp::Gt => SeccompCmpOp::Gt,
+                    CmpOp::Ge => SeccompCmpOp::Ge,
+                    CmpOp::MaskedEq(m) => SeccompCmpOp::MaskedEq(m),
+                };
+                SeccompCondition::new(c.arg, SeccompCmpArgLen::Qword, op, c.value).map_err(bad)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        alts.push(SeccompRule::new(conds).map_err(bad)?);
+    }
+    Ok(())
+}
+
+fn build(chains: Chains, mismatch: Action, on_match: Action) -> Result<BpfProgram, Fail> {
+    let rules = chains.into_iter().map(|(nr, alts)| (nr, alts.unwrap_or_default())).collect();
+    let f = SeccompFilter::new(rules, action(mismatch), action(on_match), TargetArch::x86_64)
+        .map_err(|e| Fail::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| Fail::Invalid(format!("cannot compile the seccomp filter: {e}")))
+}
+
+/// Compiles a filter into stacked BPF programs, in order.
+///
+/// seccompiler builds one program per (match action, mismatch action) pair, and the kernel
+/// runs every stacked program and keeps the most restrictive verdict (ALLOW is the least
+/// restrictive of all). So: one base program returns ALLOW for every syscall any rule matches
+/// and the default otherwise; one more program per other action returns that action where its
+/// rules match and ALLOW elsewhere. A syscall matching no rule gets the default (the others
+/// allow it), one matching an ALLOW rule is allowed by all, one matching an ERRNO rule gets
+/// ERRNO from its program. Rules whose action is the default change nothing and are dropped.
+pub fn compile_filter(f: &Filter) -> Result<Vec<BpfProgram>, Fail> {
+    let rules: Vec<&Rule> = f.rules.iter().filter(|r| r.action != f.default).collect();
     let mut out = Vec::new();
-    for (_, (act, rules)) in by_action {
-        if act == p.default {
-            continue;
+    if f.default != Action::Allow {
+        let mut all = Chains::new();
+        for r in &rules {
+            add_rule(&mut all, r)?;
         }
-        let f = SeccompFilter::new(rules, action(p.default), action(act), TargetArch::x86_64)
-            .map_err(|e| Fail::Invalid(format!("cannot build the seccomp filter: {e}")))?;
-        out.push(f.try_into().map_err(|e: seccompiler::BackendError| {
-            Fail::Invalid(format!("cannot compile the seccomp filter: {e}"))
-        })?);
+        out.push(build(all, f.default, Action::Allow)?);
     }
-    if out.is_empty() && p.default != Act::Allow {
-        // Everything denied: a filter whose only rule can never match.
-        let f = SeccompFilter::new(BTreeMap::new(), action(p.default), SeccompAction::Allow, TargetArch::x86_64)
-            .map_err(|e| Fail::Invalid(format!("cannot build the seccomp filter: {e}")))?;
-        out.push(f.try_into().map_err(|e: seccompiler::BackendError| {
-            Fail::Invalid(format!("cannot compile the seccomp filter: {e}"))
-        })?);
+    let mut by_action: BTreeMap<Action, Chains> = BTreeMap::new();
+    for r in rules.iter().filter(|r| r.action != Action::Allow) {
+        add_rule(by_action.entry(r.action).or_default(), r)?;
+    }
+    for (act, chains) in by_action {
+        out.push(build(chains, Action::Allow, act)?);
     }
     Ok(out)
 }
@@ -61,6 +174,18 @@ pub fn compile(p: &SeccompPolicy) -> Result<Vec<BpfProgram>, Fail> {
 pub fn install(programs: &[BpfProgram]) -> Result<(), Fail> {
     for p in programs {
         seccompiler::apply_filter(p).map_err(|e| Fail::Invalid(format!("cannot install the seccomp filter: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Installs compiled filters without setting no_new_privs (the caller holds CAP_SYS_ADMIN or
+/// has set it itself), with `SECCOMP_FILTER_FLAG_*` `flags` on each.
+pub fn install_with_flags(programs: &[BpfProgram], flags: u32) -> Result<(), Fail> {
+    for p in programs {
+        let insns: Vec<libc::sock_filter> =
+            p.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+        husk_sys::proc::install_seccomp(&insns, flags)
+            .map_err(|e| Fail::Invalid(format!("cannot install the seccomp filter: {e}")))?;
     }
     Ok(())
 }
@@ -76,5 +201,36 @@ mod tests {
         let retain =
             compile(&husk_types::security::parse_seccomp("mode=retain,read,write,execve,exit_group").unwrap()).unwrap();
         assert_eq!(retain.len(), 1);
+    }
+
+    fn rule(nr: i64, action: Action, conds: Vec<Cond>) -> Rule {
+        Rule { nr, action, conds }
+    }
+
+    /// A deny-by-default filter with ALLOW and ERRNO rules (an OCI profile's shape) must not
+    /// stack a program whose default denies what another allows: one base program plus one per
+    /// other action.
+    #[test]
+    fn a_deny_by_default_filter_is_one_base_program_plus_one_per_other_action() {
+        let eq = |arg, value| Cond { arg, op: CmpOp::Eq, value };
+        let f = Filter {
+            default: Action::Errno(38),
+            rules: vec![
+                rule(0, Action::Allow, vec![]),
+                rule(1, Action::Allow, vec![]),
+                rule(135, Action::Allow, vec![eq(0, 0)]),
+                rule(135, Action::Allow, vec![eq(0, 8)]),
+                rule(165, Action::Errno(1), vec![]),
+                rule(2, Action::KillProcess, vec![]),
+                rule(3, Action::Errno(38), vec![]),
+            ],
+        };
+        assert_eq!(compile_filter(&f).unwrap().len(), 3, "base, ERRNO(1), KILL_PROCESS");
+        let allow_only = Filter { default: Action::Errno(1), rules: vec![rule(0, Action::Allow, vec![])] };
+        assert_eq!(compile_filter(&allow_only).unwrap().len(), 1);
+        let nothing = Filter { default: Action::Allow, rules: vec![rule(0, Action::Allow, vec![])] };
+        assert!(compile_filter(&nothing).unwrap().is_empty());
+        let bad_arg = Filter { default: Action::Errno(1), rules: vec![rule(0, Action::Allow, vec![eq(6, 0)])] };
+        assert!(compile_filter(&bad_arg).is_err(), "syscalls have six arguments");
     }
 }

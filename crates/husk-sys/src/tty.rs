@@ -179,13 +179,18 @@ pub fn recv_packet(sock: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Sends `fd` over a Unix socket (SCM_RIGHTS).
 pub fn send_fd(sock: impl AsFd, fd: BorrowedFd<'_>) -> io::Result<()> {
+    send_fd_with(sock, b"fd", fd)
+}
+
+/// Sends `fd` with `data` as the message (an OCI console socket takes the pty's name).
+pub fn send_fd_with(sock: impl AsFd, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
     let fds = [fd];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("no room for the file descriptor"));
     }
-    rustix::net::sendmsg(sock, &[IoSlice::new(b"fd")], &mut cmsg, SendFlags::NOSIGNAL)?;
+    rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut cmsg, SendFlags::NOSIGNAL)?;
     Ok(())
 }
 

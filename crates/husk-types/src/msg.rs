@@ -22,6 +22,14 @@ pub enum Message {
     /// An app's child → the pod init: setting the app up or its `execve` failed; `code` is the
     /// app's status to record (125 set-up, 126 not executable, 127 not found).
     ExecFailed { code: i32, reason: String },
+    /// husk-oci's helper → husk-oci: the container's init (or an exec'd process) exists, with
+    /// its pid on the host.
+    Spawned { pid: i32 },
+    /// An OCI container's init → husk-oci: the mounts are made; run the prestart and
+    /// createRuntime hooks, then send [`Message::Continue`].
+    Mounted,
+    /// husk-oci → the container's init: go on; `state` is the state JSON its hooks read.
+    Continue { state: String },
 }
 
 impl Message {
@@ -33,6 +41,9 @@ impl Message {
             Message::Ready => "ready",
             Message::Failed { .. } => "failed",
             Message::ExecFailed { .. } => "exec-failed",
+            Message::Spawned { .. } => "spawned",
+            Message::Mounted => "mounted",
+            Message::Continue { .. } => "continue",
         }
     }
 }
@@ -106,6 +117,9 @@ mod tests {
             Message::Ready,
             Message::Failed { reason: "app web: not found\nsecond line".into() },
             Message::ExecFailed { code: 127, reason: "x".into() },
+            Message::Spawned { pid: 42 },
+            Message::Mounted,
+            Message::Continue { state: "{\"id\":\"c\"}".into() },
         ];
         for m in all {
             let wire = encode(&m);
