@@ -125,9 +125,24 @@ fn facts(spec: &Spec, bundle: &Path, cg: &Cgroups, cgroup_path: &str) -> Facts {
             }
         }
     }
+    // A namespace path that names this process's own namespace is the host's.
+    let mut host_namespaces = std::collections::BTreeSet::new();
+    for ns in spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default() {
+        use std::os::unix::fs::MetadataExt;
+        let Some(path) = ns.path() else { continue };
+        let name = plan::ns_name(plan::ns_flag(ns.typ()));
+        let (Ok(theirs), Ok(mine)) = (std::fs::metadata(path), std::fs::metadata(format!("/proc/self/ns/{name}")))
+        else {
+            continue;
+        };
+        if theirs.ino() == mine.ino() && theirs.dev() == mine.dev() {
+            host_namespaces.insert(path.clone());
+        }
+    }
     Facts {
         bundle: bundle.to_path_buf(),
         sources,
+        host_namespaces,
         cgroups: cg.named_dirs(cgroup_path),
         cgroup_v2_only: cg.v2_only(),
         apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y"),
@@ -204,7 +219,8 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     .map_err(spec_error)?;
     let p = plan::plan(&spec, &facts(&spec, &bundle, &cg, &cgroup_path)).map_err(spec_error)?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
-    let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources).map_err(spec_error)?;
+    let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
+    let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
     if p.process.terminal && a.console_socket.is_none() {
         return Err(Error::User("process.terminal is set: pass --console-socket to receive the pty".into()));
     }
@@ -250,6 +266,10 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     }
     nix::unistd::mkfifo(&dir.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
         .map_err(|e| Error::Sys(format!("cannot create {}: {e}", dir.fifo().display())))?;
+    // Writable by the init whatever its uid (a user namespace's root is not the host's); the
+    // umask applied to mkfifo.
+    std::fs::set_permissions(dir.fifo(), std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(sys(format!("cannot chmod {}", dir.fifo().display())))?;
     let fifo =
         rustix::fs::open(dir.fifo(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
             .map_err(|e| Error::Sys(format!("cannot open {}: {e}", dir.fifo().display())))?;
@@ -485,7 +505,8 @@ fn kill_all(cg: &Cgroups, saved: &Saved) {
 pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), Error> {
     let dir = Dir::new(&ctx.root, id)?;
     if !dir.exists() {
-        return Err(Error::NotFound);
+        // runc's rule: forcing the delete of what is gone already is done.
+        return if force { Ok(()) } else { Err(Error::NotFound) };
     }
     let _lock = dir.lock()?;
     let cg = detect_cgroups()?;
@@ -651,7 +672,7 @@ pub fn update(ctx: &Ctx, a: &UpdateArgs) -> Result<(), Error> {
         return Err(Error::User(format!("container {} has no cgroup to update", a.id)));
     }
     let r = update_resources(a)?;
-    let writes = cgroups::resource_writes(&cg, &saved.cgroup_path, &r)
+    let writes = cgroups::resource_writes(&cg, &saved.cgroup_path, &r, &[])
         .map_err(|e| Error::User(format!("update: {}", e.to_string().replace("linux.resources.", ""))))?;
     for w in cgroups::apply(&writes).map_err(|e| Error::Sys(e.to_string()))? {
         ctx.log.warn(&w);

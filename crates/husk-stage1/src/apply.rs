@@ -47,6 +47,10 @@ pub trait MountSys {
         gid: u32,
     ) -> Result<(), Fail>;
     fn remount(&mut self, target: &Self::Handle, flags: u64) -> Result<(), Fail>;
+    /// A readable handle on the directory `target` names, taken before a mount covers it.
+    fn copy_up_source(&mut self, target: &Self::Handle) -> Result<Self::Handle, Fail>;
+    /// Copies the tree under `from` into the mount now at `target`.
+    fn copy_up(&mut self, from: &Self::Handle, target: &Self::Handle) -> Result<(), Fail>;
 }
 
 /// Runs the steps in order; the first failure stops it.
@@ -104,13 +108,17 @@ pub fn apply<S: MountSys>(plan: &[Step], sys: &mut S) -> Result<(), Fail> {
                 }
             }
             Step::ReadOnlyRoot => sys.remount_root_read_only()?,
-            Step::Fs { fstype, source, target, flags, data, sysfs_fallback } => {
+            Step::Fs { fstype, source, target, flags, data, sysfs_fallback, copy_up } => {
                 let t = sys.target(target)?;
+                let old = if *copy_up { Some(sys.copy_up_source(&t)?) } else { None };
                 if let Err(e) = sys.mount(source, &t, fstype, *flags, data.as_deref()) {
                     if !sysfs_fallback {
                         return Err(e);
                     }
                     sys.bind_flags(Path::new("/sys"), &t, true, RDONLY | (*flags & (NOSUID | NODEV | NOEXEC)))?;
+                }
+                if let Some(old) = old {
+                    sys.copy_up(&old, &t)?;
                 }
             }
             Step::BindFlags { source, target, recursive, remount } => {
@@ -241,6 +249,13 @@ pub mod fake {
         fn remount(&mut self, t: &String, flags: u64) -> Result<(), Fail> {
             self.call(format!("remount {t} {flags:#x}"))
         }
+        fn copy_up_source(&mut self, t: &String) -> Result<String, Fail> {
+            self.call(format!("copy-up-source {t}"))?;
+            Ok(t.clone())
+        }
+        fn copy_up(&mut self, from: &String, t: &String) -> Result<(), Fail> {
+            self.call(format!("copy-up {from} into {t}"))
+        }
     }
 }
 
@@ -326,5 +341,79 @@ mod tests {
         assert!(r.calls.iter().any(|c| c == "mknod dev/urandom 1:9"));
         assert!(r.calls.iter().any(|c| c.starts_with("mount devpts (devpts) on dev/pts")));
         assert!(r.calls.iter().any(|c| c == "symlink dev/fd -> /proc/self/fd"));
+    }
+
+    /// The OCI steps: a copy-up takes its source before the mount covers it and copies after;
+    /// a refused sysfs in a user namespace falls back to a read-only rbind of the host's; a
+    /// device already there is left alone.
+    #[test]
+    fn oci_steps_make_these_calls() {
+        let mut r = Recorder { refuse_sysfs: true, ..Default::default() };
+        r.existing.insert("dev/null".into(), false);
+        let dir = |p: &str| Target::Dir(p.into());
+        let plan = [
+            Step::Fs {
+                fstype: "tmpfs".into(),
+                source: "tmpfs".into(),
+                target: dir("run"),
+                flags: 0,
+                data: Some("size=1m".into()),
+                sysfs_fallback: false,
+                copy_up: true,
+            },
+            Step::Fs {
+                fstype: "sysfs".into(),
+                source: "sysfs".into(),
+                target: dir("sys"),
+                flags: flags::NOSUID,
+                data: None,
+                sysfs_fallback: true,
+                copy_up: false,
+            },
+            Step::Device {
+                path: "dev/null".into(),
+                block: false,
+                major: 1,
+                minor: 3,
+                mode: 0o666,
+                uid: 0,
+                gid: 0,
+                bind_host: None,
+            },
+            Step::Device {
+                path: "dev/fuse".into(),
+                block: false,
+                major: 10,
+                minor: 229,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                bind_host: None,
+            },
+            Step::Propagation { target: dir("run"), flags: libc::MS_SHARED },
+            Step::Remount { target: dir("sys"), flags: flags::RDONLY },
+        ];
+        apply(&plan, &mut r).unwrap();
+        let ro_nosuid = flags::RDONLY | flags::NOSUID;
+        assert_eq!(
+            r.calls,
+            [
+                "target dir run".to_string(),
+                "copy-up-source run".into(),
+                "mount tmpfs (tmpfs) on run flags=0x0 data=size=1m".into(),
+                "copy-up run into run".into(),
+                "target dir sys".into(),
+                format!("mount sysfs (sysfs) on sys flags={:#x} data=-", flags::NOSUID),
+                format!("rbind /sys on sys remount={ro_nosuid:#x}"),
+                "lookup dev/null".into(),
+                "lookup dev/fuse".into(),
+                "target dir dev".into(),
+                "device dev/fuse c 10:229 600 0:0".into(),
+                "target dir run".into(),
+                format!("propagate run {:#x}", libc::MS_SHARED),
+                "target dir sys".into(),
+                format!("remount sys {:#x}", flags::RDONLY),
+            ]
+        );
     }
 }

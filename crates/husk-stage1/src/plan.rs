@@ -97,6 +97,9 @@ pub enum Step {
         flags: u64,
         data: Option<String>,
         sysfs_fallback: bool,
+        /// `tmpcopyup`: the directory's content before the mount is copied into the new
+        /// (tmpfs) mount, so that a read-only root keeps its /run, /tmp contents writable.
+        copy_up: bool,
     },
     /// A bind (recursive for `rbind`), then remounted with `remount` (`MS_RDONLY`, `MS_NOSUID`,
     /// ...) when that is not empty.

@@ -313,6 +313,80 @@ impl crate::apply::MountSys for RealRoot {
         remount_keeping_locked(&resolved, MsFlags::from_bits_truncate(flags))
             .ctx(Step::Mount, || format!("cannot remount {}", resolved.display()))
     }
+
+    fn copy_up_source(&mut self, t: &OwnedFd) -> Result<OwnedFd, Fail> {
+        rustix::fs::open(proc_fd_path(t), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .ctx(Step::Mount, || "tmpcopyup: cannot open the directory".into())
+    }
+
+    fn copy_up(&mut self, from: &OwnedFd, t: &OwnedFd) -> Result<(), Fail> {
+        // `t` still names the covered directory; the new mount is at the path it resolves to.
+        let resolved = std::fs::read_link(proc_fd_path(t)).ctx(Step::Mount, || "cannot resolve a mount".into())?;
+        let to = rustix::fs::open(
+            &resolved,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(Step::Mount, || format!("tmpcopyup: cannot open {}", resolved.display()))?;
+        copy_tree(from, &to, 0)
+    }
+}
+
+/// Copies a directory tree (directories, regular files, symlinks, with their modes and
+/// owners) from `from` into `to`, fd-relative so that nothing is resolved through a path the
+/// container could redirect. Written here because `tmpcopyup` must read a directory a mount has
+/// just covered, which only an fd taken before the mount still reaches.
+fn copy_tree(from: &OwnedFd, to: &OwnedFd, depth: u32) -> Result<(), Fail> {
+    use rustix::fs::{AtFlags, OFlags as O};
+    if depth > 64 {
+        return Err(Fail::Invalid("tmpcopyup: the directory tree is too deep".into()));
+    }
+    let dir = rustix::fs::Dir::read_from(from).ctx(Step::Mount, || "tmpcopyup: cannot read a directory".into())?;
+    for entry in dir {
+        let entry = entry.ctx(Step::Mount, || "tmpcopyup: cannot read a directory".into())?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let st = rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ctx(Step::Mount, || format!("tmpcopyup: cannot inspect {name:?}"))?;
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        let owner = (Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)));
+        let what = || format!("tmpcopyup: cannot copy {name:?}");
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                rustix::fs::mkdirat(to, name, mode).ctx(Step::Mount, what)?;
+                let sub_from =
+                    rustix::fs::openat(from, name, O::RDONLY | O::DIRECTORY | O::NOFOLLOW | O::CLOEXEC, Mode::empty())
+                        .ctx(Step::Mount, what)?;
+                let sub_to =
+                    rustix::fs::openat(to, name, O::RDONLY | O::DIRECTORY | O::NOFOLLOW | O::CLOEXEC, Mode::empty())
+                        .ctx(Step::Mount, what)?;
+                copy_tree(&sub_from, &sub_to, depth + 1)?;
+                rustix::fs::fchown(&sub_to, owner.0, owner.1).ctx(Step::Mount, what)?;
+                rustix::fs::fchmod(&sub_to, mode).ctx(Step::Mount, what)?;
+            }
+            FileType::RegularFile => {
+                let src = rustix::fs::openat(from, name, O::RDONLY | O::NOFOLLOW | O::CLOEXEC, Mode::empty())
+                    .ctx(Step::Mount, what)?;
+                let dst =
+                    rustix::fs::openat(to, name, O::WRONLY | O::CREATE | O::EXCL | O::NOFOLLOW | O::CLOEXEC, mode)
+                        .ctx(Step::Mount, what)?;
+                let (mut src, mut dst) = (std::fs::File::from(src), std::fs::File::from(dst));
+                std::io::copy(&mut src, &mut dst).ctx(Step::Mount, what)?;
+                rustix::fs::fchown(&dst, owner.0, owner.1).ctx(Step::Mount, what)?;
+                rustix::fs::fchmod(&dst, mode).ctx(Step::Mount, what)?;
+            }
+            FileType::Symlink => {
+                let link = rustix::fs::readlinkat(from, name, Vec::new()).ctx(Step::Mount, what)?;
+                rustix::fs::symlinkat(link.as_c_str(), to, name).ctx(Step::Mount, what)?;
+                rustix::fs::chownat(to, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).ctx(Step::Mount, what)?;
+            }
+            // Sockets, FIFOs and devices of an image's /run are not content.
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Remounts `path` with `flags`. In a user namespace the kernel refuses to clear the flags the

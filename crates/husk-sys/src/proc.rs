@@ -317,6 +317,46 @@ pub fn reset_signal_dispositions() {
     }
 }
 
+/// Installs a seccomp BPF program with `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`, without
+/// setting no_new_privs first (unlike seccompiler's `apply_filter`): an OCI container that did
+/// not ask for `noNewPrivileges` must still be able to run setuid programs, so its init installs
+/// the filter while it holds CAP_SYS_ADMIN instead.
+pub fn install_seccomp(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    if program.is_empty() || program.len() > u16::MAX as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a seccomp program has 1 to 65535 instructions"));
+    }
+    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies the
+    // instructions and keeps no pointer into our memory. The remaining arguments are integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_long,
+            flags as libc::c_long,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `kill(2)` with any signal number, real-time ones included (nix's `Signal` lacks them; an
+/// OCI runtime's `kill` takes whatever number its caller sends).
+pub fn kill_raw(pid: i32, signo: i32) -> io::Result<()> {
+    if !(1..=64).contains(&signo) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{signo} is not a signal number")));
+    }
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    let r = unsafe { libc::kill(pid, signo) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod holder_tests {
     use super::*;
@@ -358,45 +398,5 @@ mod holder_tests {
         assert!(take_inherited_fd("HUSK_TEST_FD_UNSET").unwrap().is_none());
         std::env::set_var("HUSK_TEST_FD_C", "1");
         assert!(take_inherited_fd("HUSK_TEST_FD_C").is_err());
-    }
-}
-
-/// Installs a seccomp BPF program with `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`, without
-/// setting no_new_privs first (unlike seccompiler's `apply_filter`): an OCI container that did
-/// not ask for `noNewPrivileges` must still be able to run setuid programs, so its init installs
-/// the filter while it holds CAP_SYS_ADMIN instead.
-pub fn install_seccomp(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
-    if program.is_empty() || program.len() > u16::MAX as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a seccomp program has 1 to 65535 instructions"));
-    }
-    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies the
-    // instructions and keeps no pointer into our memory. The remaining arguments are integers.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER as libc::c_long,
-            flags as libc::c_long,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `kill(2)` with any signal number, real-time ones included (nix's `Signal` lacks them; an
-/// OCI runtime's `kill` takes whatever number its caller sends).
-pub fn kill_raw(pid: i32, signo: i32) -> io::Result<()> {
-    if !(1..=64).contains(&signo) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{signo} is not a signal number")));
-    }
-    // SAFETY: kill(2) takes two integers and touches no memory of this process.
-    let r = unsafe { libc::kill(pid, signo) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

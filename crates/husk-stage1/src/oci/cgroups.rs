@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use super::plan::SpecError;
 
@@ -225,8 +225,9 @@ fn v1_limit(v: i64) -> String {
 }
 
 /// The device rules of `linux.resources.devices` as v1 `devices.allow`/`devices.deny` lines,
-/// then the default devices every container gets.
-pub fn device_rules(rules: &[LinuxDeviceCgroup]) -> Result<Vec<(bool, String)>, SpecError> {
+/// then the default devices every container gets and the nodes `linux.devices` creates (as
+/// runc allows them: a node the config asks for is usable).
+pub fn device_rules(rules: &[LinuxDeviceCgroup], nodes: &[LinuxDevice]) -> Result<Vec<(bool, String)>, SpecError> {
     let mut out = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         let t = match r.typ().unwrap_or(LinuxDeviceType::A) {
@@ -245,11 +246,24 @@ pub fn device_rules(rules: &[LinuxDeviceCgroup]) -> Result<Vec<(bool, String)>, 
         out.push((r.allow(), format!("{t} {}:{} {access}", num(r.major()), num(r.minor()))));
     }
     out.extend(crate::cgroup::DEVICE_ALLOWLIST.iter().map(|l| (true, l.to_string())));
+    for d in nodes {
+        let t = match d.typ() {
+            LinuxDeviceType::B => 'b',
+            LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+            _ => continue,
+        };
+        out.push((true, format!("{t} {}:{} rwm", d.major(), d.minor())));
+    }
     Ok(out)
 }
 
 /// The files to write to enforce `r` on the container's cgroup `path`, in order.
-pub fn resource_writes(cg: &Cgroups, path: &str, r: &LinuxResources) -> Result<Vec<Write>, SpecError> {
+pub fn resource_writes(
+    cg: &Cgroups,
+    path: &str,
+    r: &LinuxResources,
+    nodes: &[LinuxDevice],
+) -> Result<Vec<Write>, SpecError> {
     let mut w = Vec::new();
     let need = |controller: &str, field: &'static str| -> Result<(PathBuf, bool), SpecError> {
         cg.controller_dir(controller, path)
@@ -523,7 +537,7 @@ pub fn resource_writes(cg: &Cgroups, path: &str, r: &LinuxResources) -> Result<V
     if let Some(rules) = r.devices().as_ref().filter(|d| !d.is_empty()) {
         match cg.controller_dir("devices", path) {
             Some((dir, false)) => {
-                for (allow, line) in device_rules(rules)? {
+                for (allow, line) in device_rules(rules, nodes)? {
                     push(
                         &dir,
                         if allow { "devices.allow" } else { "devices.deny" },

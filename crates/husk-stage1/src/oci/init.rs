@@ -178,8 +178,6 @@ fn init(s: &Spawn) -> Result<Never, (i32, Fail)> {
         };
         console(sock, p.process.console_size, Some(&mut real)).map_err(setup)?;
     }
-    apply(&p.finish, &mut real).map_err(setup)?;
-    drop(real);
     for (key, value) in &p.sysctl {
         std::fs::write(Path::new("/proc/sys").join(key), value)
             .ctx(Step::Pod, || format!("cannot set linux.sysctl {} to {value:?}", key.replace('/', ".")))
@@ -193,6 +191,9 @@ fn init(s: &Spawn) -> Result<Never, (i32, Fail)> {
             .ctx(Step::Pod, || format!("cannot set domainname {d:?}"))
             .map_err(setup)?;
     }
+    // Read-only paths (/proc/sys) last: the sysctls above are written through them.
+    apply(&p.finish, &mut real).map_err(setup)?;
+    drop(real);
     if let Some(per) = p.personality {
         nix::sys::personality::set(nix::sys::personality::Persona::from_bits_retain(per as i32))
             .ctx(Step::Pod, || "cannot set linux.personality".into())

@@ -42,6 +42,9 @@ pub struct Facts {
     /// only the unified hierarchy.
     pub cgroups: Vec<(String, PathBuf)>,
     pub cgroup_v2_only: bool,
+    /// Namespace paths of `linux.namespaces` that are the runtime's own (the host's): a
+    /// container joining those has none of its own of that kind.
+    pub host_namespaces: BTreeSet<PathBuf>,
     /// The host has AppArmor / SELinux enabled.
     pub apparmor: bool,
     pub selinux: bool,
@@ -244,6 +247,11 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Result<ContainerPlan, SpecError> {
         ));
     }
 
+    // The working directory exists (runc creates it), before the root may become read-only.
+    let cwd = rel_in_root(process.cwd()).map_err(|e| err("process.cwd", e.to_string()))?;
+    if !cwd.is_empty() {
+        mounts.push(Step::Mkdir { path: cwd });
+    }
     let mut finish = Vec::new();
     for p in linux.masked_paths().clone().unwrap_or_default() {
         let rel = rel_in_root(Path::new(&p)).map_err(|e| err("linux.maskedPaths", e.to_string()))?;
@@ -257,9 +265,16 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Result<ContainerPlan, SpecError> {
         finish.push(Step::ReadOnlyRoot);
     }
 
+    // The namespaces the container has of its own: created, or joined and not the host's.
+    let mut own = create;
+    for (flag, path) in &join {
+        if !facts.host_namespaces.contains(path) {
+            own |= *flag;
+        }
+    }
     let mut sysctl = Vec::new();
     for (k, v) in linux.sysctl().clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>() {
-        sysctl.push((sysctl_path(&k, &create)?, v));
+        sysctl.push((sysctl_path(&k, &own)?, v));
     }
 
     let personality = match linux.personality() {
@@ -341,7 +356,7 @@ fn refuse_unsupported(spec: &Spec, facts: &Facts) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+pub fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     match t {
         LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
         LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
@@ -412,6 +427,7 @@ struct Options {
     recursive: bool,
     propagation: Vec<u64>,
     data: Vec<String>,
+    copy_up: bool,
 }
 
 fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
@@ -469,9 +485,17 @@ fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
             // SELinux relabelling requests podman passes through when SELinux is off: nothing to do.
             "z" | "Z" => (0, 0),
             "idmap" | "ridmap" => {
-                return Err(err(field, "idmapped mounts (the idmap option) are not supported yet; drop the option"))
+                return Err(err(field, format!("idmapped mounts (the {opt} option) are not supported yet; drop it")))
             }
-            "tmpcopyup" | "copy-symlink" | "notmpcopyup" | "nosymfollow" | "symfollow" | "recursive" => {
+            "tmpcopyup" => {
+                o.copy_up = true;
+                (0, 0)
+            }
+            "notmpcopyup" => {
+                o.copy_up = false;
+                (0, 0)
+            }
+            "copy-symlink" | "nosymfollow" | "symfollow" | "recursive" => {
                 return Err(err(field, format!("the {opt} mount option is not supported")));
             }
             o2 if o2.starts_with("r") && ["rro", "rrw", "rnosuid", "rnodev", "rnoexec"].contains(&o2) => {
@@ -534,6 +558,7 @@ fn mount_steps(
                 flags: o.flags,
                 data: (!o.data.is_empty()).then(|| o.data.join(",")),
                 sysfs_fallback: typ == "sysfs" && sysfs_fallback,
+                copy_up: o.copy_up && typ == "tmpfs",
             });
         }
     }
@@ -555,6 +580,7 @@ fn cgroup_steps(dest: &str, flags: u64, facts: &Facts) -> Vec<Step> {
             flags: base | ro,
             data: None,
             sysfs_fallback: false,
+            copy_up: false,
         }];
     }
     let mut steps = vec![Step::Fs {
@@ -564,6 +590,7 @@ fn cgroup_steps(dest: &str, flags: u64, facts: &Facts) -> Vec<Step> {
         flags: base,
         data: Some("mode=755".into()),
         sysfs_fallback: false,
+        copy_up: false,
     }];
     for (name, host) in &facts.cgroups {
         steps.push(Step::BindFlags {
