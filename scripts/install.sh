@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs husk into PREFIX (default /usr/local): bin/husk and, beside it, the static stage1
-# executables husk finds next to itself. As root it then runs `husk setup` (the husk group, the
+# executables husk finds next to itself, and husk-oci (the OCI runtime for podman and
+# containerd; docs/oci-runtime.md). As root it then runs `husk setup` (the husk group, the
 # data and config dirs with their owners and modes; SETUP=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cargo build --release --locked -p husk
 scripts/build-static.sh
 install -d "$prefix/bin"
 install -m 0755 target/release/husk "$prefix/bin/husk.new" && mv "$prefix/bin/husk.new" "$prefix/bin/husk"
-for f in husk-stage1-ns husk-stage1-fly; do
+for f in husk-stage1-ns husk-stage1-fly husk-oci; do
   install -m 0755 "target/x86_64-unknown-linux-gnu/release/$f" "$prefix/bin/$f.new" && mv "$prefix/bin/$f.new" "$prefix/bin/$f"
 done
 echo "installed husk into $prefix/bin"

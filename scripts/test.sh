@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the tests need root (namespaces, mounts, cgroups)" >&2; exit 1; }
 # The first command on a fresh machine: install what the tests need when anything is missing.
 for need in docker-registry skopeo htpasswd iptables curl gpg openssl systemd-analyze systemd-socket-activate setpriv useradd \
+  podman conmon containerd ctr script \
   /bin/busybox /usr/lib/cni/ptp; do
   command -v "$need" >/dev/null 2>&1 || [ -x "$need" ] || { scripts/install-deps.sh; break; }
 done

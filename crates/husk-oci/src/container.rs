@@ -218,6 +218,9 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     )
     .map_err(spec_error)?;
     let p = plan::plan(&spec, &facts(&spec, &bundle, &cg, &cgroup_path)).map_err(spec_error)?;
+    for w in &p.process.warnings {
+        ctx.log.warn(w);
+    }
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
     let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
     let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
@@ -252,7 +255,8 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     };
     dir.save(&saved)?;
     undo.cg = Some((&cg, cgroup_path.clone()));
-    if let Err(e) = cgroups::create(&cg, &cgroup_path) {
+    let enable = cgroups::v2_controllers_needed(&cg, &writes);
+    if let Err(e) = cgroups::create(&cg, &cgroup_path, enable.as_ref()) {
         if ctx.rootless && writes.is_empty() {
             ctx.log.warn(&format!("running without a cgroup: {e}"));
             saved.has_cgroup = false;

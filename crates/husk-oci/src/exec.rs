@@ -134,6 +134,9 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Error> {
     let process = process_of(a, &container_process)?;
     let facts = Facts { bundle: saved.bundle.clone(), ..Default::default() };
     let pplan = plan::process_plan(&process, "process", &facts).map_err(|e| Error::User(format!("exec: {e}")))?;
+    for w in &pplan.warnings {
+        ctx.log.warn(w);
+    }
     let seccomp = match saved.config.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => plan::seccomp_plan(s).map_err(|e| Error::User(format!("config.json: {e}")))?,
         None => None,

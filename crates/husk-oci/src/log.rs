@@ -51,8 +51,12 @@ impl Log {
         self.write("error", msg);
     }
 
+    /// A warning goes to the log file when there is one (callers such as conmon and
+    /// containerd's shim always pass one), else to stderr.
     pub fn warn(&self, msg: &str) {
-        eprintln!("husk-oci: warning: {msg}");
+        if self.file.is_none() {
+            eprintln!("husk-oci: warning: {msg}");
+        }
         self.write("warning", msg);
     }
 

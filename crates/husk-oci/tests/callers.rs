@@ -79,7 +79,13 @@ impl Podman {
 
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "podman {args:?}: exit {:?}\n{}\n{}", o.status.code(), text(&o.stdout), text(&o.stderr));
+        assert!(
+            o.status.success(),
+            "podman {args:?}: exit {:?}\n{}\n{}",
+            o.status.code(),
+            text(&o.stdout),
+            text(&o.stderr)
+        );
         text(&o.stdout)
     }
 }
@@ -93,7 +99,8 @@ impl Drop for Podman {
 #[test]
 fn podman_run_rm_passes_the_exit_status() {
     let p = Podman::new();
-    let o = p.run(&["run", "--rm", "--runtime", "husk-oci", "localhost/bb", "sh", "-c", "echo hi from husk-oci; exit 3"]);
+    let o =
+        p.run(&["run", "--rm", "--runtime", "husk-oci", "localhost/bb", "sh", "-c", "echo hi from husk-oci; exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "hi from husk-oci\n");
     // The runtime podman used is husk-oci (its state dir), not crun.
@@ -104,7 +111,16 @@ fn podman_run_rm_passes_the_exit_status() {
 #[test]
 fn podman_detached_logs_exec_top_pause_kill_and_stop() {
     let p = Podman::new();
-    p.ok(&["run", "-d", "--name", "svc", "localhost/bb", "sh", "-c", "echo started; trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done"]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "svc",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "echo started; trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !p.ok(&["logs", "svc"]).contains("started") {
         assert!(Instant::now() < deadline, "no log line");
@@ -124,7 +140,16 @@ fn podman_detached_logs_exec_top_pause_kill_and_stop() {
     assert!(p.ok(&["logs", "svc"]).contains("got-term"));
     assert_eq!(p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "svc"]).trim(), "0");
     // A process that ignores SIGTERM is killed after the timeout.
-    p.ok(&["run", "-d", "--name", "stubborn", "localhost/bb", "sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ]);
     let t = Instant::now();
     p.ok(&["stop", "-t", "1", "stubborn"]);
     assert!(t.elapsed() < Duration::from_secs(8), "stop took {:?}", t.elapsed());
@@ -159,16 +184,44 @@ fn podman_run_it_gets_a_pty() {
 #[test]
 fn podman_security_and_resource_options() {
     let p = Podman::new();
-    let out = p.ok(&["run", "--rm", "--read-only", "localhost/bb", "sh", "-c", "touch /x 2>/dev/null || echo ro; touch /tmp/y && echo tmp-rw"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null || echo ro; touch /tmp/y && echo tmp-rw",
+    ]);
     assert_eq!(out, "ro\ntmp-rw\n");
     let out = p.ok(&["run", "--rm", "--cap-drop", "all", "localhost/bb", "grep", "CapEff", "/proc/self/status"]);
     assert_eq!(out, "CapEff:\t0000000000000000\n");
-    let out = p.ok(&["run", "--rm", "--cap-drop", "chown", "localhost/bb", "sh", "-c", "chown 1 /tmp && echo chowned || echo refused"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "chown",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "chown 1 /tmp && echo chowned || echo refused",
+    ]);
     assert!(out.contains("refused"), "{out}");
     let out = p.ok(&["run", "--rm", "--memory", "64m", "--pids-limit", "50", "localhost/bb", "sh", "-c",
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max"]);
     assert_eq!(out, "67108864\n50\n");
-    let out = p.ok(&["run", "--rm", "--uidmap", "0:300000:65536", "--gidmap", "0:300000:65536", "localhost/bb", "sh", "-c", "cat /proc/self/uid_map; id -u"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--uidmap",
+        "0:300000:65536",
+        "--gidmap",
+        "0:300000:65536",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; id -u",
+    ]);
     let fields: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(fields, ["0", "300000", "65536", "0"], "{out}");
 }
@@ -179,11 +232,25 @@ fn podman_publishes_a_port_on_loopback() {
     need("curl");
     let port = 18000 + (std::process::id() % 1000) as u16;
     let publish = format!("127.0.0.1:{port}:8080");
-    p.ok(&["run", "-d", "--name", "web", "-p", &publish, "localhost/bb", "sh", "-c",
-        "mkdir -p /www && echo served-by-husk-oci >/www/index.html && exec httpd -f -p 8080 -h /www"]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "localhost/bb",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo served-by-husk-oci >/www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let o = Command::new("curl").args(["-s", "--max-time", "2"]).arg(format!("http://127.0.0.1:{port}/")).output().unwrap();
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "2"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .unwrap();
         if text(&o.stdout) == "served-by-husk-oci\n" {
             break;
         }
@@ -260,7 +327,11 @@ impl Containerd {
 
     fn status(&self, id: &str) -> String {
         let ls = self.ok(&["task", "ls"]);
-        ls.lines().find(|l| l.split_whitespace().next() == Some(id)).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("").to_string()
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -286,7 +357,16 @@ fn containerd_runs_execs_kills_pauses_and_deletes_through_husk_oci() {
     assert_eq!(o.status.code(), Some(4), "{}\n{}", text(&o.stderr), c.log());
     assert_eq!(text(&o.stdout), "hello-containerd\n");
     // A detached task: exec, ps, pause/resume, kill, delete.
-    c.ok(&["run", "-d", &rb, "localhost/bb:latest", "svc", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
+    c.ok(&[
+        "run",
+        "-d",
+        &rb,
+        "localhost/bb:latest",
+        "svc",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
     assert_eq!(c.status("svc"), "RUNNING");
     let out = c.ok(&["task", "exec", "--exec-id", "e1", "svc", "sh", "-c", "echo exec-ok; hostname"]);
     assert!(out.starts_with("exec-ok\n"), "{out}");

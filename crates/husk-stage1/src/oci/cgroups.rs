@@ -559,10 +559,29 @@ pub fn resource_writes(
     Ok(w)
 }
 
+/// The v2 controllers to enable down the container's path: on a v2-only host all of them (as
+/// runc does: the container's own limits and what it nests may use any); on a hybrid host only
+/// the ones `writes` use there (a v1-first host's unified tree is left as it is: enabling a
+/// controller there keeps it from ever being mounted as v1, which crun needs).
+pub fn v2_controllers_needed(cg: &Cgroups, writes: &[Write]) -> Option<BTreeSet<String>> {
+    if cg.v2_only() {
+        return None;
+    }
+    let v2: Vec<&Path> = cg.hierarchies.iter().filter(|h| h.v2).map(|h| h.mount.as_path()).collect();
+    Some(
+        writes
+            .iter()
+            .filter(|w| v2.iter().any(|m| w.file.starts_with(m)))
+            .filter_map(|w| w.file.file_name()?.to_str()?.split('.').next().map(str::to_string))
+            .filter(|c| c != "cgroup")
+            .collect(),
+    )
+}
+
 /// Creates the container's cgroup in every hierarchy: on v1 a new cpuset inherits its parent's
 /// CPUs and memory nodes (a process cannot join an empty cpuset); on v2 the controllers are
-/// enabled down the path.
-pub fn create(cg: &Cgroups, path: &str) -> io::Result<()> {
+/// enabled down the path (`enable`: which; `None`: every available one).
+pub fn create(cg: &Cgroups, path: &str, enable: Option<&BTreeSet<String>>) -> io::Result<()> {
     for h in &cg.hierarchies {
         let mut dir = h.mount.clone();
         for comp in path.split('/') {
@@ -571,7 +590,11 @@ pub fn create(cg: &Cgroups, path: &str) -> io::Result<()> {
             if h.v2 {
                 let avail = std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
                 let enabled = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
-                for c in avail.split_whitespace().filter(|c| !enabled.split_whitespace().any(|e| e == *c)) {
+                let wanted = avail
+                    .split_whitespace()
+                    .filter(|c| enable.is_none_or(|e| e.contains(*c)))
+                    .filter(|c| !enabled.split_whitespace().any(|e| e == *c));
+                for c in wanted {
                     // An ancestor with processes of its own cannot enable controllers (v2's
                     // no-internal-processes rule); the limit writes then say which is missing.
                     let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{c}"));

@@ -78,6 +78,9 @@ pub struct ProcessPlan {
     pub terminal: bool,
     /// (rows, columns)
     pub console_size: Option<(u16, u16)>,
+    /// What was asked for and is not done, for the runtime to log (runc and crun accept these
+    /// silently).
+    pub warnings: Vec<String>,
 }
 
 /// A seccomp filter and how to install it.
@@ -723,13 +726,21 @@ pub fn process_plan(p: &Process, field: &str, facts: &Facts) -> Result<ProcessPl
     if let Some(c) = caps.effective.difference(&caps.permitted).next() {
         return Err(err(format!("{field}.capabilities.effective"), format!("{c} is not in the permitted set")));
     }
-    for c in &caps.ambient {
-        if !caps.permitted.contains(c) || !caps.inheritable.contains(c) {
-            return Err(err(
-                format!("{field}.capabilities.ambient"),
-                format!("{c} must be in the permitted and inheritable sets too"),
-            ));
-        }
+    let mut warnings = Vec::new();
+    let mut caps = caps;
+    let not_ambient: Vec<String> = caps
+        .ambient
+        .iter()
+        .filter(|c| !caps.permitted.contains(*c) || !caps.inheritable.contains(*c))
+        .cloned()
+        .collect();
+    for c in not_ambient {
+        // The kernel refuses such an ambient capability; runc's and crun's own default specs
+        // ask for some (with no inheritable set) and they drop them quietly.
+        warnings.push(format!(
+            "{field}.capabilities.ambient: {c} is not in both the permitted and inheritable sets, so it cannot be ambient"
+        ));
+        caps.ambient.remove(&c);
     }
     let mut rlimits = Vec::new();
     let mut seen = BTreeSet::new();
@@ -779,6 +790,7 @@ pub fn process_plan(p: &Process, field: &str, facts: &Facts) -> Result<ProcessPl
         oom_score_adj: p.oom_score_adj(),
         terminal: p.terminal().unwrap_or(false),
         console_size,
+        warnings,
     })
 }
 

@@ -182,3 +182,13 @@ fn cgroup_paths_are_relative_and_systemd_paths_are_expanded() {
     assert!(cgroup_path(Some(Path::new("/a/b")), "c", true).is_err(), "not slice:prefix:name");
     assert!(cgroup_path(Some(Path::new("nope:x:y")), "c", true).is_err(), "not a slice");
 }
+
+#[test]
+fn a_hybrid_hosts_unified_tree_gets_only_the_controllers_its_writes_use() {
+    let none = resource_writes(&hybrid(), "c", &res(json!({"memory": {"limit": 1}})), &[]).unwrap();
+    assert_eq!(v2_controllers_needed(&hybrid(), &none), Some(BTreeSet::new()), "memory is v1 here");
+    let huge = resource_writes(&hybrid(), "c", &res(json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})), &[])
+        .unwrap();
+    assert_eq!(v2_controllers_needed(&hybrid(), &huge), Some(BTreeSet::from(["hugetlb".to_string()])));
+    assert_eq!(v2_controllers_needed(&v2(), &huge), None, "a v2-only host enables all");
+}

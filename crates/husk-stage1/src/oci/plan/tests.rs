@@ -415,11 +415,6 @@ fn process_fields_are_checked() {
             "process.rlimits[1]",
         ),
         ("capabilities", json!({"effective": ["CAP_KILL"], "permitted": []}), "process.capabilities.effective"),
-        (
-            "capabilities",
-            json!({"ambient": ["CAP_KILL"], "permitted": ["CAP_KILL"], "inheritable": []}),
-            "process.capabilities.ambient",
-        ),
         ("ioPriority", json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0}), "process.ioPriority"),
     ];
     for (key, value, field) in cases {
@@ -428,6 +423,11 @@ fn process_fields_are_checked() {
         let e = plan_of(&v).unwrap_err();
         assert_eq!(e.field, field, "{key}: {e}");
     }
+    let mut v = base();
+    v["process"]["capabilities"] = json!({"ambient": ["CAP_KILL"], "permitted": ["CAP_KILL"], "inheritable": []});
+    let p = plan_of(&v).unwrap().process;
+    assert!(p.caps.ambient.is_empty(), "an impossible ambient capability is dropped");
+    assert!(p.warnings[0].contains("process.capabilities.ambient: CAP_KILL"), "{:?}", p.warnings);
     let mut v = base();
     v["process"]["user"] = json!({"uid": 1000, "gid": 100, "umask": 18, "additionalGids": [5, 6]});
     v["process"]["terminal"] = json!(true);
