@@ -34,7 +34,7 @@ pub struct CreateArgs {
     /// Move the root over / and chroot, instead of pivot_root.
     #[arg(long)]
     pub no_pivot: bool,
-    /// Accepted for runc compatibility (husk-oci creates no session keyring).
+    /// Keep the caller's session keyring instead of creating one for the container.
     #[arg(long)]
     pub no_new_keyring: bool,
     pub id: String,
@@ -299,6 +299,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
                 console,
                 preserve_fds: a.preserve_fds,
                 no_pivot: a.no_pivot,
+                keyring: (!a.no_new_keyring).then(|| std::ffi::CString::new(a.id.clone()).unwrap_or_default()),
             });
             std::process::exit(code);
         }

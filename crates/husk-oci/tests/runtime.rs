@@ -638,3 +638,13 @@ fn exec_reads_a_config_process_from_stdin_free_of_the_callers_fds() {
     assert_eq!(o, "piped in\n");
     ok(&b.oci(&["delete", "-f", "fdc"]));
 }
+
+#[test]
+fn each_container_gets_a_session_keyring_of_its_own_unless_told_not_to() {
+    let mut b = Bundle::new();
+    b.config["linux"]["maskedPaths"] = json!([]);
+    b.script("grep -c 'keyring *keys1:' /proc/keys || true");
+    assert_eq!(ok(&b.oci(&["run", "keys1"])), "1\n", "the session keyring named after the container");
+    b.script("grep -c 'keyring *keys2:' /proc/keys || true");
+    assert_eq!(ok(&b.oci(&["run", "--no-new-keyring", "keys2"])), "0\n");
+}

@@ -357,6 +357,20 @@ pub fn kill_raw(pid: i32, signo: i32) -> io::Result<()> {
     }
 }
 
+/// Joins a new session keyring named `name` (`keyctl(KEYCTL_JOIN_SESSION_KEYRING)`), so that a
+/// container does not share the keys of whoever started it (runc does the same unless
+/// `--no-new-keyring`). No wrapper exists in nix or rustix.
+pub fn join_session_keyring(name: &std::ffi::CStr) -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call; the kernel
+    // copies it and keeps no pointer.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod holder_tests {
     use super::*;

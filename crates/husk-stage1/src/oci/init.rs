@@ -36,6 +36,8 @@ pub struct Spawn<'a> {
     pub console: Option<OwnedFd>,
     pub preserve_fds: u32,
     pub no_pivot: bool,
+    /// `--no-new-keyring` not given: the container's own session keyring, named after it.
+    pub keyring: Option<std::ffi::CString>,
 }
 
 fn report(chan: &UnixStream, e: &Fail) {
@@ -150,6 +152,15 @@ fn init(s: &Spawn) -> Result<Never, (i32, Fail)> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .ctx(Step::Process, || format!("cannot set process.oomScoreAdj to {adj}"))
             .map_err(setup)?;
+    }
+    if let Some(name) = &s.keyring {
+        // A kernel without keyrings (ENOSYS) has nothing to share either.
+        match husk_sys::proc::join_session_keyring(name) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => {
+                return Err(setup(Fail::step(Step::Process, "cannot create the container's session keyring", e)))
+            }
+            _ => {}
+        }
     }
     mount_root(p).map_err(setup)?;
     let rootfd = husk_sys::resolve::open_dir(&p.rootfs)
