@@ -106,12 +106,51 @@ fn status_of(dir: &Dir, s: &Saved, cg: Option<&Cgroups>) -> Status {
     state::status(dir, s, || s.has_cgroup && cg.is_some_and(|cg| cgroups::frozen(cg, &s.cgroup_path)))
 }
 
-fn load_spec(bundle: &Path) -> Result<Spec, Error> {
+/// config.json, typed and raw (for the fields oci-spec does not model).
+fn load_spec(bundle: &Path) -> Result<(Spec, serde_json::Value), Error> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| {
         Error::User(format!("cannot read {}: {e} (is --bundle the directory holding config.json?)", path.display()))
     })?;
-    serde_json::from_slice(&text).map_err(|e| Error::User(format!("{} is not a valid OCI config: {e}", path.display())))
+    let bad = |e: serde_json::Error| Error::User(format!("{} is not a valid OCI config: {e}", path.display()));
+    let raw: serde_json::Value = serde_json::from_slice(&text).map_err(bad)?;
+    let spec = serde_json::from_value(raw.clone()).map_err(bad)?;
+    Ok((spec, raw))
+}
+
+/// `mounts[i].uidMappings`/`gidMappings` from the raw config (runtime-spec 1.2 fields that
+/// oci-spec's `Mount` does not model), as id map texts.
+fn mount_idmaps(raw: &serde_json::Value) -> Result<BTreeMap<usize, (String, String)>, Error> {
+    let mut out = BTreeMap::new();
+    for (i, m) in raw["mounts"].as_array().into_iter().flatten().enumerate() {
+        let map = |key: &str| -> Result<Option<String>, Error> {
+            let Some(list) = m.get(key) else { return Ok(None) };
+            let bad =
+                || Error::User(format!("config.json: mounts[{i}].{key}: not a list of {{containerID, hostID, size}}"));
+            let mut text = String::new();
+            for r in list.as_array().ok_or_else(bad)? {
+                let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).filter(|v| *v <= u32::MAX as u64).ok_or_else(bad);
+                let (c, h, sz) = (n("containerID")?, n("hostID")?, n("size")?);
+                if sz == 0 {
+                    return Err(Error::User(format!("config.json: mounts[{i}].{key}: a size must not be 0")));
+                }
+                text.push_str(&format!("{c} {h} {sz}\n"));
+            }
+            Ok(Some(text))
+        };
+        match (map("uidMappings")?, map("gidMappings")?) {
+            (None, None) => {}
+            (Some(u), Some(g)) if !u.is_empty() && !g.is_empty() => {
+                out.insert(i, (u, g));
+            }
+            _ => {
+                return Err(Error::User(format!(
+                    "config.json: mounts[{i}]: an idmapped mount needs both uidMappings and gidMappings"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What the planner needs from the host: bind sources, cgroup hierarchies, LSMs.
@@ -143,6 +182,7 @@ fn facts(spec: &Spec, bundle: &Path, cg: &Cgroups, cgroup_path: &str) -> Facts {
         bundle: bundle.to_path_buf(),
         sources,
         host_namespaces,
+        mount_idmaps: BTreeMap::new(),
         cgroups: cg.named_dirs(cgroup_path),
         cgroup_v2_only: cg.v2_only(),
         apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y"),
@@ -208,7 +248,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
         Some(b) => std::fs::canonicalize(b).map_err(|e| Error::User(format!("bundle {}: {e}", b.display())))?,
         None => std::env::current_dir().map_err(sys("cannot read the current directory"))?,
     };
-    let spec = load_spec(&bundle)?;
+    let (spec, raw) = load_spec(&bundle)?;
     let dir = Dir::new(&ctx.root, &a.id)?;
     let cg = detect_cgroups()?;
     let cgroup_path = cgroups::cgroup_path(
@@ -217,7 +257,9 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
         ctx.systemd_cgroup,
     )
     .map_err(spec_error)?;
-    let p = plan::plan(&spec, &facts(&spec, &bundle, &cg, &cgroup_path)).map_err(spec_error)?;
+    let mut facts = facts(&spec, &bundle, &cg, &cgroup_path);
+    facts.mount_idmaps = mount_idmaps(&raw)?;
+    let p = plan::plan(&spec, &facts).map_err(spec_error)?;
     for w in &p.process.warnings {
         ctx.log.warn(w);
     }
@@ -710,7 +752,7 @@ pub fn features() -> Result<(), Error> {
             "loud", "mand", "noatime", "nodev", "nodiratime", "noexec", "noiversion", "nolazytime", "nomand",
             "norelatime", "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate",
             "rshared", "rslave", "runbindable", "rw", "shared", "silent", "slave", "strictatime", "suid", "sync",
-            "unbindable"
+            "unbindable", "idmap", "ridmap", "tmpcopyup", "notmpcopyup"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
@@ -733,7 +775,7 @@ pub fn features() -> Result<(), Error> {
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
             "intelRdt": { "enabled": false },
-            "mountExtensions": { "idmap": { "enabled": false } }
+            "mountExtensions": { "idmap": { "enabled": true } }
         },
         "annotations": {
             "io.github.husk.oci.version": env!("CARGO_PKG_VERSION")

@@ -648,3 +648,35 @@ fn each_container_gets_a_session_keyring_of_its_own_unless_told_not_to() {
     b.script("grep -c 'keyring *keys2:' /proc/keys || true");
     assert_eq!(ok(&b.oci(&["run", "--no-new-keyring", "keys2"])), "0\n");
 }
+
+#[test]
+fn idmapped_mounts_show_the_hosts_ids_shifted() {
+    use std::os::unix::fs::MetadataExt;
+    let mut b = Bundle::new();
+    let host = b.path().join("idmapped");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("root-owned"), "x").unwrap();
+    std::fs::write(host.join("user-owned"), "y").unwrap();
+    std::os::unix::fs::chown(host.join("user-owned"), Some(1234), Some(1234)).unwrap();
+    let maps = json!([{"containerID": 0, "hostID": 5000, "size": 2000}]);
+    let mut mounts = b.config["mounts"].as_array().unwrap().clone();
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "idmap"],
+        "uidMappings": maps, "gidMappings": maps}));
+    b.config["mounts"] = json!(mounts);
+    // uid 5000 in the container is the mount's root: it owns the directory and writes as 0.
+    b.config["process"]["user"] = json!({"uid": 5000, "gid": 5000});
+    b.script("stat -c '%n %u %g' /data/root-owned /data/user-owned; touch /data/new && echo wrote");
+    let (code, out, err) = b.run("idmapped");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/data/root-owned 5000 5000\n/data/user-owned 6234 6234\nwrote\n");
+    let md = std::fs::metadata(host.join("new")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0), "written through the mapping, stored as the host's ids");
+    // Mappings on a mount without both lists are refused by name.
+    let mut mounts = b.config["mounts"].as_array().unwrap().clone();
+    mounts.last_mut().unwrap().as_object_mut().unwrap().remove("gidMappings");
+    b.config["mounts"] = json!(mounts);
+    b.write();
+    let o = b.oci(&["create", "halfmapped"]);
+    assert!(text(&o.stderr).contains("gidMappings"), "{}", text(&o.stderr));
+    assert!(b.leftovers("halfmapped").is_empty());
+}

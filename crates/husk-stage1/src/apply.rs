@@ -51,6 +51,8 @@ pub trait MountSys {
     fn copy_up_source(&mut self, target: &Self::Handle) -> Result<Self::Handle, Fail>;
     /// Copies the tree under `from` into the mount now at `target`.
     fn copy_up(&mut self, from: &Self::Handle, target: &Self::Handle) -> Result<(), Fail>;
+    /// Attaches the `tree`-th prepared (idmapped) tree at `target`.
+    fn attach_tree(&mut self, tree: usize, target: &Self::Handle) -> Result<(), Fail>;
 }
 
 /// Runs the steps in order; the first failure stops it.
@@ -149,6 +151,13 @@ pub fn apply<S: MountSys>(plan: &[Step], sys: &mut S) -> Result<(), Fail> {
             Step::Remount { target, flags } => {
                 let t = sys.target(target)?;
                 sys.remount(&t, *flags)?;
+            }
+            Step::IdmappedBind { tree, target, remount } => {
+                let t = sys.target(target)?;
+                sys.attach_tree(*tree, &t)?;
+                if *remount != 0 {
+                    sys.remount(&t, libc::MS_BIND | *remount)?;
+                }
             }
         }
     }
@@ -255,6 +264,9 @@ pub mod fake {
         }
         fn copy_up(&mut self, from: &String, t: &String) -> Result<(), Fail> {
             self.call(format!("copy-up {from} into {t}"))
+        }
+        fn attach_tree(&mut self, tree: usize, t: &String) -> Result<(), Fail> {
+            self.call(format!("attach-tree {tree} on {t}"))
         }
     }
 }
@@ -392,6 +404,7 @@ mod tests {
             },
             Step::Propagation { target: dir("run"), flags: libc::MS_SHARED },
             Step::Remount { target: dir("sys"), flags: flags::RDONLY },
+            Step::IdmappedBind { tree: 0, target: dir("data"), remount: flags::RDONLY },
         ];
         apply(&plan, &mut r).unwrap();
         let ro_nosuid = flags::RDONLY | flags::NOSUID;
@@ -413,6 +426,9 @@ mod tests {
                 format!("propagate run {:#x}", libc::MS_SHARED),
                 "target dir sys".into(),
                 format!("remount sys {:#x}", flags::RDONLY),
+                "target dir data".into(),
+                "attach-tree 0 on data".into(),
+                format!("remount data {:#x}", libc::MS_BIND | flags::RDONLY),
             ]
         );
     }

@@ -132,6 +132,13 @@ pub enum Step {
         target: Target,
         flags: u64,
     },
+    /// Attaches the `tree`-th idmapped tree prepared before the mount namespace existed (an OCI
+    /// mount with `idmap`), then remounts it with `remount` when that is not empty.
+    IdmappedBind {
+        tree: usize,
+        target: Target,
+        remount: u64,
+    },
 }
 
 /// What the planners need to know about the host and the pod directory.

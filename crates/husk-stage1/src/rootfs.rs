@@ -176,13 +176,15 @@ fn host_facts(pod_dir: &Path, m: &PodManifest) -> Result<crate::plan::HostFacts,
 pub struct RealRoot {
     pub rootfd: OwnedFd,
     pub root: PathBuf,
+    /// Detached (idmapped) trees a plan's `IdmappedBind` steps attach, by index.
+    pub trees: Vec<OwnedFd>,
     /// The directory the last node or symlink went into (a plan makes a dozen in /dev in a row).
     dir: Option<(String, OwnedFd)>,
 }
 
 impl RealRoot {
     pub fn new(rootfd: OwnedFd, root: PathBuf) -> RealRoot {
-        RealRoot { rootfd, root, dir: None }
+        RealRoot { rootfd, root, trees: Vec::new(), dir: None }
     }
 
     /// `path`'s parent directory inside the root (opened once for a run of entries in it), and
@@ -312,6 +314,11 @@ impl crate::apply::MountSys for RealRoot {
         let resolved = std::fs::read_link(proc_fd_path(t)).ctx(Step::Mount, || "cannot resolve a mount".into())?;
         remount_keeping_locked(&resolved, MsFlags::from_bits_truncate(flags))
             .ctx(Step::Mount, || format!("cannot remount {}", resolved.display()))
+    }
+
+    fn attach_tree(&mut self, tree: usize, t: &OwnedFd) -> Result<(), Fail> {
+        let fd = self.trees.get(tree).ok_or_else(|| Fail::Invalid(format!("no prepared idmapped tree {tree}")))?;
+        husk_sys::idmap::attach_tree_at(fd, t).ctx(Step::Mount, || "cannot attach an idmapped mount".into())
     }
 
     fn copy_up_source(&mut self, t: &OwnedFd) -> Result<OwnedFd, Fail> {

@@ -24,10 +24,17 @@ struct MountAttr {
 /// Creates an idmapped clone of `source` (through the user namespace `userns`) and attaches it
 /// at `target` (an existing directory).
 pub fn idmapped_bind(source: &Path, target: &Path, userns: impl AsFd) -> io::Result<()> {
+    let tree = idmapped_tree(source, userns, true)?;
+    attach_tree(&tree, target)
+}
+
+/// An idmapped clone of `source` (recursive: with the mounts below it), detached: the fd can
+/// be attached later, in another mount namespace, with [`attach_tree`]. An OCI runtime makes
+/// these as the host's root before its container's init exists, and the init attaches them.
+pub fn idmapped_tree(source: &Path, userns: impl AsFd, recursive: bool) -> io::Result<OwnedFd> {
     let src = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree takes a valid NUL-terminated path and flags; it returns a new fd that we
     // take ownership of only on success.
     let tree = unsafe {
@@ -35,7 +42,7 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: impl AsFd) -> io::Res
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
         )
     };
     if tree < 0 {
@@ -58,7 +65,7 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: impl AsFd) -> io::Res
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -66,6 +73,37 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: impl AsFd) -> io::Res
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(tree)
+}
+
+/// Attaches a detached tree (from [`idmapped_tree`]) on the directory or file `target` is an
+/// fd of (an `O_PATH` fd from resolving the target inside a root: no path is looked up again).
+pub fn attach_tree_at(tree: &OwnedFd, target: impl AsFd) -> io::Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: move_mount attaches the detached tree of a valid fd onto the valid fd `target`
+    // (both paths empty, with the EMPTY_PATH flags); no memory is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches a detached tree (from [`idmapped_tree`]) at `target`.
+pub fn attach_tree(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let empty = c"";
     // SAFETY: move_mount attaches the detached tree of a valid fd onto a valid NUL-terminated
     // target path; no memory is written.
     let r = unsafe {

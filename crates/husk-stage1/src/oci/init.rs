@@ -104,9 +104,12 @@ fn helper_inner(s: &Spawn) -> Result<i32, Fail> {
                 .ctx(Step::Pod, || "cannot write linux.timeOffsets".into())?;
         }
     }
+    // Idmapped mounts are made here, as the host's root where their sources are; the init
+    // attaches them in its own mount namespace.
+    let trees = idmapped_trees(&s.plan.idmapped)?;
     match husk_sys::proc::clone_process(flags).ctx(Step::Pod, || "cannot create the container's init".into())? {
         husk_sys::proc::ForkResult::Child => {
-            let code = match init(s) {
+            let code = match init(s, trees) {
                 Ok(never) => match never {},
                 Err((code, e)) => {
                     report(&s.chan, &e);
@@ -134,8 +137,60 @@ fn helper_inner(s: &Spawn) -> Result<i32, Fail> {
     }
 }
 
+/// A user namespace with these id maps, for idmapped mounts: a child is cloned into a new one,
+/// the maps are written, the namespace is kept open by fd and the child ends.
+fn userns_with(uid_map: &str, gid_map: &str) -> Result<OwnedFd, Fail> {
+    let (r, w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ctx(Step::Mount, || "cannot create a pipe".into())?;
+    match husk_sys::proc::clone_process(CloneFlags::CLONE_NEWUSER)
+        .ctx(Step::Mount, || "cannot create a user namespace for an idmapped mount".into())?
+    {
+        husk_sys::proc::ForkResult::Child => {
+            drop(w);
+            let mut b = [0u8; 1];
+            let _ = rustix::io::read(&r, &mut b);
+            std::process::exit(0);
+        }
+        husk_sys::proc::ForkResult::Parent { child } => {
+            drop(r);
+            let pid = child.as_raw();
+            let made = (|| {
+                std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
+                    .ctx(Step::Mount, || "cannot write an idmapped mount's uidMappings".into())?;
+                std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)
+                    .ctx(Step::Mount, || "cannot write an idmapped mount's gidMappings".into())?;
+                let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+                    .ctx(Step::Mount, || "cannot open an idmapped mount's user namespace".into())?;
+                Ok(OwnedFd::from(f))
+            })();
+            drop(w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            made
+        }
+    }
+}
+
+fn idmapped_trees(mounts: &[super::plan::IdmapMount]) -> Result<Vec<OwnedFd>, Fail> {
+    let mut namespaces: Vec<((String, String), OwnedFd)> = Vec::new();
+    let mut trees = Vec::new();
+    for m in mounts {
+        let key = (m.uid_map.clone(), m.gid_map.clone());
+        let ns = match namespaces.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                namespaces.push((key, userns_with(&m.uid_map, &m.gid_map)?));
+                namespaces.len() - 1
+            }
+        };
+        let tree = husk_sys::idmap::idmapped_tree(&m.source, &namespaces[ns].1, m.recursive)
+            .ctx(Step::Mount, || format!("cannot make an idmapped clone of {}", m.source.display()))?;
+        trees.push(tree);
+    }
+    Ok(trees)
+}
+
 /// The container's init. Never returns on success (it becomes the container's process).
-fn init(s: &Spawn) -> Result<Never, (i32, Fail)> {
+fn init(s: &Spawn, trees: Vec<OwnedFd>) -> Result<Never, (i32, Fail)> {
     let setup = |e: Fail| (1, e);
     expect(&s.chan, &["go"]).map_err(setup)?;
     let p = s.plan;
@@ -167,6 +222,7 @@ fn init(s: &Spawn) -> Result<Never, (i32, Fail)> {
         .ctx(Step::Mount, || format!("cannot open root.path {}", p.rootfs.display()))
         .map_err(setup)?;
     let mut real = RealRoot::new(rootfd, p.rootfs.clone());
+    real.trees = trees;
     apply(&p.mounts, &mut real).map_err(setup)?;
     drop(real);
     send(&s.chan, &Message::Mounted).map_err(setup)?;

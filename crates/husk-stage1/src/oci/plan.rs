@@ -42,6 +42,9 @@ pub struct Facts {
     /// only the unified hierarchy.
     pub cgroups: Vec<(String, PathBuf)>,
     pub cgroup_v2_only: bool,
+    /// `mounts[i].uidMappings` and `gidMappings` (runtime-spec 1.2; oci-spec's `Mount` does not
+    /// model them, so the runtime reads them from the JSON), as id map texts, by mount index.
+    pub mount_idmaps: BTreeMap<usize, (String, String)>,
     /// Namespace paths of `linux.namespaces` that are the runtime's own (the host's): a
     /// container joining those has none of its own of that kind.
     pub host_namespaces: BTreeSet<PathBuf>,
@@ -91,6 +94,17 @@ pub struct SeccompPlan {
     pub flags: u32,
 }
 
+/// An idmapped mount, prepared before the container's init exists (as the host's root, where
+/// the source is): a clone of `source` whose ids appear through a user namespace with these
+/// maps; the init attaches it (`Step::IdmappedBind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdmapMount {
+    pub source: PathBuf,
+    pub recursive: bool,
+    pub uid_map: String,
+    pub gid_map: String,
+}
+
 /// Everything `create` does, in the order it does it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerPlan {
@@ -108,6 +122,8 @@ pub struct ContainerPlan {
     pub rootfs_shared: bool,
     /// The mount view before the console: config mounts, devices, /dev symlinks.
     pub mounts: Vec<Step>,
+    /// The idmapped trees `mounts` attach, by index.
+    pub idmapped: Vec<IdmapMount>,
     /// After the console: masked and read-only paths, a read-only root.
     pub finish: Vec<Step>,
     pub hostname: Option<String>,
@@ -200,10 +216,13 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Result<ContainerPlan, SpecError> {
     let mut mounts = Vec::new();
     let mut dev_is_bind = false;
     let sysfs_fallback = in_userns && !create.contains(CloneFlags::CLONE_NEWNET);
+    let mut idmapped = Vec::new();
+    let container_maps = uid_map.as_deref().zip(gid_map.as_deref());
     for (i, m) in spec.mounts().clone().unwrap_or_default().iter().enumerate() {
         let field = format!("mounts[{i}]");
         let dest = rel_in_root(m.destination()).map_err(|e| err(format!("{field}.destination"), e.to_string()))?;
-        let steps = mount_steps(&field, m, &dest, facts, sysfs_fallback)?;
+        let ctx = MountCtx { index: i, facts, sysfs_fallback, container_maps };
+        let steps = mount_steps(&field, m, &dest, &ctx, &mut idmapped)?;
         if dest == "dev" && steps.iter().any(|s| matches!(s, Step::BindFlags { .. })) {
             dev_is_bind = true;
         }
@@ -319,6 +338,7 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Result<ContainerPlan, SpecError> {
         root_propagation,
         rootfs_shared,
         mounts,
+        idmapped,
         finish,
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
         domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
@@ -431,6 +451,8 @@ struct Options {
     propagation: Vec<u64>,
     data: Vec<String>,
     copy_up: bool,
+    /// `idmap` (false) or `ridmap` (true: the mounts below too).
+    idmap: Option<bool>,
 }
 
 fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
@@ -488,7 +510,8 @@ fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
             // SELinux relabelling requests podman passes through when SELinux is off: nothing to do.
             "z" | "Z" => (0, 0),
             "idmap" | "ridmap" => {
-                return Err(err(field, format!("idmapped mounts (the {opt} option) are not supported yet; drop it")))
+                o.idmap = Some(opt == "ridmap");
+                (0, 0)
             }
             "tmpcopyup" => {
                 o.copy_up = true;
@@ -514,16 +537,58 @@ fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
     Ok(o)
 }
 
+/// What planning one mount needs besides the mount.
+struct MountCtx<'a> {
+    index: usize,
+    facts: &'a Facts,
+    sysfs_fallback: bool,
+    /// The container's own id maps (uid, gid), when it has a new user namespace.
+    container_maps: Option<(&'a str, &'a str)>,
+}
+
 fn mount_steps(
     field: &str,
     m: &Mount,
     dest: &str,
-    facts: &Facts,
-    sysfs_fallback: bool,
+    ctx: &MountCtx,
+    idmapped: &mut Vec<IdmapMount>,
 ) -> Result<Vec<Step>, SpecError> {
+    let facts = ctx.facts;
+    let sysfs_fallback = ctx.sysfs_fallback;
     let o = parse_options(&format!("{field}.options"), &m.options().clone().unwrap_or_default())?;
     let typ = m.typ().clone().unwrap_or_default();
     let mut steps = Vec::new();
+    let own_maps = facts.mount_idmaps.get(&ctx.index);
+    if o.idmap.is_some() || own_maps.is_some() {
+        // runtime-spec 1.2: mappings on a mount make it idmapped; `idmap` without mappings of
+        // its own takes the container's user namespace's, as crun does.
+        if !(o.bind || typ == "bind") {
+            return Err(err(format!("{field}.options"), "only a bind mount can be idmapped here"));
+        }
+        let (uid_map, gid_map) =
+            match (own_maps, ctx.container_maps) {
+                (Some((u, g)), _) => (u.clone(), g.clone()),
+                (None, Some((u, g))) => (u.to_string(), g.to_string()),
+                (None, None) => return Err(err(
+                    format!("{field}.uidMappings"),
+                    "an idmapped mount needs uidMappings and gidMappings, or a user namespace whose mappings it takes",
+                )),
+            };
+        let src = m.source().as_ref().ok_or_else(|| err(format!("{field}.source"), "a bind needs a source"))?;
+        let src = if src.is_absolute() { src.clone() } else { facts.bundle.join(src) };
+        let is_dir = *facts.sources.get(&src).ok_or_else(|| {
+            err(format!("{field}.source"), format!("{} does not exist; create it or drop the mount", src.display()))
+        })?;
+        let target = if is_dir { Target::Dir(dest.to_string()) } else { Target::File(dest.to_string()) };
+        idmapped.push(IdmapMount { source: src, recursive: o.recursive || o.idmap == Some(true), uid_map, gid_map });
+        steps.push(Step::IdmappedBind {
+            tree: idmapped.len() - 1,
+            target: target.clone(),
+            remount: o.flags & !libc::MS_REMOUNT,
+        });
+        steps.extend(o.propagation.iter().map(|p| Step::Propagation { target: target.clone(), flags: *p }));
+        return Ok(steps);
+    }
     if o.bind || typ == "bind" {
         let src = m.source().as_ref().ok_or_else(|| err(format!("{field}.source"), "a bind needs a source"))?;
         let src = if src.is_absolute() { src.clone() } else { facts.bundle.join(src) };

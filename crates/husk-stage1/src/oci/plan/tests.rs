@@ -27,6 +27,7 @@ fn facts() -> Facts {
         ],
         cgroup_v2_only: false,
         host_namespaces: Default::default(),
+        mount_idmaps: Default::default(),
         apparmor: false,
         selinux: false,
     }
@@ -225,7 +226,7 @@ fn mount_options_become_flags_data_and_extensions() {
     );
     assert!(matches!(&p.mounts[1], Step::Fs { copy_up: true, flags, data: None, .. } if *flags == f::NODEV));
     assert!(matches!(&p.mounts[2], Step::Fs { flags, .. } if *flags == f::NODEV), "later options win");
-    for refused in ["idmap", "ridmap", "nosymfollow", "rro"] {
+    for refused in ["nosymfollow", "rro"] {
         let v = with_mounts(json!([{"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": [refused]}]));
         let e = plan_of(&v).unwrap_err();
         assert_eq!(e.field, "mounts[0].options", "{refused}");
@@ -469,4 +470,49 @@ fn only_runtime_spec_1_0_to_1_2_is_accepted() {
     let mut v = base();
     v.as_object_mut().unwrap().remove("root");
     assert_eq!(field_of(&v), "root");
+}
+
+#[test]
+fn idmapped_binds_take_their_own_mappings_or_the_containers() {
+    let mounts = json!([
+        {"destination": "/data", "type": "bind", "source": "/data", "options": ["rbind", "idmap", "ro"]},
+        {"destination": "/rel", "source": "rel", "options": ["bind"]}
+    ]);
+    let v = with_mounts(mounts.clone());
+    let e = plan_of(&v).unwrap_err();
+    assert_eq!(e.field, "mounts[0].uidMappings", "{e}");
+    // The mount's own mappings.
+    let mut fx = facts();
+    fx.mount_idmaps.insert(0, ("0 1000 10\n".into(), "0 2000 10\n".into()));
+    fx.mount_idmaps.insert(1, ("0 3000 1\n".into(), "0 3000 1\n".into()));
+    let p = plan(&spec(&v), &fx).unwrap();
+    assert_eq!(
+        p.idmapped,
+        vec![
+            IdmapMount {
+                source: "/data".into(),
+                recursive: true,
+                uid_map: "0 1000 10\n".into(),
+                gid_map: "0 2000 10\n".into()
+            },
+            IdmapMount {
+                source: "/b/rel".into(),
+                recursive: false,
+                uid_map: "0 3000 1\n".into(),
+                gid_map: "0 3000 1\n".into()
+            },
+        ],
+        "mappings without the option make a mount idmapped too"
+    );
+    assert_eq!(p.mounts[0], Step::IdmappedBind { tree: 0, target: Target::Dir("data".into()), remount: f::RDONLY });
+    assert_eq!(p.mounts[1], Step::IdmappedBind { tree: 1, target: Target::Dir("rel".into()), remount: 0 });
+    // The container's user namespace's.
+    let mut v = with_mounts(json!([{"destination": "/data", "source": "/data", "options": ["bind", "idmap"]}]));
+    v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    v["linux"]["gidMappings"] = v["linux"]["uidMappings"].clone();
+    let p = plan_of(&v).unwrap();
+    assert_eq!(p.idmapped[0].uid_map, "0 100000 65536\n");
+    let v = with_mounts(json!([{"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}]));
+    assert_eq!(field_of(&v), "mounts[0].options");
 }
