@@ -680,3 +680,22 @@ fn idmapped_mounts_show_the_hosts_ids_shifted() {
     assert!(text(&o.stderr).contains("gidMappings"), "{}", text(&o.stderr));
     assert!(b.leftovers("halfmapped").is_empty());
 }
+
+/// runc CVE-2019-5736: a process of the container reopening the runtime's binary through
+/// /proc/PID/exe of the runtime's process in the container (here the created container's
+/// init, a copy of husk-oci until it execs).
+#[test]
+fn the_runtimes_binary_is_out_of_reach_through_proc_exe_cve_2019_5736() {
+    let mut b = Bundle::new();
+    b.script("true");
+    ok(&b.oci(&["create", "cve"]));
+    let o = b.oci(&[
+        "exec",
+        "cve",
+        "sh",
+        "-c",
+        "readlink /proc/1/exe || echo refused; cat /proc/1/exe >/dev/null 2>&1 || echo refused",
+    ]);
+    assert_eq!(text(&o.stdout), "refused\nrefused\n", "{}", text(&o.stderr));
+    ok(&b.oci(&["delete", "cve"]));
+}

@@ -267,6 +267,14 @@ fn init(s: &Spawn, trees: Vec<OwnedFd>) -> Result<Never, (i32, Fail)> {
             .map_err(setup)?;
     }
     become_process(&p.process, p.seccomp.as_ref()).map_err(setup)?;
+    // Once created, the init (a copy of husk-oci until it execs) can be seen by a process exec'd
+    // into the container: non-dumpable, its /proc/PID/exe and memory are closed to that
+    // process, so the host's binary cannot be reopened for writing through them
+    // (CVE-2019-5736). Not earlier: a non-dumpable process's /proc/self files belong to the
+    // host's root, which a user namespace's root may not write (oom_score_adj).
+    nix::sys::prctl::set_dumpable(false)
+        .ctx(Step::Process, || "cannot make the init non-dumpable".into())
+        .map_err(setup)?;
     send(&s.chan, &Message::Ready).map_err(setup)?;
     // From here on errors go to the container's stderr: husk-oci create has returned.
     let started = (|| -> Result<(), Fail> {
@@ -532,5 +540,9 @@ fn exec_process(s: &ExecSpawn) -> Result<Never, (i32, Fail)> {
         console(sock, s.process.console_size, None).map_err(setup)?;
     }
     become_process(s.process, s.seccomp).map_err(setup)?;
+    // Visible in the container until it execs: as the init, non-dumpable (CVE-2019-5736).
+    nix::sys::prctl::set_dumpable(false)
+        .ctx(Step::Process, || "cannot make the process non-dumpable".into())
+        .map_err(setup)?;
     Err(exec(s.process, s.seccomp, s.preserve_fds))
 }
