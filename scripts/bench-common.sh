@@ -2,6 +2,7 @@
 #   bench_prepare PROGRAM…   root, the programs (Debian packages of the same name, gpg from
 #                            gnupg), the release husk and static stage1, the test images in the
 #                            loopback registry; exports HUSK_STAGE1_DIR.
+#   crun_hybrid_fix          lets crun run on a hybrid cgroup host (hugetlb as v1).
 bench_prepare() {
   [ "$(id -u)" = 0 ] || { echo "$0: run as root" >&2; exit 1; }
   local need="" p
@@ -13,4 +14,12 @@ bench_prepare() {
   scripts/build-images.sh >/dev/null
   scripts/registry.sh start >/dev/null
   scripts/registry.sh push build/images >/dev/null
+}
+
+# crun refuses a hybrid cgroup layout whose v2 tree holds a controller; mount hugetlb as v1
+# the way a systemd host does (see shared BENCHMARKING.md).
+crun_hybrid_fix() {
+  if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+    mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+  fi
 }

@@ -10,11 +10,7 @@ runs=15; out=""
 while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; --out) out=$2; shift 2;; *) echo "unknown option $1" >&2; exit 2;; esac; done
 . scripts/bench-common.sh
 bench_prepare hyperfine crun runc podman skopeo
-# crun refuses a hybrid cgroup layout whose v2 tree holds a controller; mount hugetlb as v1
-# the way a systemd host does (see shared BENCHMARKING.md).
-if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
-  mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
-fi
+crun_hybrid_fix
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench.XXXXXX)
 trap 'rm -rf "$w"' EXIT

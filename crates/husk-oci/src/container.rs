@@ -17,20 +17,27 @@ use oci_spec::runtime::{LinuxResources, Spec};
 use crate::state::{self, Dir, Phase, Saved, Status};
 use crate::{Ctx, Error};
 
+/// What `create` and `exec` share: where the new process's pid, pty and fds go.
+#[derive(Args, Debug, Clone)]
+pub struct SpawnArgs {
+    /// Write the new process's pid here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// A unix socket that receives the pty master (with a terminal).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Pass fds 3..3+N on to the process.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct CreateArgs {
     /// The bundle directory (holding config.json); default: the current directory.
     #[arg(short, long)]
     pub bundle: Option<PathBuf>,
-    /// Write the init's pid here.
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    /// A unix socket that receives the pty master (with process.terminal).
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-    /// Pass fds 3..3+N on to the container's process.
-    #[arg(long, default_value_t = 0)]
-    pub preserve_fds: u32,
+    #[command(flatten)]
+    pub spawn: SpawnArgs,
     /// Move the root over / and chroot, instead of pivot_root.
     #[arg(long)]
     pub no_pivot: bool,
@@ -266,10 +273,10 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
     let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
     let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
-    if p.process.terminal && a.console_socket.is_none() {
+    if p.process.terminal && a.spawn.console_socket.is_none() {
         return Err(Error::User("process.terminal is set: pass --console-socket to receive the pty".into()));
     }
-    if !p.process.terminal && a.console_socket.is_some() {
+    if !p.process.terminal && a.spawn.console_socket.is_some() {
         return Err(Error::User("--console-socket was given but process.terminal is not set".into()));
     }
 
@@ -319,7 +326,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     let fifo =
         rustix::fs::open(dir.fifo(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
             .map_err(|e| Error::Sys(format!("cannot open {}: {e}", dir.fifo().display())))?;
-    let console = connect_console(a.console_socket.as_deref())?;
+    let console = connect_console(a.spawn.console_socket.as_deref())?;
     let (mine, theirs) = UnixStream::pair().map_err(sys("cannot create a socket pair"))?;
     if reap {
         nix::sys::prctl::set_child_subreaper(true)
@@ -339,7 +346,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
                 chan: theirs,
                 fifo,
                 console,
-                preserve_fds: a.preserve_fds,
+                preserve_fds: a.spawn.preserve_fds,
                 no_pivot: a.no_pivot,
                 keyring: (!a.no_new_keyring).then(|| std::ffi::CString::new(a.id.clone()).unwrap_or_default()),
             });
@@ -384,7 +391,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     hear(&["ready"])?;
     saved.phase = Phase::Created;
     dir.save(&saved)?;
-    if let Some(pf) = &a.pid_file {
+    if let Some(pf) = &a.spawn.pid_file {
         write_pid_file(pf, pid)?;
     }
     undo.armed = false;

@@ -45,12 +45,8 @@ pub struct ExecArgs {
     /// Return once the process runs.
     #[arg(short, long)]
     pub detach: bool,
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub preserve_fds: u32,
+    #[command(flatten)]
+    pub spawn: crate::container::SpawnArgs,
     /// Accepted for runc compatibility; husk-oci does not run AppArmor or SELinux.
     #[arg(long)]
     pub apparmor: Option<String>,
@@ -143,7 +139,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Error> {
     };
     // A foreground terminal without a socket: the process sends its pty master to us, and we
     // copy between it and our own stdio.
-    let (console, own_console) = match (&a.console_socket, pplan.terminal) {
+    let (console, own_console) = match (&a.spawn.console_socket, pplan.terminal) {
         (Some(p), true) => (connect_console(Some(p))?, None),
         (Some(_), false) => {
             return Err(Error::User("--console-socket was given but the process has no terminal".into()))
@@ -172,7 +168,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Error> {
                 init_pid: saved.pid,
                 chan: theirs,
                 console,
-                preserve_fds: a.preserve_fds,
+                preserve_fds: a.spawn.preserve_fds,
             });
             std::process::exit(code);
         }
@@ -210,7 +206,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Error> {
         Ok(Some(m)) => return Err(Error::Sys(format!("exec: unexpected message {}", m.name()))),
         Err(e) => return Err(Error::Sys(format!("exec in {}: {e}", a.id))),
     }
-    if let Some(pf) = &a.pid_file {
+    if let Some(pf) = &a.spawn.pid_file {
         write_pid_file(pf, pid)?;
     }
     if a.detach {

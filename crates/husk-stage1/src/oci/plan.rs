@@ -455,9 +455,31 @@ struct Options {
     idmap: Option<bool>,
 }
 
+/// The flag options as mount(8) names them: (set it, clear it, the flag).
+const FLAG_OPTIONS: &[(&str, &str, u64)] = &[
+    ("ro", "rw", f::RDONLY),
+    ("nosuid", "suid", f::NOSUID),
+    ("nodev", "dev", f::NODEV),
+    ("noexec", "exec", f::NOEXEC),
+    ("sync", "async", libc::MS_SYNCHRONOUS),
+    ("dirsync", "", libc::MS_DIRSYNC),
+    ("mand", "nomand", libc::MS_MANDLOCK),
+    ("noatime", "atime", libc::MS_NOATIME),
+    ("nodiratime", "diratime", libc::MS_NODIRATIME),
+    ("relatime", "norelatime", libc::MS_RELATIME),
+    ("strictatime", "nostrictatime", f::STRICTATIME),
+    ("silent", "loud", libc::MS_SILENT),
+    ("iversion", "noiversion", libc::MS_I_VERSION),
+    ("lazytime", "nolazytime", libc::MS_LAZYTIME),
+];
+
 fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
     let mut o = Options::default();
     for opt in opts {
+        if let Some((set, _, flag)) = FLAG_OPTIONS.iter().find(|(s, c, _)| s == opt || c == opt) {
+            o.flags = if set == opt { o.flags | flag } else { o.flags & !flag };
+            continue;
+        }
         let (set, clear): (u64, u64) = match opt.as_str() {
             "bind" => {
                 o.bind = true;
@@ -468,33 +490,6 @@ fn parse_options(field: &str, opts: &[String]) -> Result<Options, SpecError> {
                 o.recursive = true;
                 (0, 0)
             }
-            "ro" => (f::RDONLY, 0),
-            "rw" => (0, f::RDONLY),
-            "nosuid" => (f::NOSUID, 0),
-            "suid" => (0, f::NOSUID),
-            "nodev" => (f::NODEV, 0),
-            "dev" => (0, f::NODEV),
-            "noexec" => (f::NOEXEC, 0),
-            "exec" => (0, f::NOEXEC),
-            "sync" => (libc::MS_SYNCHRONOUS, 0),
-            "async" => (0, libc::MS_SYNCHRONOUS),
-            "dirsync" => (libc::MS_DIRSYNC, 0),
-            "mand" => (libc::MS_MANDLOCK, 0),
-            "nomand" => (0, libc::MS_MANDLOCK),
-            "atime" => (0, libc::MS_NOATIME),
-            "noatime" => (libc::MS_NOATIME, 0),
-            "diratime" => (0, libc::MS_NODIRATIME),
-            "nodiratime" => (libc::MS_NODIRATIME, 0),
-            "relatime" => (libc::MS_RELATIME, 0),
-            "norelatime" => (0, libc::MS_RELATIME),
-            "strictatime" => (f::STRICTATIME, 0),
-            "nostrictatime" => (0, f::STRICTATIME),
-            "silent" => (libc::MS_SILENT, 0),
-            "loud" => (0, libc::MS_SILENT),
-            "iversion" => (libc::MS_I_VERSION, 0),
-            "noiversion" => (0, libc::MS_I_VERSION),
-            "lazytime" => (libc::MS_LAZYTIME, 0),
-            "nolazytime" => (0, libc::MS_LAZYTIME),
             "remount" => (libc::MS_REMOUNT, 0),
             "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" | "unbindable" | "runbindable" => {
                 let rec = if opt.starts_with('r') { libc::MS_REC } else { 0 };
