@@ -273,6 +273,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
     let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
     let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
+    let device_program = cgroups::device_program(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
     if p.process.terminal && a.spawn.console_socket.is_none() {
         return Err(Error::User("process.terminal is set: pass --console-socket to receive the pty".into()));
     }
@@ -316,6 +317,12 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     }
     for w in cgroups::apply(&writes).map_err(spec_error)? {
         ctx.log.warn(&w);
+    }
+    if let (Some((dir, program)), true) = (&device_program, saved.has_cgroup) {
+        let fd = husk_sys::resolve::open_dir(dir).map_err(sys(format!("cannot open cgroup {}", dir.display())))?;
+        husk_sys::bpf::attach_device_program(&fd, program).map_err(|e| {
+            Error::Sys(format!("linux.resources.devices: cannot attach the device filter to {}: {e}", dir.display()))
+        })?;
     }
     nix::unistd::mkfifo(&dir.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
         .map_err(|e| Error::Sys(format!("cannot create {}: {e}", dir.fifo().display())))?;
@@ -726,6 +733,11 @@ pub fn update(ctx: &Ctx, a: &UpdateArgs) -> Result<(), Error> {
         return Err(Error::User(format!("container {} has no cgroup to update", a.id)));
     }
     let r = update_resources(a)?;
+    if cgroups::device_program(&cg, &saved.cgroup_path, &r, &[]).map_err(|e| Error::User(e.to_string()))?.is_some() {
+        return Err(Error::User(
+            "update: changing the device rules of a cgroup v2 container is not supported (its filter is fixed at create)".into(),
+        ));
+    }
     let writes = cgroups::resource_writes(&cg, &saved.cgroup_path, &r, &[])
         .map_err(|e| Error::User(format!("update: {}", e.to_string().replace("linux.resources.", ""))))?;
     for w in cgroups::apply(&writes).map_err(|e| Error::Sys(e.to_string()))? {

@@ -3,6 +3,7 @@
 //! safe Rust. Most wrappers delegate to `rustix` or `nix`; the few places that need raw `libc`
 //! carry a `// SAFETY:` comment.
 
+pub mod bpf;
 pub mod fsutil;
 pub mod idmap;
 pub mod lock;

@@ -547,11 +547,12 @@ pub fn resource_writes(
                     );
                 }
             }
+            // cgroup v2: an eBPF program, see [`device_program`].
+            _ if cg.hierarchies.iter().any(|h| h.v2) => {}
             _ => {
                 return Err(err(
                     "linux.resources.devices",
-                    "this host has no cgroup v1 devices controller, and husk-oci does not load the eBPF device \
-                     filter cgroup v2 needs yet",
+                    "this host has no devices cgroup controller and no cgroup v2",
                 ))
             }
         }
@@ -576,6 +577,27 @@ pub fn v2_controllers_needed(cg: &Cgroups, writes: &[Write]) -> Option<BTreeSet<
             .filter(|c| c != "cgroup")
             .collect(),
     )
+}
+
+/// On a host without the v1 devices controller: the container's cgroup v2 directory and the
+/// eBPF program that enforces `linux.resources.devices` there (attached by the runtime once the
+/// cgroup exists). `None` when v1 enforces them or the config has no rules.
+pub fn device_program(
+    cg: &Cgroups,
+    path: &str,
+    r: &LinuxResources,
+    nodes: &[LinuxDevice],
+) -> Result<Option<(PathBuf, Vec<husk_sys::bpf::Insn>)>, SpecError> {
+    let Some(rules) = r.devices().as_ref().filter(|d| !d.is_empty()) else { return Ok(None) };
+    if matches!(cg.controller_dir("devices", path), Some((_, false))) {
+        return Ok(None);
+    }
+    let Some(h) = cg.hierarchies.iter().find(|h| h.v2) else { return Ok(None) };
+    let parsed = device_rules(rules, nodes)?
+        .into_iter()
+        .map(|(allow, line)| super::devices::parse(allow, &line))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((h.mount.join(path), super::devices::program(&parsed))))
 }
 
 /// Creates the container's cgroup in every hierarchy: on v1 a new cpuset inherits its parent's

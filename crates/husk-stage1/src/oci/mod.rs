@@ -4,6 +4,7 @@
 //! `ns` flavor's own ([`crate::apply`], [`crate::rootfs::RealRoot`], [`crate::seccomp`]).
 
 pub mod cgroups;
+pub mod devices;
 pub mod hooks;
 pub mod init;
 pub mod plan;

@@ -133,7 +133,6 @@ fn what_a_host_cannot_enforce_is_refused_by_field() {
         (hybrid(), json!({"rdma": {"mlx": {"hcaHandles": 1}}}), "linux.resources.rdma"),
         (hybrid(), json!({"unified": {"memory.high": "5"}}), "linux.resources.unified.memory.high"),
         (v2(), json!({"unified": {"../x": "5"}}), "linux.resources.unified.../x"),
-        (v2(), json!({"devices": [{"allow": false, "access": "rwm"}]}), "linux.resources.devices"),
         (hybrid(), json!({"devices": [{"allow": true, "access": "rwx"}]}), "linux.resources.devices[0].access"),
         (hybrid(), json!({"hugepageLimits": [{"pageSize": "2M/../x", "limit": 1}]}), "linux.resources.hugepageLimits"),
     ];
@@ -191,4 +190,17 @@ fn a_hybrid_hosts_unified_tree_gets_only_the_controllers_its_writes_use() {
         .unwrap();
     assert_eq!(v2_controllers_needed(&hybrid(), &huge), Some(BTreeSet::from(["hugetlb".to_string()])));
     assert_eq!(v2_controllers_needed(&v2(), &huge), None, "a v2-only host enables all");
+}
+
+#[test]
+fn v2_device_rules_become_an_ebpf_program_for_the_containers_cgroup() {
+    let r = res(
+        json!({"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}),
+    );
+    assert!(resource_writes(&v2(), "c", &r, &[]).unwrap().is_empty(), "no files: a program");
+    let (dir, prog) = device_program(&v2(), "c", &r, &[]).unwrap().unwrap();
+    assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/c"));
+    assert!(prog.len() > 8);
+    assert_eq!(device_program(&hybrid(), "c", &r, &[]).unwrap(), None, "v1 enforces them there");
+    assert_eq!(device_program(&v2(), "c", &res(json!({})), &[]).unwrap(), None);
 }
