@@ -238,9 +238,11 @@ impl Drop for Undo<'_> {
     }
 }
 
-/// The result of a successful create: the init's pid.
+/// The result of a successful create: the init's pid, and for a foreground `run` with a
+/// terminal and no console socket, our end of the socket the init sends its pty master to.
 pub struct Created {
     pub pid: i32,
+    pub own_console: Option<UnixStream>,
 }
 
 pub fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Created, Error> {
@@ -274,7 +276,9 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
     let writes = cgroups::resource_writes(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
     let device_program = cgroups::device_program(&cg, &cgroup_path, &resources, &nodes).map_err(spec_error)?;
-    if p.process.terminal && a.spawn.console_socket.is_none() {
+    // A foreground `run` relays a terminal itself, as runc's does.
+    let relay_tty = p.process.terminal && a.spawn.console_socket.is_none() && reap;
+    if p.process.terminal && a.spawn.console_socket.is_none() && !relay_tty {
         return Err(Error::User("process.terminal is set: pass --console-socket to receive the pty".into()));
     }
     if !p.process.terminal && a.spawn.console_socket.is_some() {
@@ -333,7 +337,12 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     let fifo =
         rustix::fs::open(dir.fifo(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
             .map_err(|e| Error::Sys(format!("cannot open {}: {e}", dir.fifo().display())))?;
-    let console = connect_console(a.spawn.console_socket.as_deref())?;
+    let (console, own_console) = if relay_tty {
+        let (ours, theirs) = UnixStream::pair().map_err(sys("cannot create a socket pair"))?;
+        (Some(OwnedFd::from(theirs)), Some(ours))
+    } else {
+        (connect_console(a.spawn.console_socket.as_deref())?, None)
+    };
     let (mine, theirs) = UnixStream::pair().map_err(sys("cannot create a socket pair"))?;
     if reap {
         nix::sys::prctl::set_child_subreaper(true)
@@ -346,6 +355,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
             // hold the lock while it waits for `start`).
             drop(lock);
             drop(mine);
+            drop(own_console);
             let code = init::helper(Spawn {
                 plan: &p,
                 create_container: hooks.create_container().clone(),
@@ -403,7 +413,7 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
     }
     undo.armed = false;
     ctx.log.debug(&format!("created {} (init {pid})", a.id));
-    Ok(Created { pid })
+    Ok(Created { pid, own_console })
 }
 
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), Error> {
@@ -473,6 +483,9 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32, Error> {
     }
     if a.detach {
         return Ok(0);
+    }
+    if let Some(sock) = created.own_console {
+        crate::exec::relay_console(&sock)?;
     }
     let code = crate::exec::wait_forwarding(created.pid);
     if !a.keep {

@@ -213,16 +213,24 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     if let Some(sock) = own_console {
-        let master = husk_sys::tty::recv_fd(&sock)
-            .map_err(|e| Error::Sys(format!("cannot receive the pty: {e}")))?
-            .ok_or_else(|| Error::Sys("the process sent no pty".into()))?;
-        let mut far = husk_sys::tty::Master(master);
-        if let Some(ws) = husk_sys::tty::winsize(std::io::stdin()) {
-            let _ = husk_sys::tty::Far::resize(&mut far, ws.ws_row, ws.ws_col);
-        }
-        let _ = husk_sys::tty::relay(&mut far, true, &mut None);
+        relay_console(&sock)?;
     }
     Ok(wait_forwarding(pid))
+}
+
+/// Receives the pty master a process sends to our end of its console socket, and copies
+/// between it and our own stdio until the process's side closes (`run -t`, `exec -t` without
+/// `--console-socket`).
+pub fn relay_console(sock: &UnixStream) -> Result<(), Error> {
+    let master = husk_sys::tty::recv_fd(sock)
+        .map_err(|e| Error::Sys(format!("cannot receive the pty: {e}")))?
+        .ok_or_else(|| Error::Sys("the process sent no pty".into()))?;
+    let mut far = husk_sys::tty::Master(master);
+    if let Some(ws) = husk_sys::tty::winsize(std::io::stdin()) {
+        let _ = husk_sys::tty::Far::resize(&mut far, ws.ws_row, ws.ws_col);
+    }
+    let _ = husk_sys::tty::relay(&mut far, true, &mut None);
+    Ok(())
 }
 
 /// Waits for `pid` (a child, or re-parented to this subreaper), forwarding the usual signals

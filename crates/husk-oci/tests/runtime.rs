@@ -699,3 +699,17 @@ fn the_runtimes_binary_is_out_of_reach_through_proc_exe_cve_2019_5736() {
     assert_eq!(text(&o.stdout), "refused\nrefused\n", "{}", text(&o.stderr));
     ok(&b.oci(&["delete", "cve"]));
 }
+
+#[test]
+fn a_foreground_run_with_a_terminal_and_no_console_socket_relays_its_own_pty() {
+    let mut b = Bundle::new();
+    b.config["process"]["terminal"] = json!(true);
+    b.script("tty; exit 6");
+    let o = b.oci(&["run", "tty-run"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("/dev/pts/"), "{:?}", text(&o.stdout));
+    assert!(b.leftovers("tty-run").is_empty());
+    // Detached, it still needs a socket to hand the pty to.
+    let o = b.oci(&["run", "--detach", "tty-d"]);
+    assert!(text(&o.stderr).contains("--console-socket"), "{}", text(&o.stderr));
+}
