@@ -469,7 +469,9 @@ impl Pods {
                     let _ = fs::File::create(PodDir::new(&pod.dir).gc_marked());
                     report.marked.push(uuid.clone());
                     if grace.is_zero() {
-                        self.remove_locked(pod, gc_hook)?;
+                        // stage1's cleanup has just run under this same lock: nothing can have
+                        // been created since, so it is not run a second time.
+                        self.remove_locked(pod, &|_| Ok(()))?;
                         report.removed.push(uuid.clone());
                     }
                     Ok(())
