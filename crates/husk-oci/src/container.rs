@@ -582,7 +582,15 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), Error> {
         // runc's rule: forcing the delete of what is gone already is done.
         return if force { Ok(()) } else { Err(Error::NotFound) };
     }
-    let _lock = dir.lock()?;
+    let _lock = match dir.lock() {
+        Ok(l) => l,
+        // Another delete removed it while this one waited for the lock.
+        Err(_) if !dir.exists() => return if force { Ok(()) } else { Err(Error::NotFound) },
+        Err(e) => return Err(e),
+    };
+    if !dir.state_file().exists() && !dir.exists() {
+        return if force { Ok(()) } else { Err(Error::NotFound) };
+    }
     let cg = detect_cgroups()?;
     let saved = match dir.load() {
         Ok(s) => s,

@@ -713,3 +713,22 @@ fn a_foreground_run_with_a_terminal_and_no_console_socket_relays_its_own_pty() {
     let o = b.oci(&["run", "--detach", "tty-d"]);
     assert!(text(&o.stderr).contains("--console-socket"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn concurrent_forced_deletes_both_succeed_and_leave_nothing() {
+    let mut b = Bundle::new();
+    b.script("sleep 1000");
+    for round in 0..3 {
+        let id = format!("race{round}");
+        ok(&b.oci(&["create", &id]));
+        ok(&b.oci(&["start", &id]));
+        let mut c1 = b.cmd(&["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut c2 = b.cmd(&["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (s1, s2) = (c1.wait().unwrap(), c2.wait().unwrap());
+        let mut e = String::new();
+        c1.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        c2.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        assert!(s1.success() && s2.success(), "{e}");
+        assert!(b.leftovers(&id).is_empty(), "{:?}", b.leftovers(&id));
+    }
+}
