@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -285,8 +286,14 @@ fn create_with(ctx: &Ctx, a: &CreateArgs, reap: bool) -> Result<Created, Error> 
         return Err(Error::User("--console-socket was given but process.terminal is not set".into()));
     }
 
-    std::fs::create_dir_all(&ctx.root).map_err(sys(format!("cannot create --root {}", ctx.root.display())))?;
-    match std::fs::create_dir(&dir.path) {
+    // Root's alone, as runc's state: the exec fifo inside is writable by the init whatever its
+    // uid (it reopens it through an fd, never by path).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ctx.root)
+        .map_err(sys(format!("cannot create --root {}", ctx.root.display())))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir.path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::User(format!("container with id exists: {}", a.id)))
