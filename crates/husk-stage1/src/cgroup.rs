@@ -46,34 +46,21 @@ pub enum Layout {
     V2(PathBuf),
 }
 
-/// Reads the layout from a mountinfo text (pure, tested against fixtures).
+/// Reads the layout from a mountinfo text (pure, tested against fixtures): the v1 hierarchies
+/// of the controllers pods use, else the unified hierarchy. The mountinfo parsing is the OCI
+/// runtime's ([`crate::oci::cgroups::Cgroups::from_mountinfo`]).
 pub fn layout_from_mountinfo(mountinfo: &str) -> Option<Layout> {
-    let mut v1 = Vec::new();
-    let mut v2 = None;
-    for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        let fields: Vec<&str> = pre.split(' ').collect();
-        let post: Vec<&str> = post.split(' ').collect();
-        if fields.len() < 5 || post.len() < 3 {
-            continue;
-        }
-        let mount_point = PathBuf::from(fields[4]);
-        match post[0] {
-            "cgroup2" => v2 = v2.or(Some(mount_point)),
-            "cgroup" => {
-                let opts: Vec<&str> = post[2].split(',').collect();
-                if V1_CONTROLLERS.iter().any(|c| opts.contains(c)) && !v1.contains(&mount_point) {
-                    v1.push(mount_point);
-                }
-            }
-            _ => {}
-        }
-    }
+    let cg = crate::oci::cgroups::Cgroups::from_mountinfo(mountinfo, |_| String::new());
+    let v1: Vec<PathBuf> = cg
+        .hierarchies
+        .iter()
+        .filter(|h| !h.v2 && h.controllers.iter().any(|c| V1_CONTROLLERS.contains(&c.as_str())))
+        .map(|h| h.mount.clone())
+        .collect();
     if !v1.is_empty() {
-        Some(Layout::V1(v1))
-    } else {
-        v2.map(Layout::V2)
+        return Some(Layout::V1(v1));
     }
+    cg.hierarchies.iter().find(|h| h.v2).map(|h| Layout::V2(h.mount.clone()))
 }
 
 pub fn detect() -> Result<Layout, Fail> {

@@ -569,12 +569,7 @@ fn mount_steps(
                     "an idmapped mount needs uidMappings and gidMappings, or a user namespace whose mappings it takes",
                 )),
             };
-        let src = m.source().as_ref().ok_or_else(|| err(format!("{field}.source"), "a bind needs a source"))?;
-        let src = if src.is_absolute() { src.clone() } else { facts.bundle.join(src) };
-        let is_dir = *facts.sources.get(&src).ok_or_else(|| {
-            err(format!("{field}.source"), format!("{} does not exist; create it or drop the mount", src.display()))
-        })?;
-        let target = if is_dir { Target::Dir(dest.to_string()) } else { Target::File(dest.to_string()) };
+        let (src, target) = bind_source_and_target(field, m, dest, facts)?;
         idmapped.push(IdmapMount { source: src, recursive: o.recursive || o.idmap == Some(true), uid_map, gid_map });
         steps.push(Step::IdmappedBind {
             tree: idmapped.len() - 1,
@@ -585,12 +580,7 @@ fn mount_steps(
         return Ok(steps);
     }
     if o.bind || typ == "bind" {
-        let src = m.source().as_ref().ok_or_else(|| err(format!("{field}.source"), "a bind needs a source"))?;
-        let src = if src.is_absolute() { src.clone() } else { facts.bundle.join(src) };
-        let is_dir = *facts.sources.get(&src).ok_or_else(|| {
-            err(format!("{field}.source"), format!("{} does not exist; create it or drop the mount", src.display()))
-        })?;
-        let target = if is_dir { Target::Dir(dest.to_string()) } else { Target::File(dest.to_string()) };
+        let (src, target) = bind_source_and_target(field, m, dest, facts)?;
         if !o.data.is_empty() {
             return Err(err(
                 format!("{field}.options"),
@@ -627,6 +617,18 @@ fn mount_steps(
     }
     steps.extend(o.propagation.iter().map(|p| Step::Propagation { target: target.clone(), flags: *p }));
     Ok(steps)
+}
+
+/// A bind's source on the host (relative ones are in the bundle) and its target: a file or a
+/// directory, as the source is.
+fn bind_source_and_target(field: &str, m: &Mount, dest: &str, facts: &Facts) -> Result<(PathBuf, Target), SpecError> {
+    let src = m.source().as_ref().ok_or_else(|| err(format!("{field}.source"), "a bind needs a source"))?;
+    let src = if src.is_absolute() { src.clone() } else { facts.bundle.join(src) };
+    let is_dir = *facts.sources.get(&src).ok_or_else(|| {
+        err(format!("{field}.source"), format!("{} does not exist; create it or drop the mount", src.display()))
+    })?;
+    let target = if is_dir { Target::Dir(dest.to_string()) } else { Target::File(dest.to_string()) };
+    Ok((src, target))
 }
 
 /// A `cgroup` mount: cgroup2 on a v2-only host; otherwise a tmpfs with the container's own
