@@ -461,13 +461,22 @@ pub fn start(ctx: &Ctx, id: &str) -> Result<(), Error> {
     loop {
         match rustix::io::read(&fifo, &mut got) {
             Ok(1) => break,
-            Ok(_) if !state::init_alive(&saved) => {
-                return Err(Error::Sys(format!("the init of container {id} exited before it was started")))
-            }
-            Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
                 let _ = poll(&mut fds, PollTimeout::from(10u8));
+            }
+            // No writer (yet): the init opens the fifo right after it reported ready. It must still
+            // be alive and hold the fifo, else it will never write.
+            Ok(_) => {
+                if !state::init_alive(&saved) {
+                    return Err(Error::Sys(format!("the init of container {id} exited before it was started")));
+                }
+                if state::holds(saved.pid, &dir.fifo()) == Some(false) {
+                    let _ = std::fs::remove_file(dir.fifo());
+                    return Err(Error::User(format!("cannot start container {id}: it was started already")));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Err(e) => return Err(Error::Sys(format!("cannot read {}: {e}", dir.fifo().display()))),
         }

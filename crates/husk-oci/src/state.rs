@@ -178,7 +178,9 @@ pub fn status(dir: &Dir, s: &Saved, frozen: impl FnOnce() -> bool) -> Status {
     if s.phase == Phase::Creating {
         return Status::Creating;
     }
-    if dir.fifo().exists() {
+    // The init holds an fd on the exec fifo until it execs: a fifo it no longer holds was left by
+    // a `start` killed between releasing the init and removing the fifo.
+    if dir.fifo().exists() && holds(s.pid, &dir.fifo()) != Some(false) {
         return Status::Created;
     }
     if frozen() {
@@ -186,6 +188,18 @@ pub fn status(dir: &Dir, s: &Saved, frozen: impl FnOnce() -> bool) -> Status {
     } else {
         Status::Running
     }
+}
+
+/// Whether process `pid` has an fd on `path`'s file (by device and inode); `None` when its fds
+/// cannot be read (not ours to inspect).
+pub fn holds(pid: i32, path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(path).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.flatten()
+            .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())),
+    )
 }
 
 pub fn state_json(s: &Saved, status: Status) -> StateJson {

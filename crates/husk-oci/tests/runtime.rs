@@ -732,3 +732,34 @@ fn concurrent_forced_deletes_both_succeed_and_leave_nothing() {
         assert!(b.leftovers(&id).is_empty(), "{:?}", b.leftovers(&id));
     }
 }
+
+/// A `start` killed after it released the init but before it removed the exec fifo leaves the
+/// fifo behind: the container runs, and neither `state` nor a second `start` may be fooled.
+#[test]
+fn a_fifo_left_by_a_killed_start_is_not_taken_for_a_created_container() {
+    let mut b = Bundle::new();
+    b.script("sleep 1000");
+    ok(&b.oci(&["create", "stale"]));
+    ok(&b.oci(&["start", "stale"]));
+    let fifo = b.root.join("stale/exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).unwrap();
+    assert_eq!(b.status("stale"), "running");
+    let t = std::time::Instant::now();
+    let o = b.oci(&["start", "stale"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("running"), "{}", text(&o.stderr));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "start hung");
+    ok(&b.oci(&["delete", "--force", "stale"]));
+    assert!(b.leftovers("stale").is_empty());
+}
+
+#[test]
+fn the_state_directories_are_roots_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = Bundle::new();
+    b.script("true");
+    ok(&b.oci(&["create", "modes"]));
+    for d in [b.root.clone(), b.root.join("modes")] {
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
+    }
+    ok(&b.oci(&["delete", "modes"]));
+}
