@@ -291,7 +291,7 @@ mod tests {
             Step::Mask { path: "sys/firmware".into() },
             Step::Mask { path: "proc/absent".into() },
             Step::ReadOnly { path: "proc/sys".into() },
-            Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts" },
+            Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts".into() },
             Step::ReadOnlyRoot,
         ]
     }

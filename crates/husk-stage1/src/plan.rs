@@ -67,7 +67,7 @@ pub enum Step {
     /// created when missing).
     DefaultSymlink {
         path: String,
-        to: &'static str,
+        to: String,
     },
     Mkdir {
         path: String,
@@ -253,7 +253,7 @@ pub fn app_mounts(m: &PodManifest, app: &App, facts: &HostFacts) -> Result<Vec<S
         }
     }
     // Tools read /etc/mtab (podman adds it too).
-    plan.push(Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts" });
+    plan.push(Step::DefaultSymlink { path: "etc/mtab".into(), to: "/proc/mounts".into() });
     for mp in &app.mounts {
         let vol = m
             .volumes

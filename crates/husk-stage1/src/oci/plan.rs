@@ -240,7 +240,7 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Result<ContainerPlan, SpecError> {
             ("stderr", "/proc/self/fd/2"),
             ("ptmx", "pts/ptmx"),
         ] {
-            mounts.push(Step::DefaultSymlink { path: format!("dev/{name}"), to });
+            mounts.push(Step::DefaultSymlink { path: format!("dev/{name}"), to: to.to_string() });
         }
     }
     for (i, d) in linux.devices().clone().unwrap_or_default().iter().enumerate() {
@@ -667,7 +667,7 @@ fn cgroup_steps(dest: &str, flags: u64, facts: &Facts) -> Vec<Step> {
         // Co-mounted controllers are reachable by each name (`cpu` -> `cpu,cpuacct`).
         if name.contains(',') {
             for part in name.split(',') {
-                steps.push(Step::DefaultSymlink { path: format!("{dest}/{part}"), to: leak(name) });
+                steps.push(Step::DefaultSymlink { path: format!("{dest}/{part}"), to: name.clone() });
             }
         }
     }
@@ -675,20 +675,6 @@ fn cgroup_steps(dest: &str, flags: u64, facts: &Facts) -> Vec<Step> {
         steps.push(Step::Remount { target: Target::Dir(dest.to_string()), flags: libc::MS_BIND | base | ro });
     }
     steps
-}
-
-/// Symlink targets are `&'static str` in [`Step`]; the few co-mounted hierarchy names (one set
-/// per host) are interned once.
-fn leak(s: &str) -> &'static str {
-    use std::sync::Mutex;
-    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = names.iter().find(|n| **n == s) {
-        return n;
-    }
-    let n: &'static str = Box::leak(s.to_string().into_boxed_str());
-    names.push(n);
-    n
 }
 
 /// A sysctl key as its `/proc/sys` path, refusing the ones that are not namespaced by a

@@ -63,11 +63,15 @@ fn the_default_spec_plans_namespaces_mounts_devices_and_masks() {
         })
         .collect();
     assert_eq!(devs, ["dev/null", "dev/zero", "dev/full", "dev/random", "dev/urandom", "dev/tty"]);
-    assert!(p.mounts.contains(&Step::DefaultSymlink { path: "dev/ptmx".into(), to: "pts/ptmx" }));
+    assert!(p.mounts.contains(&Step::DefaultSymlink { path: "dev/ptmx".into(), to: "pts/ptmx".into() }));
     assert!(p.finish.contains(&Step::Mask { path: "proc/kcore".into() }));
     assert!(p.finish.contains(&Step::ReadOnly { path: "proc/sys".into() }));
     assert!(p.finish.contains(&Step::ReadOnlyRoot), "runc's default root is read-only");
-    assert_eq!(p.mounts.last(), Some(&Step::DefaultSymlink { path: "dev/ptmx".into(), to: "pts/ptmx" }), "cwd is /");
+    assert_eq!(
+        p.mounts.last(),
+        Some(&Step::DefaultSymlink { path: "dev/ptmx".into(), to: "pts/ptmx".into() }),
+        "cwd is /"
+    );
     let mut v = base();
     v["process"]["cwd"] = json!("/srv/app");
     assert_eq!(plan_of(&v).unwrap().mounts.last(), Some(&Step::Mkdir { path: "srv/app".into() }));
@@ -251,7 +255,9 @@ fn a_cgroup_mount_is_cgroup2_or_the_containers_own_v1_cgroups() {
             remount: ro
         }
     );
-    assert!(p.mounts.contains(&Step::DefaultSymlink { path: "sys/fs/cgroup/cpuacct".into(), to: "cpu,cpuacct" }));
+    assert!(p
+        .mounts
+        .contains(&Step::DefaultSymlink { path: "sys/fs/cgroup/cpuacct".into(), to: "cpu,cpuacct".into() }));
     assert!(p.mounts.contains(&Step::Remount {
         target: Target::Dir("sys/fs/cgroup".into()),
         flags: libc::MS_BIND | f::NOSUID | f::NOEXEC | f::NODEV | f::RDONLY
