@@ -99,25 +99,8 @@ pub fn attach_tree_at(tree: &OwnedFd, target: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Attaches a detached tree (from [`idmapped_tree`]) at `target`.
+/// Attaches a detached tree (from [`idmapped_tree`]) at `target` (an existing path).
 pub fn attach_tree(tree: &OwnedFd, target: &Path) -> io::Result<()> {
-    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let empty = c"";
-    // SAFETY: move_mount attaches the detached tree of a valid fd onto a valid NUL-terminated
-    // target path; no memory is written.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let t = crate::resolve::open_path(target)?;
+    attach_tree_at(tree, &t)
 }

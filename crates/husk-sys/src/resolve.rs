@@ -47,6 +47,12 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(Into::into)
 }
 
+/// An `O_PATH` fd of an existing file or directory (symlinks followed), to act on what it names
+/// without opening it for reading or writing.
+pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(Into::into)
+}
+
 /// The `/proc/self/fd/N` path of an fd, through which a mount can target exactly the inode that
 /// was resolved safely (the technique runc uses against symlink-exchange races).
 pub fn proc_fd_path(fd: &impl std::os::fd::AsRawFd) -> std::path::PathBuf {
