@@ -606,6 +606,27 @@ mod tests {
         assert_eq!(r.removed, vec![uuid]);
     }
 
+    /// stage1's cleanup is an exec per pod: with no grace period it runs once per removed pod,
+    /// not once to mark it and again to remove it.
+    #[test]
+    fn stage1_cleanup_runs_once_per_collected_pod() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        for _ in 0..3 {
+            let mut pod = pods.create().unwrap();
+            pods.transition(&mut pod, PhaseDir::Run).unwrap();
+        }
+        let calls = std::cell::Cell::new(0);
+        let r = pods
+            .gc(Duration::ZERO, Duration::ZERO, &|_| {
+                calls.set(calls.get() + 1);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(r.removed.len(), 3);
+        assert_eq!(calls.get(), 3);
+    }
+
     #[test]
     fn gc_removes_unlocked_staging_dirs_and_stray_lock_files_only() {
         let d = tempfile::tempdir().unwrap();
