@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod cgroup;
+pub mod cleanup;
 pub mod cni;
 pub mod common;
 pub mod console;

@@ -17,6 +17,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::cgroup::{self, Layout};
+use crate::cleanup::Cleanup;
 use crate::cni;
 use crate::common::{
     debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail, Step,
@@ -108,16 +109,22 @@ fn run(args: &[String]) -> Result<i32, Fail> {
             let _ = msg::send(r, &Message::Failed { reason: e.chain() });
         }
     }
-    // The pod has exited: release its lock before the network cleanup starts, so that the
-    // cleanup (which holds net/lock, taken in `supervise`) never holds the pod's.
+    // The pod has exited: release its lock before the cleanup starts, so that the cleanup
+    // (which holds cleanup.lock, taken in `supervise`) never holds the pod's.
     drop(lock);
-    result.map(|(code, cleanup)| {
-        if let Some(c) = cleanup {
-            c.spawn();
-        }
+    result.map(|Exited { code, cleanup, host_mnt }| {
+        cleanup.spawn(&host_mnt);
         crate::common::run_exit_command(&m);
         code
     })
+}
+
+/// How a pod that started ended: its status, and the cleanup of what it leaves, to be run once
+/// the pod lock is released (the supervisor is still in its own mount namespace).
+struct Exited {
+    code: i32,
+    cleanup: Cleanup,
+    host_mnt: std::fs::File,
 }
 
 fn supervise(
@@ -126,7 +133,7 @@ fn supervise(
     debug: bool,
     ready: &mut Option<std::fs::File>,
     console: Option<OwnedFd>,
-) -> Result<(i32, Option<cni::Teardown>), Fail> {
+) -> Result<Exited, Fail> {
     let layout = cgroup::detect()?;
     let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &app_names)?;
@@ -134,17 +141,7 @@ fn supervise(
         NetMode::Cni { plugin_dirs, .. } => plugin_dirs.clone(),
         _ => vec![],
     };
-    // Runs in the host's mount namespace (the netns pin lives there).
-    let cleanup = |layout: &Layout| {
-        if let Err(e) = layout.remove_pod(&m.uuid) {
-            eprintln!("husk stage1: {}", e.chain());
-        }
-        if matches!(m.net, NetMode::Cni { .. }) {
-            for e in cni::teardown(dir, &m.uuid, &plugin_dirs) {
-                eprintln!("husk stage1: {}; `husk gc` retries", e.chain());
-            }
-        }
-    };
+    let net_dirs = matches!(m.net, NetMode::Cni { .. }).then_some(plugin_dirs.as_slice());
     let host_mnt =
         std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
     // systemd: who says ready, and the socket-activated fds (ours: `husk run` exec'd into us).
@@ -173,16 +170,10 @@ fn supervise(
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
         start_pod(dir, m, &layout, netns.as_deref(), console, listen.as_ref())
     })();
-    let back_home = || {
-        if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
-            eprintln!("husk stage1: cannot return to the host's mount namespace: {e}");
-        }
-    };
     let (init, rep_r) = match started {
         Ok(x) => x,
         Err(e) => {
-            back_home();
-            cleanup(&layout);
+            Cleanup::prepare(dir, &m.uuid, &layout, net_dirs).run_here(&host_mnt);
             return Err(e);
         }
     };
@@ -292,15 +283,7 @@ fn supervise(
             }
         }
     };
-    back_home();
-    if let Err(e) = layout.remove_pod(&m.uuid) {
-        eprintln!("husk stage1: {}", e.chain());
-    }
-    let cleanup = match m.net {
-        NetMode::Cni { .. } => Some(cni::Teardown::prepare(dir, &m.uuid, &plugin_dirs)),
-        _ => None,
-    };
-    Ok((code, cleanup))
+    Ok(Exited { code, cleanup: Cleanup::prepare(dir, &m.uuid, &layout, net_dirs), host_mnt })
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
@@ -867,15 +850,13 @@ fn gc(args: &[String]) -> Result<(), Fail> {
     if uuid.contains('/') || uuid.contains("..") {
         return Err(Fail::Invalid(format!("bad pod UUID {uuid:?}")));
     }
-    let cg = cgroup::detect()?.remove_pod(uuid);
+    let layout = cgroup::detect()?;
     let dir = pod_dir()?;
-    let dirs = match crate::common::read_manifest(&dir).map(|m| m.net) {
-        Ok(NetMode::Cni { plugin_dirs, .. }) => plugin_dirs,
-        _ => vec![],
+    let net = match crate::common::read_manifest(&dir).map(|m| m.net) {
+        Ok(NetMode::Cni { plugin_dirs, .. }) => Some(plugin_dirs),
+        _ => None,
     };
-    let errors = cni::teardown_locked(&dir, uuid, &dirs);
-    cg?;
-    match errors.into_iter().next() {
+    match crate::cleanup::collect(&dir, uuid, &layout, net.as_deref()).into_iter().next() {
         Some(e) => Err(e),
         None => Ok(()),
     }

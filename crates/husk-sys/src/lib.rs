@@ -4,6 +4,7 @@
 //! carry a `// SAFETY:` comment.
 
 pub mod bpf;
+pub mod cgprime;
 pub mod fsutil;
 pub mod idmap;
 pub mod lock;

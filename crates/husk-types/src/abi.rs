@@ -175,13 +175,15 @@ impl PodDir {
         self.net_dir().join("released.json")
     }
 
-    /// Held by the network teardown.
-    pub fn net_lock(&self) -> PathBuf {
-        self.net_dir().join("lock")
+    /// Held by the cleanup of an exited pod (its mount namespace, cgroups and networks), which
+    /// runs detached after the supervisor returned the pod's status; `gc` waits for it.
+    pub fn cleanup_lock(&self) -> PathBuf {
+        self.root.join("cleanup.lock")
     }
 
-    pub fn net_teardown_log(&self) -> PathBuf {
-        self.net_dir().join("teardown.log")
+    /// The messages of that cleanup.
+    pub fn cleanup_log(&self) -> PathBuf {
+        self.root.join("cleanup.log")
     }
 }
 
@@ -212,8 +214,8 @@ mod tests {
             (d.app_log("a", 2), "/p/logs/a.log.2"),
             (d.net_state(), "/p/net/state.json"),
             (d.net_released(), "/p/net/released.json"),
-            (d.net_lock(), "/p/net/lock"),
-            (d.net_teardown_log(), "/p/net/teardown.log"),
+            (d.cleanup_lock(), "/p/cleanup.lock"),
+            (d.cleanup_log(), "/p/cleanup.log"),
         ];
         for (got, want) in cases {
             assert_eq!(got, Path::new(want));

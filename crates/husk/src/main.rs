@@ -262,6 +262,11 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
         return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
     }
+    // The app's first cgroup migration would wait for an RCU grace period (several ms): start
+    // it now, so that it passes while the pod is prepared (husk_sys::cgprime).
+    if matches!(cli.command, Command::Run(_) | Command::RunPrepared(_)) && rustix::process::geteuid().is_root() {
+        husk_sys::cgprime::prime_cgroup_migration();
+    }
     let segments: Vec<flags::pod::AppSegment> = more_apps
         .iter()
         .map(|s| {

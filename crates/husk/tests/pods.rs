@@ -215,6 +215,34 @@ fn detached_pod_logs_enter_stop_gc_leave_nothing() {
     assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
 }
 
+/// The supervisor returns the pod's status before the pod's cgroups and mount namespace are gone:
+/// a detached cleanup removes them on its own, and `rm` straight after `run` waits for it.
+#[test]
+fn the_cleanup_after_exit_finishes_alone_and_rm_waits_for_it() {
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let uuid_file = env.tmp.path().join("uuid");
+    let u = uuid_file.to_str().unwrap();
+    env.fails(&["run", "-q", "--uuid-file-save", u, &image("busybox"), "--", "sh", "-c", "exit 7"], 7);
+    let uuid = std::fs::read_to_string(&uuid_file).unwrap().trim().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pod_cgroups(&uuid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pod_cgroups(&uuid).is_empty(), "the cleanup left cgroups: {:?}", pod_cgroups(&uuid));
+    let pod = env.dir().join("pods/run").join(&uuid);
+    let log = std::fs::read_to_string(pod.join("cleanup.log")).unwrap_or_default();
+    assert!(log.is_empty(), "the cleanup complained: {log}");
+    // rm at once, many times over: it waits for the cleanup instead of racing it.
+    for _ in 0..10 {
+        env.fails(&["run", "-q", "--uuid-file-save", u, &image("busybox"), "--", "sh", "-c", "exit 3"], 3);
+        let uuid = std::fs::read_to_string(&uuid_file).unwrap().trim().to_string();
+        env.ok(&["rm", &uuid]);
+        assert!(pod_cgroups(&uuid).is_empty(), "rm left cgroups: {:?}", pod_cgroups(&uuid));
+    }
+    assert!(mounts_under(&env.dir()).is_empty(), "mounts left: {:?}", mounts_under(&env.dir()));
+}
+
 #[test]
 fn kill_9_of_the_supervisor_is_seen_as_exited_and_collected() {
     let env = Env::new();

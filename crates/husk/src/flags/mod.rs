@@ -75,6 +75,7 @@ pub enum ManifestFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum TrustCommand {
     /// Trust a public key for images under a name prefix (GPG keys: armored or binary; PEM
     /// public keys for cosign signatures). Shows the fingerprint and asks, or takes --yes.
@@ -143,6 +144,7 @@ pub struct FetchArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum ImageCommand {
     /// List images in the store.
     List {
@@ -209,6 +211,7 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Fetch images into the store and print their IDs.
     Fetch(FetchArgs),

@@ -12,7 +12,8 @@ use husk_types::ByteStr;
 use super::{parse_duration, Format, PullPolicyArg};
 use crate::exit::Failure;
 
-/// Flags of one app.
+// Flags of one app. (A plain comment: with deferred subcommands, an `Args` struct's doc
+// comment would replace the `about` of every command that flattens it.)
 #[derive(Debug, Args, Clone, Default)]
 pub struct AppArgs {
     /// App name (default: from the image name).

@@ -1,0 +1,129 @@
+//! Starting early the wait that a pod's first cgroup migration would otherwise pay late.
+//!
+//! Every write to a `cgroup.procs` (v1 or v2) takes the kernel's global
+//! `cgroup_threadgroup_rwsem` for writing. After a quiet spell that rwsem's RCU-sync is idle, and
+//! the first writer waits for a full RCU grace period before it gets in: 5–10 ms measured on
+//! this kind of host (2 vCPUs), more than all of husk's own work in a pod start. Writers that
+//! come within a grace period of the previous one do not wait. So `husk run` starts that wait
+//! as its first act: a short-lived grandchild moves itself into the cgroup it is already in (a
+//! no-op migration that takes the rwsem all the same) while stage0 and stage1 prepare the pod,
+//! and by the time the app joins its cgroups the grace period has passed.
+//!
+//! Nothing is moved and nothing is waited for: the grandchild is reparented and exits on its
+//! own, holding none of the caller's fds.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+/// The `cgroup.procs` of the calling process's own cgroup, from `/proc/self/cgroup`: in the v2
+/// hierarchy (at /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host), else in the first
+/// v1 hierarchy mounted at /sys/fs/cgroup/NAME. `exists` says whether a path exists.
+pub fn own_cgroup_procs(self_cgroup: &str, exists: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let (mut v2, mut v1) = (Vec::new(), Vec::new());
+    for line in self_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        // Only absolute paths under the hierarchy's root; a cgroup namespace shows "/" for its
+        // own root, whose cgroup.procs is then that of the namespace's root.
+        let Some(rel) = path.strip_prefix('/') else { continue };
+        if rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        if controllers.is_empty() {
+            for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+                v2.push(Path::new(root).join(rel).join("cgroup.procs"));
+            }
+        } else if let Some(name) = controllers.split(',').find(|c| !c.is_empty() && !c.starts_with("name=")) {
+            v1.push(Path::new("/sys/fs/cgroup").join(name).join(rel).join("cgroup.procs"));
+        }
+    }
+    // A v2 hierarchy at /sys/fs/cgroup itself has cgroup.procs at its root; on a hybrid host
+    // /sys/fs/cgroup is a tmpfs and only /sys/fs/cgroup/unified qualifies.
+    v2.into_iter().chain(v1).find(|p| exists(p))
+}
+
+/// Starts the grace period (module doc). Best effort: does nothing when this process has more
+/// than one thread (forking it would be unsound), or when no cgroup.procs of its own is found.
+pub fn prime_cgroup_migration() {
+    let Ok(self_cgroup) = std::fs::read_to_string("/proc/self/cgroup") else { return };
+    let Some(procs) = own_cgroup_procs(&self_cgroup, |p| p.exists()) else { return };
+    let Ok(procs) = CString::new(procs.as_os_str().as_bytes()) else { return };
+    let _ = prime_with(&procs);
+}
+
+fn prime_with(procs: &CString) -> io::Result<()> {
+    crate::proc::check_single_threaded()?;
+    // SAFETY: the process is single-threaded (checked just above), so the child may run any
+    // code; it only forks again and exits, and the grandchild makes raw syscalls on memory
+    // prepared before the fork (`procs`) and exits without running destructors.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => unsafe {
+            // SAFETY: as above; `_exit` ends the child without touching the parent's state.
+            if libc::fork() == 0 {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    // None of the caller's fds (a captured stdout, a lock) may outlive it here.
+                    if fd > 0 {
+                        libc::syscall(libc::SYS_close_range, 0, fd - 1, 0);
+                    }
+                    libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0);
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                }
+                libc::_exit(0);
+            }
+            libc::_exit(0)
+        },
+        child => {
+            let mut status = 0;
+            // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
+            while unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str =
+        "10:hugetlb:/\n8:pids:/user.slice\n4:memory:/user.slice/x\n1:name=systemd:/u\n0::/user.slice\n";
+
+    #[test]
+    fn a_hybrid_host_uses_the_unified_hierarchy() {
+        let got = own_cgroup_procs(HYBRID, |p| p.starts_with("/sys/fs/cgroup/unified"));
+        assert_eq!(got, Some(PathBuf::from("/sys/fs/cgroup/unified/user.slice/cgroup.procs")));
+    }
+
+    #[test]
+    fn a_pure_v2_host_uses_sys_fs_cgroup() {
+        let got = own_cgroup_procs("0::/system.slice/a.service\n", |p| !p.starts_with("/sys/fs/cgroup/unified"));
+        assert_eq!(got, Some(PathBuf::from("/sys/fs/cgroup/system.slice/a.service/cgroup.procs")));
+    }
+
+    #[test]
+    fn without_v2_the_first_v1_controller_hierarchy_is_used() {
+        let v1 = |p: &Path| !p.starts_with("/sys/fs/cgroup/unified") && !p.starts_with("/sys/fs/cgroup/user.slice");
+        let got = own_cgroup_procs(HYBRID, v1);
+        assert_eq!(got, Some(PathBuf::from("/sys/fs/cgroup/hugetlb/cgroup.procs")));
+    }
+
+    #[test]
+    fn named_hierarchies_and_odd_lines_are_skipped() {
+        let got = own_cgroup_procs("1:name=systemd:/u\ngarbage\n2:pids:../../etc\n3:cpu:/../x\n", |_| true);
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn nothing_found_is_none() {
+        assert_eq!(own_cgroup_procs(HYBRID, |_| false), None);
+    }
+}
