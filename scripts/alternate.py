@@ -2,7 +2,10 @@
 """Times several commands alternating run by run (in a rotating order), so that this shared
 machine's noise hits each alike; prints medians and writes them as JSON.
 
-    scripts/alternate.py --runs N [--warmup W] [--json FILE] NAME=COMMAND ...
+    scripts/alternate.py --runs N [--warmup W] [--json FILE] [--setup NAME::COMMAND] NAME::COMMAND ...
+
+--setup runs before each run of NAME, untimed; what it prints replaces `{}` in NAME's command
+(a pod `husk prepare` made, for `husk run-prepared {}`).
 
 hyperfine runs each command's batch in turn, so a noisy minute lands on one command only; for the
 ~10 ms pod starts compared here that moved ratios by 20 %. Commands are split like a shell
@@ -22,18 +25,26 @@ def main():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json")
-    ap.add_argument("commands", nargs="+", metavar="NAME=COMMAND")
+    ap.add_argument("--setup", action="append", default=[], metavar="NAME::COMMAND")
+    ap.add_argument("commands", nargs="+", metavar="NAME::COMMAND")
     a = ap.parse_args()
     cmds = []
     for c in a.commands:
-        name, sep, cmd = c.partition("=")
+        name, sep, cmd = c.partition("::")
         if not sep or not cmd:
-            sys.exit(f"alternate.py: {c!r} is not NAME=COMMAND")
+            sys.exit(f"alternate.py: {c!r} is not NAME::COMMAND")
         cmds.append((name, shlex.split(cmd)))
+    setups = {}
+    for c in a.setup:
+        name, _, cmd = c.partition("::")
+        setups[name] = shlex.split(cmd)
     times = {name: [] for name, _ in cmds}
     for i in range(a.warmup + a.runs):
         k = i % len(cmds)
         for name, argv in cmds[k:] + cmds[:k]:
+            if name in setups:
+                got = subprocess.run(setups[name], check=True, capture_output=True, text=True).stdout.strip()
+                argv = [got if w == "{}" else w for w in argv]
             t = time.perf_counter()
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
             if i >= a.warmup:

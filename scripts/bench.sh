@@ -46,17 +46,27 @@ s["linux"]["namespaces"] = [n for n in s["linux"]["namespaces"] if n["type"] != 
 json.dump(s, open("config.json", "w"))
 PY
 )
-hf run \
-  -n "husk run --net=none" "$H run -q --net=none $reg/husk/busybox -- /bin/true" \
-  -n "crun run" "crun run --bundle $w/bundle c-bench" \
-  -n "runc run" "runc run --bundle $w/bundle r-bench" \
-  -n "podman run --rm --net=none" "$P run --rm --net=none $PR $reg/husk/busybox true"
+# Single pods alternate run by run (scripts/alternate.py): on this shared machine a noisy
+# stretch then hits every command alike.
+alt() { local name=$1; shift; settle; scripts/alternate.py --runs "$runs" --json "$json/$name.json" "$@"; }
+alt run \
+  "husk run --net=none::$H run -q --net=none $reg/husk/busybox -- /bin/true" \
+  "crun run::crun run --bundle $w/bundle c-bench" \
+  "runc run::runc run --bundle $w/bundle r-bench" \
+  "podman run --rm --net=none::$P run --rm --net=none $PR $reg/husk/busybox true"
+$H gc --grace-period=0s >/dev/null 2>&1
+
+echo "== run-prepared (the pod prepared beforehand, untimed)" >&2
+alt prepared --setup "husk run-prepared::$H prepare -q --net=none $reg/husk/busybox -- /bin/true" \
+  "husk run-prepared::$H run-prepared {}" \
+  "crun run::crun run --bundle $w/bundle c-bench"
 $H gc --grace-period=0s >/dev/null 2>&1
 
 echo "== run busybox true on the default network" >&2
-hf net \
-  -n "husk run (default CNI network)" "$H run -q $reg/husk/busybox -- /bin/true" \
-  -n "podman run --rm (default bridge)" "$P run --rm $PR $reg/husk/busybox true"
+alt net \
+  "husk run (default CNI network)::$H run -q $reg/husk/busybox -- /bin/true" \
+  "husk run --net=none::$H run -q --net=none $reg/husk/busybox -- /bin/true" \
+  "podman run --rm (default bridge)::$P run --rm $PR $reg/husk/busybox true"
 $H gc --grace-period=0s >/dev/null 2>&1
 
 echo "== 50 runs, sequential and 8 in parallel" >&2
@@ -81,12 +91,26 @@ import json, os, sys, platform, subprocess
 d, mem, runs = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(n): return json.load(open(os.path.join(d, n + ".json")))["results"]
 print(f"Measured by scripts/bench.sh on {platform.node()} ({os.cpu_count()} cores, kernel {platform.release()}), {runs} runs each, medians.\n")
-for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("net", "Run `true` with networking"), ("batch", "50 pods")]:
+for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("prepared", "Run a prepared pod"), ("net", "Run `true` with networking"), ("batch", "50 pods")]:
     res = load(name)
     base = res[0]["median"]
-    print(f"### {title}\n\n| command | median | ratio to husk |\n|---|---|---|")
+    print(f"### {title}\n\n| command | median | ratio to the first |\n|---|---|---|")
     for r in res:
         print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/base:.2f}x |")
     print()
+m = lambda name, i: load(name)[i]["median"]
+goals = [
+    ("husk run --net=none / crun run", m("run", 0) / m("run", 1), "<= 0.9"),
+    ("podman run --rm --net=none / husk run --net=none", m("run", 3) / m("run", 0), ">= 20"),
+    ("husk run-prepared / crun run", m("prepared", 0) / m("prepared", 1), "<= 0.7"),
+    ("husk run (default network) / husk run --net=none", m("net", 0) / m("net", 1), "<= 2"),
+    ("husk 50 sequential / crun 50 sequential", m("batch", 0) / m("batch", 1), ""),
+    ("husk 50, 8 parallel / crun 50, 8 parallel", m("batch", 2) / m("batch", 3), "<= 1.0"),
+]
+print("### Targets (issue 14)\n\n| ratio | measured | goal |\n|---|---|---|")
+for what, v, goal in goals:
+    ok = "" if not goal else (" (met)" if eval(f"{v:.4f} {goal}") else " (**not met**)")
+    print(f"| {what} | {v:.2f}x | {goal}{ok} |")
+print()
 print(f"### Footprint\n\n{mem}\n")
 PY

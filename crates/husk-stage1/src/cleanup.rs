@@ -128,8 +128,8 @@ fn remove(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> V
     errors
 }
 
-/// stage1's `gc`: [`remove`], after any cleanup still running for the pod has finished.
-/// Idempotent.
+/// stage1's `gc`: [`remove`], after any cleanup still running for the pod has finished, and the
+/// shared masquerade of a network this pod was the last user of. Idempotent.
 pub fn collect(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> Vec<Fail> {
     let _lock = if dir.is_dir() {
         match Lock::lock_timeout(&PodDir::new(dir).cleanup_lock(), LockKind::Exclusive, Some(COLLECT_WAIT), || {}) {
@@ -139,7 +139,15 @@ pub fn collect(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>)
     } else {
         None
     };
-    remove(dir, uuid, layout, net)
+    let mut errors = remove(dir, uuid, layout, net);
+    if net.is_some() {
+        for mq in cni::masquerades_of(dir) {
+            if let Err(e) = mq.remove_if_unused() {
+                errors.push(e);
+            }
+        }
+    }
+    errors
 }
 
 fn back_home(host_mnt: &File) {

@@ -17,6 +17,7 @@ use husk_types::pod::{NetMode, PodManifest};
 use nix::sched::CloneFlags;
 
 use crate::common::{write_json, Context, Fail, Step};
+use crate::masq::Masquerade;
 
 pub use husk_types::abi::NETNS_DIR;
 
@@ -78,6 +79,10 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
             result: None,
         });
         write_json(&state_path(pod_dir), &states)?;
+        if let Err(e) = Masquerade::of(&n.name, &n.config).and_then(|mq| mq.map_or(Ok(()), |mq| mq.join(&m.uuid))) {
+            teardown(pod_dir, &m.uuid, plugin_dirs);
+            return Err(e);
+        }
         let ports = if Some(i) == ports_net { ports.as_slice() } else { &[] };
         match run_chain("ADD", &m.uuid, netns, states.last().unwrap(), ports, plugin_dirs) {
             Ok(result) => {
@@ -123,6 +128,13 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
                 }
             }
         }
+        // The pod no longer uses the network's shared masquerade (gc removes the rules once no
+        // pod does). A malformed key was refused at setup: nothing to leave then.
+        if let Some(mq) = Masquerade::of(&s.name, &s.config).ok().flatten() {
+            if let Err(e) = mq.leave(uuid) {
+                errors.push(e);
+            }
+        }
     }
     if pin.exists() {
         let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
@@ -135,6 +147,16 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         let _ = std::fs::rename(state_path(pod_dir), PodDir::new(pod_dir).net_released());
     }
     errors
+}
+
+/// The shared masquerades of the networks the pod joined (recorded, or released already).
+pub fn masquerades_of(pod_dir: &Path) -> Vec<Masquerade> {
+    let d = PodDir::new(pod_dir);
+    let states: Vec<NetState> = [d.net_state(), d.net_released()]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok()))
+        .unwrap_or_default();
+    states.iter().filter_map(|s| Masquerade::of(&s.name, &s.config).ok().flatten()).collect()
 }
 
 /// Inserts (`-I`) or deletes (`-D`) the rule of

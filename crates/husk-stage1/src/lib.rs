@@ -19,6 +19,7 @@ pub mod common;
 pub mod console;
 pub mod fly;
 pub mod logger;
+pub mod masq;
 pub mod notify;
 pub mod ns;
 pub mod oci;

@@ -40,6 +40,13 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
         Some("run") => run(&rest),
         Some("enter") => enter(&rest, cmd),
         Some("gc") => gc(&rest).map(|_| 0),
+        // Internal: the supervisor's helper while a pod's networks are set up.
+        Some("keep-warm") => {
+            if let Some(parent) = rest.first().and_then(|p| p.parse().ok()) {
+                husk_sys::cgprime::keep_warm_loop(parent);
+            }
+            Ok(0)
+        }
         _ => Err(Fail::Invalid("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
     match r {
@@ -152,6 +159,12 @@ fn supervise(
         _ => None,
     };
     let listen = Listen::from_env();
+    // The apps join their cgroups only after the CNI plugins ran (tens of ms): keep the first
+    // migration's grace period passed meanwhile (husk_sys::cgprime), until the apps started.
+    let warm = match m.net {
+        NetMode::Cni { .. } => husk_sys::cgprime::KeepWarm::spawn(Path::new("/proc/self/exe"), &["keep-warm"]),
+        _ => None,
+    };
     let started = (|| -> Result<_, Fail> {
         for app in &m.apps {
             layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
@@ -206,6 +219,10 @@ fn supervise(
         }
     }
     drop(report);
+    if let Some(w) = warm {
+        drop(w);
+        forget_helper_sigchld(init);
+    }
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
     let state = Stage1State {
         abi_version: ABI_VERSION,
@@ -284,6 +301,24 @@ fn supervise(
         }
     };
     Ok(Exited { code, cleanup: Cleanup::prepare(dir, &m.uuid, &layout, net_dirs), host_mnt })
+}
+
+/// The keep-warm helper was reaped, but its SIGCHLD is still pending: taken later, it would wake
+/// the idle supervisor once, after its startup memory was released, and fault its wait loop's
+/// code back in (~120 KiB resident for the pod's life). Takes it now; if the pod init has ended
+/// meanwhile (its SIGCHLD merged into the same pending signal), raises it again for the loop.
+fn forget_helper_sigchld(init: Pid) {
+    use nix::sys::wait::{waitid, Id};
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    if let Ok(fd) = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        let _ = fd.read_signal();
+    }
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    if !matches!(waitid(Id::Pid(init), flags), Ok(WaitStatus::StillAlive)) {
+        let _ = kill(nix::unistd::getpid(), Signal::SIGCHLD);
+    }
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or

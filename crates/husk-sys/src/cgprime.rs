@@ -90,6 +90,57 @@ fn prime_with(procs: &CString) -> io::Result<()> {
     }
 }
 
+/// Keeps the grace period passed for as long as it lives: a helper process repeats the no-op
+/// migration every 2 ms (for at most 2 s, and dies with its parent). For a pod whose app joins
+/// its cgroups only after a long set-up (CNI plugins: tens of ms, longer than the window a single
+/// [`prime_cgroup_migration`] opens). The helper is a fresh program, spawned (vfork + exec), not
+/// a fork: a fork would leave the long-lived caller (a pod's supervisor) with its pages
+/// copied-on-write, about 120 KiB more resident for the pod's whole life. Dropping it stops it.
+pub struct KeepWarm {
+    child: std::process::Child,
+}
+
+impl KeepWarm {
+    /// Runs `program args…`, which must call [`keep_warm_loop`] with this process's pid.
+    /// Best effort: `None` when it cannot start.
+    pub fn spawn(program: &Path, args: &[&str]) -> Option<KeepWarm> {
+        use std::process::{Command, Stdio};
+        let child = Command::new(program)
+            .args(args)
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(KeepWarm { child })
+    }
+}
+
+impl Drop for KeepWarm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The helper of [`KeepWarm`]: `parent` is the pid of the process that spawned it (it stops
+/// when that one is gone).
+pub fn keep_warm_loop(parent: u32) {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return;
+    }
+    let Ok(self_cgroup) = std::fs::read_to_string("/proc/self/cgroup") else { return };
+    let Some(procs) = own_cgroup_procs(&self_cgroup, |p| p.exists()) else { return };
+    let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(procs) else { return };
+    for _ in 0..1000 {
+        use std::io::Write as _;
+        let _ = f.write_all(b"0");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
