@@ -308,10 +308,10 @@ fn supervise(
 /// code back in (~120 KiB resident for the pod's life). Takes it now; if the pod init has ended
 /// meanwhile (its SIGCHLD merged into the same pending signal), raises it again for the loop.
 fn forget_helper_sigchld(init: Pid) {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
     use nix::sys::wait::{waitid, Id};
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
     if let Ok(fd) = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
         let _ = fd.read_signal();
     }
