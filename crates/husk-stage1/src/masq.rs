@@ -17,7 +17,8 @@
 //! iptables' rules: both are gone after a reboot. A pod's start pays one lock and one file when
 //! the rules are in already. A pod's teardown only forgets it; the rules stay until `husk gc`
 //! collects the network's last pod (removing them at each pod's end would make every pod of a
-//! sequence install them again).
+//! sequence install them again). An entry whose pod's network namespace pin is gone (a pod
+//! that vanished without its teardown) does not count.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -162,8 +163,7 @@ impl Masquerade {
         }
         let _lock = Lock::acquire(&dir.join("lock"), LockKind::Exclusive, || {})
             .ctx(Step::Network, || format!("cannot lock {}", dir.display()))?;
-        let users = std::fs::read_dir(dir.join("users")).map(|d| d.count()).unwrap_or(0);
-        if users > 0 || !marker.exists() {
+        if live_users(&dir.join("users")) > 0 || !marker.exists() {
             return Ok(());
         }
         let mut errors = Vec::new();
@@ -187,6 +187,23 @@ impl Masquerade {
     fn check_call(&self) -> Vec<String> {
         ["iptables", "-w", "-t", "nat", "-C", "POSTROUTING"].iter().map(|s| s.to_string()).chain(self.jump()).collect()
     }
+}
+
+/// The recorded users that still exist. A pod joins only once its network namespace is pinned
+/// and leaves before it is unpinned, so an entry without a pin is a pod that vanished without
+/// its teardown (its data dir deleted, say): forgotten here, so that it cannot keep the rules
+/// forever.
+fn live_users(users: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(users) else { return 0 };
+    let mut live = 0;
+    for e in entries.flatten() {
+        if Path::new(husk_types::abi::NETNS_DIR).join(e.file_name()).exists() {
+            live += 1;
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    live
 }
 
 fn chain(network: &str) -> String {

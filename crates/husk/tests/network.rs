@@ -83,6 +83,44 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 const SERVE: &str = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
 
+fn masquerade_jumps() -> usize {
+    let rules = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING") && l.contains("husk network default: masquerade"))
+        .count()
+}
+
+/// The default network's masquerade is one chain for all its pods: installed with the first,
+/// shared by the second, kept while a pod's teardown runs, removed by gc once no pod uses it.
+#[test]
+fn the_default_networks_masquerade_is_shared_and_collected() {
+    let _serial = serial();
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = host_net_state(&env);
+    let users = std::path::Path::new("/run/husk/networks/default/users");
+    let a = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"]).trim().to_string();
+    let b = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sleep", "600"]).trim().to_string();
+    assert_eq!(masquerade_jumps(), 1, "one rule for both pods");
+    for u in [&a, &b] {
+        assert!(users.join(u).exists(), "{u} is not recorded as a user of the network");
+    }
+    env.ok(&["stop", &a]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(!users.join(&a).exists());
+    assert_eq!(masquerade_jumps(), 1, "still in use by {b}");
+    // A pod that vanished without its teardown (no namespace pin left) does not keep the rule.
+    let ghost = users.join("00000000-0000-0000-0000-00000000dead");
+    std::fs::write(&ghost, b"").unwrap();
+    env.ok(&["stop", &b]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(masquerade_jumps(), 0, "the last pod's gc removes the rule");
+    assert!(!ghost.exists(), "the vanished pod's entry was forgotten");
+    assert!(!std::path::Path::new("/run/husk/networks/default/masquerade").exists());
+    assert_eq!(host_net_state(&env), before);
+}
+
 #[test]
 fn pod_serves_http_by_ip_and_forwarded_port_and_cleans_up() {
     let _serial = serial();
