@@ -48,10 +48,47 @@ pub struct PodRequest {
     pub exit_command: Vec<husk_types::ByteStr>,
     /// Readiness, socket activation, stop timeout and output for a systemd unit.
     pub systemd: husk_types::pod::Systemd,
+    /// The virtual machine of a `kvm` pod: Some exactly when `flavor` is kvm.
+    pub vm: Option<husk_types::pod::VmSettings>,
 }
 
 fn invalid(why: impl Into<String>) -> PodError {
     PodError::Request(why.into())
+}
+
+/// What the kvm flavor does not do (yet), refused before anything exists, and its settings.
+fn check_kvm(r: &PodRequest) -> Result<(), PodError> {
+    if (r.flavor == Flavor::Kvm) != r.vm.is_some() {
+        return Err(invalid("a kvm pod needs its virtual machine's settings, and only a kvm pod has them"));
+    }
+    if r.flavor != Flavor::Kvm {
+        return Ok(());
+    }
+    let refuse = |what: &str, why: &str| Err(invalid(format!("the kvm stage1 does not support {what}: {why}")));
+    if r.private_users {
+        return refuse("--private-users", "the pod's root is root of its own kernel; leave the flag out");
+    }
+    if r.stdio != Stdio::Inherit && r.stdio != Stdio::Log {
+        return refuse("-i or -t", "the apps' output reaches you, their input does not; run the pod without them");
+    }
+    if matches!(r.net, NetMode::Host) {
+        return refuse("--net=host", "the guest has its own kernel and network stack; use --net=none");
+    }
+    if matches!(r.net, NetMode::Cni { .. }) {
+        return refuse("CNI networks yet", "run it with --net=none");
+    }
+    if r.systemd.notify != Notify::Auto || r.systemd.socket_app.is_some() || r.systemd.log_prefix {
+        return refuse("--sd-notify, --socket-activated or --log-prefix", "use the ns stage1 for a systemd unit");
+    }
+    if let Some(vm) = &r.vm {
+        if vm.cpus == 0 || vm.memory_mib < 64 {
+            return Err(invalid(format!(
+                "a kvm pod needs at least 1 CPU and 64 MiB (asked: {} CPUs, {} MiB)",
+                vm.cpus, vm.memory_mib
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A terminal or the invoker's input goes to one app; a pty needs the app's own devpts.
@@ -148,6 +185,7 @@ impl PodRequest {
         if self.flavor == Flavor::Fly && self.apps.len() != 1 {
             return Err(invalid("the fly stage1 runs exactly one app"));
         }
+        check_kvm(self)?;
         check_stdio(self.stdio, self.apps.len(), &self.flavor)?;
         check_systemd(&self.systemd, self.stdio, self.apps.len(), &self.flavor)?;
         if let Some(h) = &self.hostname {
@@ -294,6 +332,7 @@ fn assemble(
             .map(|a| husk_types::ByteStr(a.to_string_lossy().replace("{uuid}", &pod.uuid).into_bytes()))
             .collect(),
         systemd: req.systemd.clone(),
+        vm: req.vm.clone(),
     };
     check_systemd_names(&m.systemd, &m.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>())?;
     write_pod_dirs(&pod.dir, &m)?;
@@ -532,6 +571,7 @@ mod tests {
             exit_policy: ExitPolicy::default(),
             exit_command: vec![],
             systemd: Systemd::default(),
+            vm: None,
         }
     }
 

@@ -125,6 +125,14 @@ fn remove(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> V
     if let Some(plugin_dirs) = net {
         errors.extend(cni::teardown(dir, uuid, plugin_dirs));
     }
+    // A kvm pod's daemon sockets (nothing for other flavors).
+    let run = crate::kvm::run_dir(uuid);
+    match std::fs::remove_dir_all(&run) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            errors.push(Fail::step(Step::Pod, format!("cannot remove {}", run.display()), e))
+        }
+        _ => {}
+    }
     errors
 }
 

@@ -18,6 +18,7 @@ pub mod cni;
 pub mod common;
 pub mod console;
 pub mod fly;
+pub mod kvm;
 pub mod logger;
 pub mod masq;
 pub mod notify;

@@ -58,7 +58,7 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
-fn signals() -> SigSet {
+pub(crate) fn signals() -> SigSet {
     let mut s = SigSet::empty();
     for sig in [
         Signal::SIGCHLD,
@@ -323,7 +323,7 @@ fn forget_helper_sigchld(init: Pid) {
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
 /// the pod's `--stop-timeout` (a SIGTERM from systemd or a shell), or [`STOP_GRACE`].
-fn stop_timeout(dir: &Path, m: &PodManifest) -> Duration {
+pub(crate) fn stop_timeout(dir: &Path, m: &PodManifest) -> Duration {
     std::fs::read(PodDir::new(dir).stop_request())
         .ok()
         .and_then(|d| serde_json::from_slice::<husk_types::pod::StopRequest>(&d).ok())
@@ -540,7 +540,7 @@ fn pod_init(
         Err(msg::MsgError::Closed { .. }) => return Ok(exit::STAGE1_FAILED),
         Err(e) => return Err(Fail::step(Step::Pod, "from the supervisor", e)),
     }
-    let mut report = std::fs::File::from(report);
+    let report = std::fs::File::from(report);
     if m.private_users.is_some() {
         // The maps are written: become the pod's root.
         nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
@@ -554,7 +554,20 @@ fn pod_init(
     if m.net == NetMode::None {
         husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
     }
+    run_apps(dir, m, layout, report, console, listen)
+}
 
+/// The pod init's work once the pod exists: starts the apps (each reported on `report`, then
+/// ready or failed), reaps, forwards signals, records each app's exit status; returns the pod's
+/// status. Shared by the `ns` pod init and the `kvm` guest init.
+pub(crate) fn run_apps(
+    dir: &Path,
+    m: &PodManifest,
+    layout: &Layout,
+    mut report: std::fs::File,
+    console: Option<OwnedFd>,
+    listen: Option<&Listen>,
+) -> Result<i32, Fail> {
     let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
     // A detached pod's output goes through the log writer, which bounds what is kept; with
     // --log-prefix a foreground pod's goes through the prefixer. Per app: (stdout, stderr).

@@ -367,6 +367,7 @@ mod tests {
             exit_policy: Default::default(),
             exit_command: vec![],
             systemd: Default::default(),
+            vm: None,
         };
         (m, app)
     }

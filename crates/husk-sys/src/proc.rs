@@ -192,6 +192,27 @@ pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::proces
     cmd.spawn()
 }
 
+/// Spawns `cmd` bound to the calling process: the kernel kills it (SIGKILL) when the spawning
+/// thread ends, so that a helper never outlives its supervisor (a kill -9 included). Spawned by
+/// the main thread of a single-threaded supervisor, that is the supervisor's own end.
+pub fn spawn_bound(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec in the child and makes only prctl(2) and
+    // getppid(2) system calls, which are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)?;
+            // The parent died before the prctl: it would never fire.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::other("the spawning process has already exited"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// A pipe whose write end survives exec (for HUSK_READY_FD) and whose read end does not.
 pub fn ready_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;

@@ -30,6 +30,11 @@ pub enum Message {
     Mounted,
     /// husk-oci → the container's init: go on; `state` is the state JSON its hooks read.
     Continue { state: String },
+    /// A kvm pod's supervisor → its guest init: the signal the supervisor received (SIGTERM,
+    /// SIGINT, … to pass on to the apps; SIGALRM: the stop deadline passed, kill them).
+    Signal { signal: i32 },
+    /// A kvm pod's guest init → its supervisor: every app has ended; the pod's status.
+    PodExited { code: i32 },
 }
 
 impl Message {
@@ -44,6 +49,8 @@ impl Message {
             Message::Spawned { .. } => "spawned",
             Message::Mounted => "mounted",
             Message::Continue { .. } => "continue",
+            Message::Signal { .. } => "signal",
+            Message::PodExited { .. } => "pod-exited",
         }
     }
 }

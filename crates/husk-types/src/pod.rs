@@ -33,6 +33,9 @@ pub enum Flavor {
     Ns,
     /// chroot only, host namespaces, one app.
     Fly,
+    /// The pod in a lightweight virtual machine of its own (qemu microvm), with husk's pod init
+    /// as the guest's PID 1 (docs/kvm.md).
+    Kvm,
 }
 
 impl Flavor {
@@ -40,6 +43,7 @@ impl Flavor {
         match self {
             Flavor::Ns => "ns",
             Flavor::Fly => "fly",
+            Flavor::Kvm => "kvm",
         }
     }
 }
@@ -365,6 +369,56 @@ pub struct PodManifest {
     /// How the pod fits a systemd unit: readiness, socket activation, stop timeout, output.
     #[serde(default)]
     pub systemd: Systemd,
+    /// The virtual machine of a `kvm` pod (None for every other flavor).
+    #[serde(default)]
+    pub vm: Option<VmSettings>,
+}
+
+/// `[stage1.kvm] accel`: how the kvm flavor runs its guest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    /// KVM when the host's /dev/kvm can run a stock guest kernel (probed), else TCG with a notice.
+    #[default]
+    Auto,
+    /// KVM, or the pod fails.
+    Kvm,
+    /// qemu's software emulation (TCG), always.
+    Tcg,
+}
+
+/// What stage0 decided about a `kvm` pod's virtual machine: where the guest's kernel, modules and
+/// helpers are, how it is accelerated and how large it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmSettings {
+    /// The kvm assets: `vmlinux` or `vmlinuz`, `modules/`, `qemu/`, `bin/` (docs/kvm.md).
+    pub assets: std::path::PathBuf,
+    pub accel: Accel,
+    /// The guest's memory: the pod's memory limit plus the guest's own overhead.
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+/// The size of a kvm pod's guest: with a memory limit on every app, their sum plus the guest's
+/// overhead (else `default_memory`); with a CPU limit on every app, their sum rounded up to whole
+/// CPUs (else `default_cpus`), never more than `host_cpus`. Bytes in, MiB out.
+pub fn vm_size(
+    apps: &[&crate::security::Resources],
+    default_memory: u64,
+    overhead: u64,
+    default_cpus: u32,
+    host_cpus: u32,
+) -> (u64, u32) {
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let memory = match apps.iter().map(|r| r.memory).collect::<Option<Vec<u64>>>() {
+        Some(v) if !v.is_empty() => mib(v.iter().fold(0u64, |a, b| a.saturating_add(*b))).saturating_add(mib(overhead)),
+        _ => mib(default_memory),
+    };
+    let cpus = match apps.iter().map(|r| r.cpu_millis).collect::<Option<Vec<u64>>>() {
+        Some(v) if !v.is_empty() => v.iter().fold(0u64, |a, b| a.saturating_add(*b)).div_ceil(1000).max(1),
+        _ => u64::from(default_cpus.max(1)),
+    };
+    (memory, cpus.min(u64::from(host_cpus.max(1))) as u32)
 }
 
 /// `--sd-notify`: who tells systemd (`$NOTIFY_SOCKET`) that the service is ready.
@@ -459,6 +513,8 @@ struct PodManifestWire {
     exit_command: Vec<ByteStr>,
     #[serde(default)]
     systemd: Systemd,
+    #[serde(default)]
+    vm: Option<VmSettings>,
 }
 
 impl From<PodManifestWire> for PodManifest {
@@ -487,6 +543,7 @@ impl From<PodManifestWire> for PodManifest {
             exit_policy: w.exit_policy,
             exit_command: w.exit_command,
             systemd: w.systemd,
+            vm: w.vm,
         }
     }
 }
@@ -623,6 +680,45 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
         && !name.contains("..")
+}
+
+#[cfg(test)]
+mod vm_tests {
+    use super::vm_size;
+    use crate::security::Resources;
+
+    const M: u64 = 1 << 20;
+
+    #[test]
+    fn the_guest_is_the_apps_limits_plus_its_overhead() {
+        let a = Resources { memory: Some(256 * M), cpu_millis: Some(500), ..Default::default() };
+        let b = Resources { memory: Some(100 * M + 1), cpu_millis: Some(1200), ..Default::default() };
+        assert_eq!(vm_size(&[&a, &b], 512 * M, 128 * M, 1, 8), (256 + 101 + 128, 2));
+    }
+
+    #[test]
+    fn an_app_without_a_limit_gives_the_defaults() {
+        let a = Resources { memory: Some(256 * M), cpu_millis: Some(3000), ..Default::default() };
+        let b = Resources::default();
+        assert_eq!(vm_size(&[&a, &b], 512 * M, 128 * M, 1, 8), (512, 1));
+        assert_eq!(vm_size(&[], 512 * M, 128 * M, 2, 8), (512, 2));
+    }
+
+    #[test]
+    fn never_more_cpus_than_the_host_has_nor_fewer_than_one() {
+        let a = Resources { cpu_millis: Some(16_000), ..Default::default() };
+        assert_eq!(vm_size(&[&a], 512 * M, 0, 1, 2).1, 2);
+        let b = Resources { cpu_millis: Some(10), ..Default::default() };
+        assert_eq!(vm_size(&[&b], 512 * M, 0, 0, 2).1, 1);
+        assert_eq!(vm_size(&[], 512 * M, 0, 0, 2).1, 1);
+    }
+
+    #[test]
+    fn huge_limits_saturate_instead_of_overflowing() {
+        let a = Resources { memory: Some(u64::MAX), ..Default::default() };
+        let (m, _) = vm_size(&[&a, &a], 512 * M, 128 * M, 1, 2);
+        assert!(m >= u64::MAX >> 20);
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,33 @@ pub struct Config {
     pub paths: Paths,
     #[serde(default)]
     pub trust: TrustConfig,
+    #[serde(default)]
+    pub stage1: Stage1Config,
+}
+
+/// `[stage1]`: settings of the stage1 flavors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage1Config {
+    #[serde(default)]
+    pub kvm: KvmConfig,
+}
+
+/// `[stage1.kvm]`: the kvm flavor's virtual machines (docs/kvm.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvmConfig {
+    /// Where the guest kernel, its modules, qemu and the helpers are (default: $HUSK_KVM_DIR, else
+    /// /usr/lib/husk/kvm; `scripts/setup-kvm.sh` fills it).
+    pub dir: Option<PathBuf>,
+    /// "auto" (KVM when it can run a stock guest, else TCG), "kvm" or "tcg".
+    pub accel: Option<husk_types::pod::Accel>,
+    /// The guest's memory when no app has a --memory limit (default 512M).
+    pub memory: Option<String>,
+    /// What the guest's kernel and init need beside the apps' limits (default 128M).
+    pub overhead: Option<String>,
+    /// The guest's CPUs when no app has a --cpu limit (default 1).
+    pub cpus: Option<u32>,
 }
 
 /// `[trust]`: image signature policy (docs/trust.md).

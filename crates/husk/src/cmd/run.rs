@@ -204,6 +204,10 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
         .unwrap_or_else(|| husk_pod::network::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect());
     let net = husk_pod::network::resolve(&net_req, &ctx.config_dir.join("net.d"), plugin_dirs, &a.port)?;
     let hosts = hosts_from(a)?;
+    let vm = match a.stage1 {
+        Flavor::Kvm => Some(vm_settings(ctx, &apps)?),
+        _ => None,
+    };
     Ok(PodRequest {
         apps,
         volumes,
@@ -225,7 +229,37 @@ fn request_from(ctx: &Ctx, a: &RunArgs, more: &[AppSegment]) -> Result<PodReques
             stop_timeout_ms: Some(a.stop_timeout.as_millis().min(u64::MAX as u128) as u64),
             log_prefix: a.log_prefix,
         },
+        vm,
     })
+}
+
+/// A kvm pod's virtual machine, from `[stage1.kvm]` and the apps' limits.
+fn vm_settings(ctx: &Ctx, apps: &[AppSpec]) -> Result<husk_types::pod::VmSettings, Failure> {
+    let kvm = &ctx.config.stage1.kvm;
+    let size = |v: &Option<String>, default: u64, key: &str| -> Result<u64, Failure> {
+        match v {
+            None => Ok(default),
+            Some(s) => husk_types::security::parse_size(s)
+                .map_err(|e| Failure::usage(format!("husk.toml [stage1.kvm] {key}: {e}"))),
+        }
+    };
+    let memory = size(&kvm.memory, 512 << 20, "memory")?;
+    let overhead = size(&kvm.overhead, 128 << 20, "overhead")?;
+    let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let resources: Vec<&husk_types::security::Resources> = apps.iter().map(|a| &a.resources).collect();
+    let (memory_mib, cpus) = husk_types::pod::vm_size(&resources, memory, overhead, kvm.cpus.unwrap_or(1), host_cpus);
+    let assets = std::env::var_os("HUSK_KVM_DIR")
+        .map(PathBuf::from)
+        .or_else(|| kvm.dir.clone())
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/husk/kvm"));
+    if !assets.is_dir() {
+        return Err(Failure::usage(format!(
+            "--stage1=kvm: the kvm assets directory {} does not exist",
+            assets.display()
+        ))
+        .hint("run scripts/setup-kvm.sh, or set [stage1.kvm] dir in husk.toml (or $HUSK_KVM_DIR)"));
+    }
+    Ok(husk_types::pod::VmSettings { assets, accel: kvm.accel.unwrap_or_default(), memory_mib, cpus })
 }
 
 /// `husk --dir D --config-dir C rm {uuid}`: what `--rm` asks stage1 to run when the pod exits.

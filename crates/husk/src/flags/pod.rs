@@ -180,7 +180,8 @@ pub struct RunArgs {
     /// root in the pod is an unprivileged user on the host.
     #[arg(long)]
     pub private_users: bool,
-    /// Isolation flavor: ns (namespaces) or fly (chroot, host namespaces, one app).
+    /// Isolation flavor: ns (namespaces), fly (chroot, host namespaces, one app) or kvm (a
+    /// virtual machine of its own).
     #[arg(long, default_value = "ns", value_parser = parse_flavor)]
     pub stage1: Flavor,
     /// When to contact the registry for the images.
@@ -397,7 +398,8 @@ fn parse_flavor(s: &str) -> Result<Flavor, String> {
     match s {
         "ns" => Ok(Flavor::Ns),
         "fly" => Ok(Flavor::Fly),
-        other => Err(format!("unknown stage1 flavor {other:?} (ns or fly)")),
+        "kvm" => Ok(Flavor::Kvm),
+        other => Err(format!("unknown stage1 flavor {other:?} (ns, fly or kvm)")),
     }
 }
 

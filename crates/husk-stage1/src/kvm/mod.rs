@@ -1,0 +1,58 @@
+//! The `kvm` flavor: the pod in a lightweight virtual machine of its own (qemu's microvm), with
+//! husk's pod init as the guest's PID 1 (docs/kvm.md).
+//!
+//! ```text
+//! invoker ─ supervisor (husk-stage1-kvm run: holds the pod lock; own mount namespace with the app roots)
+//!             ├ vhost-device-vsock (the control channel and the apps' output)
+//!             ├ virtiofsd (shares the pod dir, app roots and volumes included; own namespaces, seccomp)
+//!             └ qemu (microvm; its own seccomp sandbox)
+//!                 └ guest kernel ─ guest init = husk-stage1-kvm as /init (PID 1)
+//!                                    ├ app 1 (own mount namespace, root, user, caps, seccomp, cgroup)
+//!                                    └ app 2
+//! ```
+//! The helpers are bound to the supervisor (parent-death signal): they never outlive it.
+
+pub mod guest;
+pub mod host;
+pub mod initramfs;
+pub mod plan;
+
+use std::path::PathBuf;
+
+use husk_types::pod::exit;
+
+use crate::common::Fail;
+
+/// Where a kvm pod's daemon sockets are: `/run/husk/kvm/<uuid>` (short: a socket path has 108
+/// bytes at most, and a data dir may be long).
+pub fn run_dir(uuid: &str) -> PathBuf {
+    PathBuf::from(KVM_RUN).join(uuid)
+}
+
+/// The kvm flavor's host-wide runtime directory (sockets, the initramfs cache).
+pub const KVM_RUN: &str = "/run/husk/kvm";
+
+pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
+    // In the guest, the kernel starts this very executable as /init.
+    if std::process::id() == 1 {
+        guest::main();
+    }
+    let (args, _cmd) = crate::common::split_args(raw);
+    let rest = args.get(2..).unwrap_or(&[]).to_vec();
+    let r = match args.get(1).map(String::as_str) {
+        Some("run") => host::run(&rest),
+        Some("gc") => host::gc(&rest).map(|_| 0),
+        Some("enter") => Err(Fail::Invalid(
+            "enter is not available for kvm pods yet: the apps run in the guest; use `husk logs` for their output"
+                .into(),
+        )),
+        _ => Err(Fail::Invalid("usage: husk-stage1-kvm run|gc … (see docs/stage1-abi.md)".into())),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("husk stage1: {}", e.chain());
+            exit::STAGE1_FAILED
+        }
+    }
+}
