@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs husk's whole test suite, as root: builds the workspace and the static test workload,
-# builds the test images offline, starts the loopback registry and pushes them, runs every test.
+# builds the test images offline, sets up the kvm stage1's assets, starts the loopback registry
+# and pushes them, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the tests need root (namespaces, mounts, cgroups)" >&2; exit 1; }
@@ -11,6 +12,9 @@ for need in docker-registry skopeo htpasswd iptables curl gpg openssl systemd-an
   command -v "$need" >/dev/null 2>&1 || [ -x "$need" ] || { scripts/install-deps.sh; break; }
 done
 scripts/build-images.sh
+# The kvm stage1's guest kernel, modules, private qemu and daemons (kept once built).
+scripts/setup-kvm.sh >/dev/null
+export HUSK_KVM_DIR=$PWD/build/kvm
 scripts/registry.sh start
 scripts/registry.sh push build/images
 export HUSK_TEST_REGISTRY=127.0.0.1:${HUSK_TEST_REGISTRY_PORT:-5000}

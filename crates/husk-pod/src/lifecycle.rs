@@ -504,9 +504,10 @@ pub fn stop(pods: &Pods, uuid: &str, force: bool, timeout: Duration) -> Result<(
         }
         return Ok(());
     };
-    // Pods of ABI 2 and later own their stop deadline; older ones (started by an earlier husk)
-    // and fly pods get the signals directly.
-    let ns = i.manifest.as_ref().is_some_and(|m| m.flavor == Flavor::Ns && m.abi_version >= 2);
+    // Pods of ABI 2 and later own their stop deadline (kvm: the supervisor passes it to the guest;
+    // `force` kills the VM); older ones (started by an earlier husk) and fly pods get the signals
+    // directly.
+    let ns = i.manifest.as_ref().is_some_and(|m| matches!(m.flavor, Flavor::Ns | Flavor::Kvm) && m.abi_version >= 2);
     if !ns {
         // fly: the app is the init, in the host's namespaces.
         kill_pid(st.init_pid, if force { libc::SIGKILL } else { libc::SIGTERM });

@@ -50,6 +50,10 @@ fn report() -> String {
     fields.push(("env".into(), arr(&env)));
     fields
         .push(("cwd".into(), json_str(&std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default())));
+    fields
+        .push(("kernel".into(), json_str(fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())));
+    let init = fs::read("/proc/1/cmdline").unwrap_or_default();
+    fields.push(("init".into(), json_str(&String::from_utf8_lossy(init.split(|b| *b == 0).next().unwrap_or(&[])))));
     fields.push((
         "hostname".into(),
         json_str(fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim()),

@@ -1,0 +1,264 @@
+//! The kvm stage1 end to end: pods in qemu microvms (under TCG on this host: its /dev/kvm is the
+//! PVM variant, which the probe detects). Few tests, each booting a guest (about 4 s), with
+//! generous timeouts. They need the kvm assets (`scripts/setup-kvm.sh`, which scripts/test.sh
+//! runs) in $HUSK_KVM_DIR.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{image, Env};
+
+fn kvm_env() -> Env {
+    let assets = std::env::var("HUSK_KVM_DIR")
+        .expect("HUSK_KVM_DIR is not set: run the tests with scripts/test.sh (it runs scripts/setup-kvm.sh)");
+    assert!(
+        Path::new(&assets).join("modules/virtiofs.ko").is_file(),
+        "{assets} has no kvm assets: run scripts/setup-kvm.sh"
+    );
+    Env::new()
+}
+
+/// The kvm pods of one test binary boot one at a time: two cores emulating several guests at
+/// once would only make each slower.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Live (not zombie: this host's PID 1 reaps late) processes whose command line mentions `what`.
+fn live_processes(what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if cmd.contains(what) && !status.contains("State:\tZ") {
+            out.push(format!("{pid}: {cmd}"));
+        }
+    }
+    out
+}
+
+/// Nothing of a kvm pod is left: no qemu, virtiofsd or vsock daemon of it, no socket dir, no
+/// mount of its dir, no cgroup.
+fn assert_nothing_left(env: &Env, uuid: &str) {
+    let run = PathBuf::from("/run/husk/kvm").join(uuid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = live_processes(&run.display().to_string());
+        let left = (procs.clone(), run.exists(), common::mounts_under(&env.dir()), common::pod_cgroups(uuid));
+        if left.0.is_empty() && !left.1 && left.2.is_empty() && left.3.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "kvm pod {uuid} left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status_of(env: &Env, uuid: &str) -> String {
+    env.ok(&["status", uuid])
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string()
+}
+
+#[test]
+fn a_kvm_pod_runs_its_apps_under_its_own_kernel_with_the_same_restrictions() {
+    let _s = serial();
+    let env = kvm_env();
+    let vol = env.tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("rw")).unwrap();
+    std::fs::create_dir_all(vol.join("ro")).unwrap();
+    std::fs::write(vol.join("ro/f"), "from the host\n").unwrap();
+    let rw = format!("rw,kind=host,source={}", vol.join("rw").display());
+    let ro = format!("ro,kind=host,source={},readOnly=true", vol.join("ro").display());
+    let (wl, bb) = (image("workload"), image("busybox"));
+    let o = env.husk(&[
+        "run",
+        "-q",
+        "--stage1=kvm",
+        "--net=none",
+        "--exit-policy=all",
+        "--volume",
+        &rw,
+        "--volume",
+        &ro,
+        &wl,
+        "--name",
+        "report",
+        "--memory",
+        "64M",
+        "---",
+        &bb,
+        "--name",
+        "files",
+        "--mount",
+        "volume=rw,target=/rw",
+        "--mount",
+        "volume=ro,target=/ro",
+        "--",
+        "sh",
+        "-c",
+        "cat /ro/f; echo written > /rw/out; if echo x > /ro/g; then echo ro-writable; fi; exit 7",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    // The pod's status is the app's: the report exits 0, the other 7.
+    assert_eq!(o.status.code(), Some(7), "stdout: {out}\nstderr: {err}");
+    // The probe finds this host's PVM /dev/kvm and says it falls back.
+    assert!(err.contains("TCG"), "{err}");
+    let line = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no report in {out}"));
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_ne!(r["kernel"], host_kernel(), "the guest runs a kernel of its own");
+    assert_eq!(r["init"], "/init", "PID 1 is husk's guest init");
+    // The app's restrictions as in ns: default capabilities, seccomp, no_new_privs, own cgroup
+    // namespace, an own mount namespace with a private /proc.
+    assert_eq!(r["capeff"], "00000000a80425fb", "{r}");
+    assert_eq!(r["capbnd"], "00000000a80425fb");
+    assert_eq!(r["seccomp"], "2");
+    assert_eq!(r["nonewprivs"], "1");
+    assert_eq!(r["cgroup"][0], "0::/", "{r}");
+    assert!(r["mounts"].as_array().unwrap().iter().any(|m| m.as_str().unwrap().starts_with("/proc proc")), "{r}");
+    // Volumes: read-write and read-only honoured; written on the host's side.
+    assert!(out.contains("from the host"), "{out}");
+    assert!(!out.contains("ro-writable"), "{out}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(std::fs::read_to_string(vol.join("rw/out")).unwrap(), "written\n");
+    assert!(!vol.join("ro/g").exists());
+    // Every app's status is recorded, as with ns.
+    let uuid = env.json(&["list", "--format", "json"])[0]["uuid"].as_str().unwrap().to_string();
+    let st = status_of(&env, &uuid);
+    assert!(st.contains("flavor=kvm"), "{st}");
+    assert!(st.contains("app-report=exited 0") && st.contains("app-files=exited 7"), "{st}");
+    env.ok(&["rm", &uuid]);
+    assert_nothing_left(&env, &uuid);
+}
+
+#[test]
+fn a_kvm_pod_limits_its_app_inside_the_guest() {
+    let _s = serial();
+    let env = kvm_env();
+    let bb = image("busybox");
+    let o = env.husk(&[
+        "run",
+        "-q",
+        "--stage1=kvm",
+        "--net=none",
+        &bb,
+        "--memory",
+        "96M",
+        "--pids-limit",
+        "50",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; grep MemTotal /proc/meminfo",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], (96u64 << 20).to_string(), "{out}");
+    assert_eq!(lines[1], "50", "{out}");
+    // The VM is sized for it: the limit plus the guest's overhead (128M by default), no more.
+    let kib: u64 = lines[2].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib > 96 << 10 && kib <= (96 + 128) << 10, "{out}");
+}
+
+#[test]
+fn a_detached_kvm_pod_logs_and_stops_and_force_kills_its_vm() {
+    let _s = serial();
+    let env = kvm_env();
+    let bb = image("busybox");
+    let script = "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    let uuid = env.detached(&["--stage1=kvm", "--net=none", &bb, "--", "sh", "-c", script]);
+    // `logs -f` follows the guest's output as it is written.
+    let mut follow = env.cmd().args(["logs", "-f", &uuid]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let mut l = String::new();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut l).unwrap() > 0, "logs -f ended early: {seen:?}");
+        seen.push(l);
+    }
+    assert!(seen[0].starts_with("tick 0"), "{seen:?}");
+    // stop: SIGTERM reaches the app inside the guest, which exits with its own status.
+    env.ok(&["stop", &uuid]);
+    let st = status_of(&env, &uuid);
+    assert!(st.contains("app-busybox=exited 3") && st.contains("exit-status=3"), "{st}");
+    let _ = follow.wait();
+    assert!(env.ok(&["logs", &uuid]).contains("got TERM"));
+    assert_nothing_left(&env, &uuid);
+
+    // stop --force kills the VM: the app is recorded as killed.
+    let uuid = env.detached(&["--stage1=kvm", "--net=none", &bb, "--", "sleep", "1000"]);
+    let started = Instant::now();
+    env.ok(&["stop", "--force", &uuid]);
+    assert!(started.elapsed() < Duration::from_secs(5), "stop --force waited {:?}", started.elapsed());
+    let st = status_of(&env, &uuid);
+    assert!(st.contains("app-busybox=killed by signal 9") && st.contains("exit-status=137"), "{st}");
+    assert_nothing_left(&env, &uuid);
+}
+
+#[test]
+fn kill_9_of_a_kvm_supervisor_takes_the_vm_down_and_gc_cleans_up() {
+    let _s = serial();
+    let env = kvm_env();
+    let uuid = env.detached(&["--stage1=kvm", "--net=none", &image("busybox"), "--", "sleep", "1000"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir().join("pods/run").join(&uuid).join("stage1.json")).unwrap())
+            .unwrap();
+    let sup = state["supervisor_pid"].as_i64().unwrap() as i32;
+    let run = format!("/run/husk/kvm/{uuid}");
+    assert_eq!(
+        live_processes(&run).len(),
+        4,
+        "qemu, virtiofsd (and its sandbox), the vsock daemon: {:?}",
+        live_processes(&run)
+    );
+    assert!(std::process::Command::new("kill").args(["-9", &sup.to_string()]).status().unwrap().success());
+    // The helpers are bound to the supervisor: they die with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !live_processes(&run).is_empty() {
+        assert!(Instant::now() < deadline, "left running: {:?}", live_processes(&run));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_nothing_left(&env, &uuid);
+}
+
+#[test]
+fn what_the_kvm_stage1_does_not_do_is_refused_before_anything_starts() {
+    let env = kvm_env();
+    let bb = image("busybox");
+    for (flags, want) in [
+        (vec!["--private-users"], "--private-users"),
+        (vec!["-i", "-t"], "-i or -t"),
+        (vec!["--net=host"], "--net=host"),
+    ] {
+        let mut a = vec!["run", "-q", "--stage1=kvm"];
+        a.extend(flags.iter().copied());
+        a.extend([bb.as_str(), "--", "true"]);
+        let err = env.fails(&a, 120);
+        assert!(err.contains("kvm stage1") && err.contains(want), "{a:?}: {err}");
+    }
+    // No assets: the message says how to get them.
+    let mut c = env.cmd();
+    c.env("HUSK_KVM_DIR", env.tmp.path().join("none")).args([
+        "run",
+        "-q",
+        "--stage1=kvm",
+        "--net=none",
+        &bb,
+        "--",
+        "true",
+    ]);
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(120), "{err}");
+    assert!(err.contains("setup-kvm.sh"), "{err}");
+    assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
+}
