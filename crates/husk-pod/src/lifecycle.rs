@@ -72,10 +72,7 @@ fn check_kvm(r: &PodRequest) -> Result<(), PodError> {
         return refuse("-i or -t", "the apps' output reaches you, their input does not; run the pod without them");
     }
     if matches!(r.net, NetMode::Host) {
-        return refuse("--net=host", "the guest has its own kernel and network stack; use --net=none");
-    }
-    if matches!(r.net, NetMode::Cni { .. }) {
-        return refuse("CNI networks yet", "run it with --net=none");
+        return refuse("--net=host", "the guest has its own kernel and network stack; use --net=none or a network");
     }
     if r.systemd.notify != Notify::Auto || r.systemd.socket_app.is_some() || r.systemd.log_prefix {
         return refuse("--sd-notify, --socket-activated or --log-prefix", "use the ns stage1 for a systemd unit");

@@ -8,6 +8,7 @@ pub mod cgprime;
 pub mod fsutil;
 pub mod idmap;
 pub mod lock;
+pub mod netconf;
 pub mod proc;
 pub mod resolve;
 pub mod tty;

@@ -262,3 +262,50 @@ fn what_the_kvm_stage1_does_not_do_is_refused_before_anything_starts() {
     assert!(err.contains("setup-kvm.sh"), "{err}");
     assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_kvm_pod_on_the_default_network_serves_a_forwarded_port_and_leaves_no_network_state() {
+    let _s = serial();
+    let env = kvm_env();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = common::host_net_state(&env);
+    let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
+    let uuid = env.detached(&[
+        "--stage1=kvm",
+        "--hostname",
+        "vmweb",
+        "--port",
+        "127.0.0.1:18091:80",
+        &image("busybox"),
+        "--",
+        "sh",
+        "-c",
+        serve,
+    ]);
+    // The guest has the CNI result's address; the host reaches it directly and by the port.
+    let s = env.json(&["status", &uuid, "--format", "json"]);
+    let ip = s["networks"][0]["addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address: {s}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("172.16.28."), "{ip}");
+    let get = |url: &str| {
+        for _ in 0..100 {
+            let o = std::process::Command::new("curl").args(["-s", "--max-time", "2", url]).output().unwrap();
+            if o.status.success() {
+                return String::from_utf8_lossy(&o.stdout).into_owned();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{url} did not answer");
+    };
+    assert_eq!(get(&format!("http://{ip}/")), "vmweb\n");
+    assert_eq!(get("http://127.0.0.1:18091/"), "vmweb\n", "the forwarded port on the host's loopback");
+    env.ok(&["stop", &uuid]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_nothing_left(&env, &uuid);
+    assert_eq!(common::host_net_state(&env), before, "links, rules, leases and namespaces are as before");
+}

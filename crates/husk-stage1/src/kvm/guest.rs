@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_types::msg::{self, Message};
-use husk_types::pod::{exit, PodManifest, Stdio, VolumeKind};
+use husk_types::pod::{exit, NetMode, PodManifest, Stdio, VolumeKind};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -118,6 +118,9 @@ fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail>
     nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?;
     nix::unistd::sethostname(&m.hostname).ctx(Step::Pod, || format!("cannot set hostname {}", m.hostname))?;
     husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
+    if let NetMode::Cni { .. } = m.net {
+        super::net::configure_guest(&boot.pod_dir)?;
+    }
     let layout = crate::cgroup::detect()?;
     let names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
     layout.create_pod(&m.uuid, &names)?;

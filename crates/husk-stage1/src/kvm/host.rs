@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use husk_types::abi::{self, PodDir};
 use husk_types::msg::{self, Message};
-use husk_types::pod::{exit, AppStatus, Outcome, PodManifest, Stage1State, Stdio, VmSettings, VolumeKind, ABI_VERSION};
+use husk_types::pod::{
+    exit, AppStatus, NetMode, Outcome, PodManifest, Stage1State, Stdio, VmSettings, VolumeKind, ABI_VERSION,
+};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
 use super::plan::{self, Engine, Paths, CONTROL_PORT, STDERR_PORT, STDOUT_PORT};
 use crate::cgroup::{self, Layout};
 use crate::cleanup::Cleanup;
+use crate::cni;
 use crate::common::{debug_enabled, pod_dir, read_manifest, write_json, write_status, Context, Fail, Step};
 use crate::rootfs;
 
@@ -65,7 +68,11 @@ pub fn gc(args: &[String]) -> Result<(), Fail> {
     }
     let layout = cgroup::detect()?;
     let dir = pod_dir()?;
-    match crate::cleanup::collect(&dir, uuid, &layout, None).into_iter().next() {
+    let net = match read_manifest(&dir).map(|m| m.net) {
+        Ok(NetMode::Cni { plugin_dirs, .. }) => Some(plugin_dirs),
+        _ => None,
+    };
+    match crate::cleanup::collect(&dir, uuid, &layout, net.as_deref()).into_iter().next() {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -101,17 +108,21 @@ fn supervise(
         std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
     let sigs = crate::ns::signals();
     sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
+    let net_dirs = match &m.net {
+        NetMode::Cni { plugin_dirs, .. } => Some(plugin_dirs.as_slice()),
+        _ => None,
+    };
     let started = start(dir, m, vm, engine, &cpuinfo, &layout, debug);
     let (mut machine, listeners, console) = match started {
         Ok(x) => x,
         Err(e) => {
-            Cleanup::prepare(dir, &m.uuid, &layout, None).run_here(&host_mnt);
+            Cleanup::prepare(dir, &m.uuid, &layout, net_dirs).run_here(&host_mnt);
             return Err(e);
         }
     };
     let outcome = run_machine(dir, m, &mut machine, &listeners, &console, ready, &sigs);
     machine.kill();
-    let cleanup = Cleanup::prepare(dir, &m.uuid, &layout, None);
+    let cleanup = Cleanup::prepare(dir, &m.uuid, &layout, net_dirs);
     let code = match outcome {
         Ok(code) => code,
         Err(e) => {
@@ -175,13 +186,35 @@ fn start(
         }
     }
 
+    // The networks, in the host's mount namespace (the netns pin lives there): CNI as for ns,
+    // then a tap joined to each interface the plugins made.
+    let netns = match &m.net {
+        NetMode::Cni { .. } => Some(cni::create_netns(&m.uuid)?),
+        _ => None,
+    };
+    let states = match &netns {
+        Some(ns) => cni::setup(dir, m, ns)?,
+        None => vec![],
+    };
+    let taps = match &netns {
+        Some(ns) => {
+            let nics = super::net::guest_nics(&states).map_err(Fail::Invalid)?;
+            let data = serde_json::to_vec(&nics).expect("NICs serialize");
+            let f = super::net::nics_file(dir);
+            husk_sys::atomic_write_volatile(&f, &data, 0o644)
+                .ctx(Step::Network, || format!("cannot write {}", f.display()))?;
+            super::net::attach_taps(ns, &nics)?
+        }
+        None => vec![],
+    };
+
     // What the guest sees: the pod dir with the app roots mounted, in our own mount namespace.
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .ctx(Step::Pod, || "cannot create the supervisor's mount namespace".into())?;
     rootfs::make_root_slave()?;
     rootfs::mount_roots(dir, m, None)?;
     share_volumes(dir, m)?;
-    rootfs::write_etc(dir, m, None)?;
+    rootfs::write_etc(dir, m, cni::dns_from(&states))?;
 
     let listen = |port: u32| {
         let p = paths.vsock_listener(port);
@@ -206,7 +239,16 @@ fn start(
             wait_for(&sock, what, &mut daemons, dir)?;
         }
         let cmdline = plan::kernel_cmdline(m, dir, engine, plan::tsc_khz(cpuinfo), debug);
-        let qemu = spawn(&paths.qemu, &plan::qemu_args(vm, engine, &paths, &cmdline, None), log("qemu.log")?)?;
+        let args = plan::qemu_args(vm, engine, &paths, &cmdline, &taps);
+        // With networks, qemu opens its taps in the pod's network namespace.
+        let qemu = match &netns {
+            None => spawn(&paths.qemu, &args, log("qemu.log")?)?,
+            Some(ns) => {
+                let mut a = vec![format!("--net={}", ns.display()), paths.qemu.display().to_string()];
+                a.extend(args);
+                spawn(Path::new("nsenter"), &a, log("qemu.log")?)?
+            }
+        };
         Ok(qemu)
     })();
     let qemu = match spawned {

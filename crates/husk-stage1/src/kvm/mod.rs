@@ -15,6 +15,7 @@
 pub mod guest;
 pub mod host;
 pub mod initramfs;
+pub mod net;
 pub mod plan;
 
 use std::path::PathBuf;

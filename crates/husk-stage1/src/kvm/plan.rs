@@ -126,7 +126,7 @@ pub fn kernel_cmdline(m: &PodManifest, pod_dir: &Path, engine: Engine, tsc_khz: 
 
 /// qemu's command line: a microvm with virtio-mmio devices only, memory a memfd that the
 /// vhost-user daemons map, no firmware of its own beyond qemu's, no default devices.
-pub fn qemu_args(vm: &VmSettings, engine: Engine, paths: &Paths, cmdline: &str, net: Option<&TapNic>) -> Vec<String> {
+pub fn qemu_args(vm: &VmSettings, engine: Engine, paths: &Paths, cmdline: &str, nics: &[TapNic]) -> Vec<String> {
     let mem = vm.memory_mib;
     let mut a: Vec<String> = vec![
         "-name".into(),
@@ -182,11 +182,11 @@ pub fn qemu_args(vm: &VmSettings, engine: Engine, paths: &Paths, cmdline: &str, 
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ];
-    if let Some(nic) = net {
+    for (n, nic) in nics.iter().enumerate() {
         a.push("-netdev".into());
-        a.push(format!("tap,id=net0,ifname={},script=no,downscript=no,vhost=off", nic.tap));
+        a.push(format!("tap,id=net{n},ifname={},script=no,downscript=no,vhost=off", nic.tap));
         a.push("-device".into());
-        a.push(format!("virtio-net-device,netdev=net0,mac={}", nic.mac));
+        a.push(format!("virtio-net-device,netdev=net{n},mac={}", nic.mac));
     }
     a
 }
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn qemu_under_tcg_gets_the_clocks_and_a_small_cache() {
-        let a = qemu_args(&vm(), Engine::Tcg, &paths(true, true), "x", None);
+        let a = qemu_args(&vm(), Engine::Tcg, &paths(true, true), "x", &[]);
         assert!(has_pair(&a, "-M", "microvm,pit=on,rtc=on,acpi=on,memory-backend=mem"));
         assert!(has_pair(&a, "-accel", "tcg,tb-size=64"));
         assert!(has_pair(&a, "-cpu", "max"));
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn qemu_under_kvm_uses_the_host_cpu_and_no_emulated_clocks() {
-        let a = qemu_args(&vm(), Engine::Kvm, &paths(true, true), "x", None);
+        let a = qemu_args(&vm(), Engine::Kvm, &paths(true, true), "x", &[]);
         assert!(has_pair(&a, "-M", "microvm,acpi=on,memory-backend=mem"));
         assert!(has_pair(&a, "-accel", "kvm"));
         assert!(has_pair(&a, "-cpu", "host"));
@@ -346,10 +346,14 @@ mod tests {
 
     #[test]
     fn a_network_gives_the_guest_a_tap_card() {
-        let nic = TapNic { tap: "tap0".into(), mac: "02:00:0a:58:00:05".into() };
-        let a = qemu_args(&vm(), Engine::Tcg, &paths(true, true), "x", Some(&nic));
+        let nics = [
+            TapNic { tap: "tap0".into(), mac: "02:00:0a:58:00:05".into() },
+            TapNic { tap: "tap1".into(), mac: "02:00:0a:59:00:05".into() },
+        ];
+        let a = qemu_args(&vm(), Engine::Tcg, &paths(true, true), "x", &nics);
         assert!(has_pair(&a, "-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"));
         assert!(has_pair(&a, "-device", "virtio-net-device,netdev=net0,mac=02:00:0a:58:00:05"));
+        assert!(has_pair(&a, "-netdev", "tap,id=net1,ifname=tap1,script=no,downscript=no,vhost=off"));
     }
 
     #[test]

@@ -162,3 +162,46 @@ pub fn pod_cgroups(uuid: &str) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Host state a pod must not leave behind: links, nat/filter rules that name a pod, IPAM
+/// leases, pinned namespaces. portmap's shared top-level chains (CNI-HOSTPORT-*) are created
+/// once per host and, as with every CNI runtime, stay.
+pub fn host_net_state(_env: &Env) -> std::collections::BTreeSet<String> {
+    let mut s = std::collections::BTreeSet::new();
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        s.insert(format!("link {}", l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("")));
+    }
+    for table in ["nat", "filter", "raw"] {
+        let rules = std::process::Command::new("iptables-save").args(["-t", table]).output().unwrap();
+        for r in String::from_utf8_lossy(&rules.stdout).lines() {
+            if r.contains("CNI") && !r.contains("CNI-HOSTPORT-")
+                || r.contains("172.16.28.")
+                || r.contains("172.17.4.")
+                || r.contains("husk ")
+            {
+                s.insert(format!("rule {r}"));
+            }
+        }
+    }
+    for net in ["default", "default-restricted"] {
+        if let Ok(rd) = std::fs::read_dir(std::path::Path::new("/var/lib/cni/networks").join(net)) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    s.insert(format!("lease {net} {n}"));
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/run/husk/netns") {
+        for e in rd.flatten() {
+            s.insert(format!("netns {}", e.file_name().to_string_lossy()));
+        }
+    }
+    for m in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains("/run/husk/netns"))
+    {
+        s.insert(format!("mount {m}"));
+    }
+    s
+}
