@@ -791,7 +791,7 @@ fn exec_app(
 
 /// `enter --pid=PID --app=NAME [--tty] [--] CMD…`: joins the app's namespaces and cgroup, takes on the
 /// app's user, capabilities and no_new_privs (never more than the app has: rkt CVE-2019-10144).
-fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
+pub(crate) fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
     let name = flag_value(args, "app").ok_or_else(|| Fail::Invalid("enter needs --app".into()))?;
@@ -890,9 +890,9 @@ fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     }
 }
 
-/// `gc UUID`: removes what stage1 created outside the pod dir (cgroups). Idempotent; run by
-/// stage0 on exited pods.
-fn gc(args: &[String]) -> Result<(), Fail> {
+/// `gc UUID`: removes what stage1 created outside the pod dir (cgroups, networks, a kvm pod's
+/// sockets). Idempotent; run by stage0 on exited pods. Also the kvm flavor's.
+pub(crate) fn gc(args: &[String]) -> Result<(), Fail> {
     let uuid =
         args.iter().rfind(|a| !a.starts_with("--")).ok_or_else(|| Fail::Invalid("gc needs the pod UUID".into()))?;
     if uuid.contains('/') || uuid.contains("..") {

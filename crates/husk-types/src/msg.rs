@@ -35,6 +35,9 @@ pub enum Message {
     Signal { signal: i32 },
     /// A kvm pod's guest init → its supervisor: every app has ended; the pod's status.
     PodExited { code: i32 },
+    /// `husk enter` of a kvm pod → the guest's enter service: run `cmd` in app `app` (guest pid
+    /// `pid`), with its restrictions; then the session's framed streams follow.
+    Enter { app: String, pid: i32, cmd: Vec<crate::ByteStr> },
 }
 
 impl Message {
@@ -51,6 +54,7 @@ impl Message {
             Message::Continue { .. } => "continue",
             Message::Signal { .. } => "signal",
             Message::PodExited { .. } => "pod-exited",
+            Message::Enter { .. } => "enter",
         }
     }
 }

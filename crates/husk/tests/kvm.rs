@@ -185,6 +185,28 @@ fn a_detached_kvm_pod_logs_and_stops_and_force_kills_its_vm() {
         seen.push(l);
     }
     assert!(seen[0].starts_with("tick 0"), "{seen:?}");
+    // enter: a command in the guest's app, with the app's restrictions, its input, output and
+    // exit status carried over vsock.
+    let mut c = env.cmd();
+    c.args([
+        "enter",
+        &uuid,
+        "--",
+        "sh",
+        "-c",
+        "read x; echo got $x; grep CapEff /proc/self/status; echo oops >&2; exit 4",
+    ]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"ping\n").unwrap();
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(4), "{out}\n{err}");
+    assert!(out.contains("got ping") && out.contains("00000000a80425fb"), "{out}");
+    assert!(err.contains("oops"), "{err}");
+    let err = env.fails(&["enter", &uuid, "--", "/no/such/command"], 127);
+    assert!(err.contains("/no/such/command"), "{err}");
     // stop: SIGTERM reaches the app inside the guest, which exits with its own status.
     env.ok(&["stop", &uuid]);
     let st = status_of(&env, &uuid);

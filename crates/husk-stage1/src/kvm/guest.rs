@@ -130,6 +130,7 @@ fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail>
     let sigs = crate::ns::signals();
     sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
     signal_relay(report.try_clone().ctx(Step::Pod, || "dup".into())?)?;
+    super::enter::serve(&boot.pod_dir)?;
     crate::ns::run_apps(&boot.pod_dir, m, &layout, report, None, None)
 }
 

@@ -59,25 +59,6 @@ pub fn run(args: &[String]) -> Result<i32, Fail> {
     })
 }
 
-/// `gc UUID`: as for `ns` (cgroups, and the pod's sockets under /run/husk/kvm).
-pub fn gc(args: &[String]) -> Result<(), Fail> {
-    let uuid =
-        args.iter().rfind(|a| !a.starts_with("--")).ok_or_else(|| Fail::Invalid("gc needs the pod UUID".into()))?;
-    if uuid.contains('/') || uuid.contains("..") {
-        return Err(Fail::Invalid(format!("bad pod UUID {uuid:?}")));
-    }
-    let layout = cgroup::detect()?;
-    let dir = pod_dir()?;
-    let net = match read_manifest(&dir).map(|m| m.net) {
-        Ok(NetMode::Cni { plugin_dirs, .. }) => Some(plugin_dirs),
-        _ => None,
-    };
-    match crate::cleanup::collect(&dir, uuid, &layout, net.as_deref()).into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 /// The running machine: qemu and its daemons, bound to the supervisor.
 struct Machine {
     qemu: Child,
@@ -374,9 +355,15 @@ fn run_machine(
     let mut control_w = control.try_clone().ctx(Step::Pod, || "cannot duplicate the control channel".into())?;
     let mut reports = BufReader::new(control.try_clone().ctx(Step::Pod, || "dup".into())?);
     let mut start_error = None;
+    // The apps' pids in the guest: `husk enter` names the app's by it.
+    let mut app_pids = std::collections::BTreeMap::new();
     loop {
         match msg::expect(&mut reports, &["app-started", "ready", "failed"]) {
-            Ok(Message::AppStarted { .. }) => continue,
+            Ok(Message::AppStarted { app, pid }) => {
+                if m.apps.iter().any(|a| a.name == app) && pid > 0 {
+                    app_pids.insert(app, pid);
+                }
+            }
             Ok(Message::Ready) => break,
             Ok(Message::Failed { reason }) => {
                 start_error = Some(reason);
@@ -395,7 +382,7 @@ fn run_machine(
         init_pid: machine.qemu.id() as i32,
         started: chrono::Utc::now(),
         cgroup: Some(abi::pod_cgroup(&m.uuid)),
-        app_pids: Default::default(),
+        app_pids,
     };
     write_json(&PodDir::new(dir).stage1_state(), &state)?;
     if let Some(r) = ready.as_mut() {

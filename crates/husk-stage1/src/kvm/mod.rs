@@ -12,6 +12,7 @@
 //! ```
 //! The helpers are bound to the supervisor (parent-death signal): they never outlive it.
 
+pub mod enter;
 pub mod guest;
 pub mod host;
 pub mod initramfs;
@@ -38,16 +39,14 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
     if std::process::id() == 1 {
         guest::main();
     }
-    let (args, _cmd) = crate::common::split_args(raw);
+    let (args, cmd) = crate::common::split_args(raw);
     let rest = args.get(2..).unwrap_or(&[]).to_vec();
     let r = match args.get(1).map(String::as_str) {
         Some("run") => host::run(&rest),
-        Some("gc") => host::gc(&rest).map(|_| 0),
-        Some("enter") => Err(Fail::Invalid(
-            "enter is not available for kvm pods yet: the apps run in the guest; use `husk logs` for their output"
-                .into(),
-        )),
-        _ => Err(Fail::Invalid("usage: husk-stage1-kvm run|gc … (see docs/stage1-abi.md)".into())),
+        // The same as for ns: cgroups, networks, and the sockets under /run/husk/kvm.
+        Some("gc") => crate::ns::gc(&rest).map(|_| 0),
+        Some("enter") => enter::enter(&rest, cmd),
+        _ => Err(Fail::Invalid("usage: husk-stage1-kvm run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
     match r {
         Ok(code) => code,
