@@ -306,13 +306,20 @@ fn a_kvm_pod_on_the_default_network_serves_a_forwarded_port_and_leaves_no_networ
     ]);
     // The guest has the CNI result's address; the host reaches it directly and by the port.
     let s = env.json(&["status", &uuid, "--format", "json"]);
-    let ip = s["networks"][0]["addresses"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address: {s}"))
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = match s["networks"][0]["addresses"][0].as_str() {
+        Some(a) => a.split('/').next().unwrap().to_string(),
+        None => {
+            let pod = env.dir().join("pods/run").join(&uuid);
+            let read = |p: &str| std::fs::read_to_string(pod.join(p)).unwrap_or_else(|e| format!("({p}: {e})"));
+            panic!(
+                "no address: {s}\nstatus: {}\nnet/state.json: {}\nconsole: {}\nlogs: {}",
+                env.ok(&["status", &uuid]),
+                read("net/state.json"),
+                read("kvm/console.log"),
+                read("logs/busybox.log")
+            );
+        }
+    };
     assert!(ip.starts_with("172.16.28."), "{ip}");
     let get = |url: &str| {
         for _ in 0..100 {
