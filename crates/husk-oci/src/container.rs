@@ -458,6 +458,7 @@ pub fn start(ctx: &Ctx, id: &str) -> Result<(), Error> {
     )
     .map_err(|e| Error::Sys(format!("cannot open {}: {e}", dir.fifo().display())))?;
     let mut got = [0u8; 1];
+    let mut not_held: Option<std::time::Instant> = None;
     loop {
         match rustix::io::read(&fifo, &mut got) {
             Ok(1) => break,
@@ -472,9 +473,16 @@ pub fn start(ctx: &Ctx, id: &str) -> Result<(), Error> {
                 if !state::init_alive(&saved) {
                     return Err(Error::Sys(format!("the init of container {id} exited before it was started")));
                 }
+                // Not holding it: either another start consumed the byte and the init exec'd, or
+                // the init has not opened it yet (a busy machine). Only the first lasts.
                 if state::holds(saved.pid, &dir.fifo()) == Some(false) {
-                    let _ = std::fs::remove_file(dir.fifo());
-                    return Err(Error::User(format!("cannot start container {id}: it was started already")));
+                    let since = *not_held.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > std::time::Duration::from_secs(2) {
+                        let _ = std::fs::remove_file(dir.fifo());
+                        return Err(Error::User(format!("cannot start container {id}: it was started already")));
+                    }
+                } else {
+                    not_held = None;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
