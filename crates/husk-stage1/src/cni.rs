@@ -60,6 +60,19 @@ pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
 }
 
 /// Joins every network of the pod, in order. On failure, what was set up is torn down again.
+/// A CNI pod's network namespace, pinned, and its networks set up in it (`None` and nothing for
+/// a pod without CNI networks). Shared by the `ns` and `kvm` supervisors.
+pub fn create_and_setup(pod_dir: &Path, m: &PodManifest) -> Result<(Option<PathBuf>, Vec<NetState>), Fail> {
+    match &m.net {
+        NetMode::Cni { .. } => {
+            let ns = create_netns(&m.uuid)?;
+            let states = setup(pod_dir, m, &ns)?;
+            Ok((Some(ns), states))
+        }
+        _ => Ok((None, vec![])),
+    }
+}
+
 pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetState>, Fail> {
     let NetMode::Cni { networks, ports, plugin_dirs } = &m.net else { return Ok(vec![]) };
     std::fs::create_dir_all(PodDir::new(pod_dir).net_dir())

@@ -172,14 +172,7 @@ fn supervise(
         if let Some(r) = m.private_users {
             layout.delegate(&m.uuid, &app_names, r.host_base)?;
         }
-        let netns = match &m.net {
-            NetMode::Cni { .. } => Some(cni::create_netns(&m.uuid)?),
-            _ => None,
-        };
-        let states = match &netns {
-            Some(ns) => cni::setup(dir, m, ns)?,
-            None => vec![],
-        };
+        let (netns, states) = cni::create_and_setup(dir, m)?;
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
         start_pod(dir, m, &layout, netns.as_deref(), console, listen.as_ref())
     })();

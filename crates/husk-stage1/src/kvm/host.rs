@@ -169,14 +169,7 @@ fn start(
 
     // The networks, in the host's mount namespace (the netns pin lives there): CNI as for ns,
     // then a tap joined to each interface the plugins made.
-    let netns = match &m.net {
-        NetMode::Cni { .. } => Some(cni::create_netns(&m.uuid)?),
-        _ => None,
-    };
-    let states = match &netns {
-        Some(ns) => cni::setup(dir, m, ns)?,
-        None => vec![],
-    };
+    let (netns, states) = cni::create_and_setup(dir, m)?;
     let taps = match &netns {
         Some(ns) => {
             let nics = super::net::guest_nics(&states).map_err(Fail::Invalid)?;

@@ -79,11 +79,16 @@ impl Paths {
     /// The vsock daemon's "hybrid" socket: the host connects here to reach a guest port, and
     /// listens on `<this>_<port>` for the guest's connections to host port `port`.
     pub fn vsock_uds(&self) -> PathBuf {
-        self.run.join("vsock")
+        vsock_uds(&self.run)
     }
     pub fn vsock_listener(&self, port: u32) -> PathBuf {
         self.run.join(format!("vsock_{port}"))
     }
+}
+
+/// The vsock daemon's hybrid socket in a pod's run dir (see [`Paths::vsock_uds`]).
+pub fn vsock_uds(run: &Path) -> PathBuf {
+    run.join("vsock")
 }
 
 /// The guest kernel's command line. The guest init finds its pod dir (shared at the same path
