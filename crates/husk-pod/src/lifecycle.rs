@@ -68,9 +68,6 @@ fn check_kvm(r: &PodRequest) -> Result<(), PodError> {
     if r.private_users {
         return refuse("--private-users", "the pod's root is root of its own kernel; leave the flag out");
     }
-    if r.stdio != Stdio::Inherit && r.stdio != Stdio::Log {
-        return refuse("-i or -t", "the apps' output reaches you, their input does not; run the pod without them");
-    }
     if matches!(r.net, NetMode::Host) {
         return refuse("--net=host", "the guest has its own kernel and network stack; use --net=none or a network");
     }

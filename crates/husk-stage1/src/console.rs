@@ -70,7 +70,7 @@ fn relay_main(dir: &Path, m: &PodManifest, sock: OwnedFd) -> Result<(), Fail> {
         }
         Stdio::AttachableTerminal => {
             let _ = tty::set_winsize(&master, DEFAULT_SIZE.0, DEFAULT_SIZE.1);
-            let served = Served::open(dir, m, master);
+            let served = Served::open(dir, m, Box::new(tty::Master(master)));
             acknowledge(&sock);
             served?.serve()
         }
@@ -85,13 +85,14 @@ fn invoker_size() -> Option<(u16, u16)> {
 }
 
 /// Tells the app it may exec (a relay that is gone tells it too, by closing).
-fn acknowledge(sock: &OwnedFd) {
+pub(crate) fn acknowledge(sock: &OwnedFd) {
     let _ = tty::send_packet(sock, b"ok");
 }
 
-/// A detached pod's terminal: the log, the attach socket, at most one client.
-struct Served {
-    master: OwnedFd,
+/// A detached pod's terminal (a pty master, or a kvm guest's terminal stream): the log, the
+/// attach socket, at most one client.
+pub(crate) struct Served {
+    far: Box<dyn tty::Far + Send>,
     log: Rotating,
     listener: OwnedFd,
     socket: std::path::PathBuf,
@@ -99,7 +100,7 @@ struct Served {
 }
 
 impl Served {
-    fn open(dir: &Path, m: &PodManifest, master: OwnedFd) -> Result<Served, Fail> {
+    pub(crate) fn open(dir: &Path, m: &PodManifest, far: Box<dyn tty::Far + Send>) -> Result<Served, Fail> {
         let app = &m.apps.first().ok_or_else(|| Fail::Invalid("a pod without apps".into()))?.name;
         let d = PodDir::new(dir);
         let logs = d.logs_dir();
@@ -108,14 +109,14 @@ impl Served {
             Rotating::open(&logs, app, m.log_limits).ctx(Step::Log, || format!("cannot open the log of app {app}"))?;
         let listener = tty::listen_seqpacket(dir, ATTACH_SOCKET)
             .ctx(Step::Process, || format!("cannot listen on {}", d.attach_socket().display()))?;
-        Ok(Served { master, log, listener, socket: d.attach_socket(), client: None })
+        Ok(Served { far, log, listener, socket: d.attach_socket(), client: None })
     }
 
-    fn serve(mut self) -> Result<(), Fail> {
+    pub(crate) fn serve(mut self) -> Result<(), Fail> {
         let mut buf = vec![0u8; MAX_FRAME + 1];
         loop {
             let mut fds = vec![
-                PollFd::new(self.master.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.far.fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
             ];
             if let Some(c) = &self.client {
@@ -144,7 +145,7 @@ impl Served {
 
     /// Copies the app's output to the log and the client; false when the app's terminal ended.
     fn output(&mut self, buf: &mut [u8]) -> bool {
-        let n = match tty::read_master(&self.master, buf) {
+        let n = match self.far.read_output(buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
@@ -181,10 +182,10 @@ impl Served {
         };
         match ToPod::decode(&buf[..n]) {
             Ok(ToPod::Input(d)) => {
-                let _ = tty::write_all(&self.master, d);
+                let _ = self.far.write_input(d);
             }
             Ok(ToPod::Resize { rows, cols }) => {
-                let _ = tty::set_winsize(&self.master, rows, cols);
+                let _ = self.far.resize(rows, cols);
             }
             Err(e) => {
                 eprintln!("husk stage1: attach client sent a bad frame ({e}); detaching it");

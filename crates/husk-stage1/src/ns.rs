@@ -669,7 +669,7 @@ pub(crate) fn run_apps(
 /// every writer closed its pipe, or the app's terminal). A process the apps left behind may
 /// hold a pipe open: after a short while the pod ends anyway, which ends that process and the
 /// writer with it.
-fn wait_briefly(pid: Pid) {
+pub(crate) fn wait_briefly(pid: Pid) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -785,6 +785,17 @@ fn exec_app(
 /// `enter --pid=PID --app=NAME [--tty] [--] CMD…`: joins the app's namespaces and cgroup, takes on the
 /// app's user, capabilities and no_new_privs (never more than the app has: rkt CVE-2019-10144).
 pub(crate) fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
+    enter_relaying(args, cmd, crate::console::relay_entered)
+}
+
+/// [`enter`], with `--tty` relaying the command's terminal with `relay`: it gets the socket the
+/// command's child sends the pty master over (and acknowledges), and returns when the terminal
+/// ended. A kvm guest's enter service relays it to the host's stream instead of a terminal.
+pub(crate) fn enter_relaying(
+    args: &[String],
+    cmd: Option<Vec<ByteStr>>,
+    relay: impl FnOnce(OwnedFd) -> Result<(), Fail>,
+) -> Result<i32, Fail> {
     let dir = pod_dir()?;
     let m = read_manifest(&dir)?;
     let name = flag_value(args, "app").ok_or_else(|| Fail::Invalid("enter needs --app".into()))?;
@@ -866,7 +877,7 @@ pub(crate) fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, F
             let _ = int.thread_block();
             if let Some((relay_end, app_end)) = terminal {
                 drop(app_end);
-                if let Err(e) = crate::console::relay_entered(relay_end) {
+                if let Err(e) = relay(relay_end) {
                     eprintln!("husk enter: {}", e.chain());
                 }
             }

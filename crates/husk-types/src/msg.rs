@@ -36,8 +36,15 @@ pub enum Message {
     /// A kvm pod's guest init → its supervisor: every app has ended; the pod's status.
     PodExited { code: i32 },
     /// `husk enter` of a kvm pod → the guest's enter service: run `cmd` in app `app` (guest pid
-    /// `pid`), with its restrictions; then the session's framed streams follow.
-    Enter { app: String, pid: i32, cmd: Vec<crate::ByteStr> },
+    /// `pid`), with its restrictions (and, with `tty`, a terminal of the app's devpts); then the
+    /// session's framed streams follow.
+    Enter {
+        app: String,
+        pid: i32,
+        cmd: Vec<crate::ByteStr>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tty: bool,
+    },
 }
 
 impl Message {

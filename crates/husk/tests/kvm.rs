@@ -4,11 +4,15 @@
 //! runs) in $HUSK_KVM_DIR.
 
 mod common;
+#[path = "common/term.rs"]
+mod term;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{image, Env};
+use husk_sys::tty;
+use term::Term;
 
 fn kvm_env() -> Env {
     let assets = std::env::var("HUSK_KVM_DIR")
@@ -226,6 +230,107 @@ fn a_detached_kvm_pod_logs_and_stops_and_force_kills_its_vm() {
 }
 
 #[test]
+fn a_kvm_pod_gives_its_app_a_terminal_of_the_guest_and_the_invokers_input() {
+    let _s = serial();
+    let env = kvm_env();
+    let bb = image("busybox");
+    env.ok(&["fetch", "-q", &bb]);
+    // -it: a pty of the app's devpts in the guest, the invoker's size, resizes, raw input.
+    let t = Term::spawn(&env, &["run", "--stage1=kvm", "--net=none", "-it", &bb, "--", "sh"], 33, 77);
+    t.send(b"tty; stty size; [ /dev/console -ef /dev/pts/0 ] && echo CONSOLE-OK; echo R$((6*7))\r");
+    let out = t.wait_for("R42");
+    assert!(out.contains("/dev/pts/0") && out.contains("33 77") && out.contains("CONSOLE-OK"), "{out}");
+    t.resize(40, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    t.send(b"stty size; echo S$((1+1))\r");
+    let out = t.wait_for("S2");
+    assert!(out.contains("40 100"), "the new size reached the guest's app: {out}");
+    // ctrl-c is the app's: the shell survives it.
+    t.send(b"sleep 100\r");
+    std::thread::sleep(Duration::from_millis(500));
+    t.send(b"\x03");
+    t.send(b"echo after-$((3*3))\r");
+    t.wait_for("after-9");
+    t.send(b"exit 3\r");
+    let slave = t.pty.slave.try_clone().unwrap();
+    let (code, out) = t.wait();
+    assert_eq!(code, 3, "the app's status: {out}");
+    assert!(tty::is_cooked(&slave).unwrap(), "the terminal was not restored");
+    let uuid = env.json(&["list", "--format", "json"])[0]["uuid"].as_str().unwrap().to_string();
+    assert_nothing_left(&env, &uuid);
+
+    // -i without -t: our input is the app's stdin, to its end.
+    let mut c = env.cmd();
+    c.args([
+        "run",
+        "-q",
+        "--stage1=kvm",
+        "--net=none",
+        "-i",
+        &bb,
+        "--",
+        "sh",
+        "-c",
+        "read x; echo got $x; cat; echo end",
+    ]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"ping\nrest of it\n").unwrap();
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out, "got ping\nrest of it\nend\n");
+}
+
+#[test]
+fn a_detached_kvm_terminal_is_logged_attached_to_and_entered_with_a_terminal() {
+    let _s = serial();
+    let env = kvm_env();
+    let bb = image("busybox");
+    let uuid =
+        env.detached(&["--stage1=kvm", "--net=none", "-t", &bb, "--", "sh", "-c", "echo started-$((1+1)); exec sh"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.ok(&["logs", &uuid]).contains("started-2") {
+        assert!(Instant::now() < deadline, "the terminal's output never reached the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Term::spawn(&env, &["attach", &uuid], 25, 101);
+    t.wait_for("attached to pod");
+    t.send(b"stty size; echo A$((6*7))\r");
+    let out = t.wait_for("A42");
+    assert!(out.contains("25 101"), "the attaching terminal's size: {out}");
+    t.send(b"\x10\x11");
+    let (code, out) = t.wait();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("detached from pod"), "{out}");
+    assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "running");
+    assert!(env.ok(&["logs", &uuid]).contains("A42"), "what was shown while attached is logged too");
+
+    // enter at a terminal: a pty of the app's devpts in the guest, our size, the status.
+    let t = Term::spawn(&env, &["enter", &uuid, "sh"], 20, 60);
+    t.send(b"tty; stty size; echo E$((2*3))\r");
+    let out = t.wait_for("E6");
+    assert!(out.contains("/dev/pts/1") && out.contains("20 60"), "{out}");
+    t.send(b"exit 4\r");
+    let (code, out) = t.wait();
+    assert_eq!(code, 4, "{out}");
+    // From a script: `--tty` still gives one; without it, none.
+    let o = env.cmd().args(["enter", "--tty", &uuid, "tty"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/dev/pts/1\r\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.cmd().args(["enter", &uuid, "tty"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "not a tty\n");
+
+    // Attach again; the app's exit ends the attach with its status, and the pod.
+    let t = Term::spawn(&env, &["attach", &uuid], 25, 100);
+    t.wait_for("attached to pod");
+    t.send(b"exit 5\r");
+    let (code, out) = t.wait();
+    assert_eq!(code, 5, "{out}");
+    assert_nothing_left(&env, &uuid);
+}
+
+#[test]
 fn kill_9_of_a_kvm_supervisor_takes_the_vm_down_and_gc_cleans_up() {
     let _s = serial();
     let env = kvm_env();
@@ -256,11 +361,7 @@ fn kill_9_of_a_kvm_supervisor_takes_the_vm_down_and_gc_cleans_up() {
 fn what_the_kvm_stage1_does_not_do_is_refused_before_anything_starts() {
     let env = kvm_env();
     let bb = image("busybox");
-    for (flags, want) in [
-        (vec!["--private-users"], "--private-users"),
-        (vec!["-i", "-t"], "-i or -t"),
-        (vec!["--net=host"], "--net=host"),
-    ] {
+    for (flags, want) in [(vec!["--private-users"], "--private-users"), (vec!["--net=host"], "--net=host")] {
         let mut a = vec!["run", "-q", "--stage1=kvm"];
         a.extend(flags.iter().copied());
         a.extend([bb.as_str(), "--", "true"]);

@@ -2,10 +2,10 @@
 //! cgroup, user, capabilities and no_new_privs (the `ns` enter code, run by the guest's enter
 //! service), its input and output carried over a vsock stream.
 //!
-//! The stream: the host sends one `enter` message, then frames `[kind][length, 4 bytes big
-//! endian][data]` of the command's stdin (kind 4; an empty one is its end: the vsock daemon
-//! does not pass on a half-close); the guest sends frames of kind 1 stdout, 2 stderr, and last 3,
-//! the exit status (4 bytes, big endian).
+//! The stream: the host sends one `enter` message, then the frames of [`super::stream`] (the
+//! command's input, and with `--tty` its window sizes); the guest sends its stdout and stderr
+//! (with `--tty`, the terminal's output as stdout) and, last, its exit status. With `--tty` the
+//! command gets a pty of the app's devpts in the guest, as `enter -t` of an `ns` pod does.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,46 +16,11 @@ use husk_types::msg::{self, Message};
 use husk_types::pod::exit;
 use husk_types::ByteStr;
 
+use super::stream::{self, frame, read_frame, EXIT, STDERR, STDIN, STDOUT};
 use crate::common::{flag_value, pod_dir, read_manifest, read_stage1_state, Context, Fail, Step};
 
 /// The vsock port of the guest's enter service.
 pub const ENTER_PORT: u32 = 1027;
-
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-pub const EXIT: u8 = 3;
-pub const STDIN: u8 = 4;
-/// A frame's data is at most this long (a larger length is a broken stream, not a frame).
-pub const MAX_FRAME: u32 = 1 << 20;
-
-/// One frame's bytes.
-pub fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + data.len());
-    v.push(kind);
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-/// Reads one frame; `None` at a clean end of the stream.
-pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len > MAX_FRAME || !matches!(head[0], STDOUT | STDERR | EXIT | STDIN) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad frame (kind {}, {len} bytes)", head[0]),
-        ));
-    }
-    let mut data = vec![0u8; len as usize];
-    r.read_exact(&mut data)?;
-    Ok(Some((head[0], data)))
-}
 
 /// The host side: `enter --pid=PID --app=NAME [--tty] -- CMD…` in the pod dir.
 pub fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
@@ -72,9 +37,7 @@ pub fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
             .get(&app)
             .ok_or_else(|| Fail::Invalid(format!("app {app} is not running")))?,
     };
-    if args.iter().any(|a| a == "--tty") {
-        eprintln!("husk enter: kvm pods have no terminal for entered commands yet; running without one");
-    }
+    let tty = args.iter().any(|a| a == "--tty");
     let cmd = match cmd {
         Some(c) if !c.is_empty() => c,
         _ => vec![ByteStr::from("/bin/sh")],
@@ -91,7 +54,11 @@ pub fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
     if !ok.starts_with("OK ") {
         return Err(Fail::Invalid(format!("the guest's enter service is not listening ({:?})", ok.trim())));
     }
-    msg::send(&mut s, &Message::Enter { app, pid, cmd }).map_err(|e| Fail::step(Step::Pod, "enter", e))?;
+    msg::send(&mut s, &Message::Enter { app, pid, cmd, tty }).map_err(|e| Fail::step(Step::Pod, "enter", e))?;
+    drop(r); // it read only the answer: the guest sends nothing before the message
+    if tty {
+        return relay_terminal(s);
+    }
     // Our stdin, to the command's, until its end.
     let mut w = s.try_clone().ctx(Step::Pod, || "dup".into())?;
     std::thread::spawn(move || {
@@ -108,6 +75,7 @@ pub fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
             }
         }
     });
+    let mut r = s;
     loop {
         match read_frame(&mut r).ctx(Step::Pod, || "the entered command's stream".into())? {
             Some((STDOUT, d)) => {
@@ -117,10 +85,25 @@ pub fn enter(args: &[String], cmd: Option<Vec<ByteStr>>) -> Result<i32, Fail> {
             Some((STDERR, d)) => {
                 let _ = std::io::stderr().write_all(&d);
             }
-            Some((_, d)) if d.len() == 4 => return Ok(i32::from_be_bytes([d[0], d[1], d[2], d[3]])),
+            Some((EXIT, d)) if d.len() == 4 => return Ok(i32::from_be_bytes([d[0], d[1], d[2], d[3]])),
             Some(_) | None => return Err(Fail::Invalid("the guest ended the session without an exit status".into())),
         }
     }
+}
+
+/// `enter -t`: our terminal (raw, its size passed on) relayed to the command's in the guest.
+fn relay_terminal(s: UnixStream) -> Result<i32, Fail> {
+    let mut guest = stream::Guest::new(s);
+    let size = invoker_size().unwrap_or(stream::DEFAULT_SIZE);
+    husk_sys::tty::Far::resize(&mut guest, size.0, size.1).ctx(Step::Pod, || "the session's stream".into())?;
+    husk_sys::tty::relay(&mut guest, true, &mut None).ctx(Step::Pod, || "relaying the terminal".into())?;
+    guest.status.ok_or_else(|| Fail::Invalid("the guest ended the session without an exit status".into()))
+}
+
+/// The window size of our terminal (stdin's, else stdout's).
+pub fn invoker_size() -> Option<(u16, u16)> {
+    let (i, o) = (std::io::stdin(), std::io::stdout());
+    husk_sys::tty::winsize(i.as_fd()).or_else(|| husk_sys::tty::winsize(o.as_fd())).map(|w| (w.ws_row, w.ws_col))
 }
 
 /// The guest's enter service: a process of the guest init that accepts sessions on
@@ -153,16 +136,55 @@ pub fn serve(pod_dir: &Path) -> Result<(), Fail> {
     }
 }
 
+/// A session with a terminal: this process joins the app (the `ns` enter code), whose child
+/// opens the pty in the app's devpts; its master is relayed over the stream.
+fn terminal_session(
+    pod_dir: &Path,
+    mut sock: stream::Incoming,
+    app: String,
+    pid: i32,
+    cmd: Vec<ByteStr>,
+) -> Result<i32, Fail> {
+    let mut out = sock.sock.try_clone().ctx(Step::Pod, || "dup".into())?;
+    std::env::set_current_dir(pod_dir).ctx(Step::Pod, || format!("cannot enter {}", pod_dir.display()))?;
+    let args = vec![format!("--pid={pid}"), format!("--app={app}"), "--tty".to_string()];
+    let code = crate::ns::enter_relaying(&args, Some(cmd), |relay_end| {
+        let Some(master) =
+            husk_sys::tty::recv_fd(&relay_end).ctx(Step::Process, || "cannot receive the terminal".into())?
+        else {
+            return Ok(());
+        };
+        let (rows, cols) = stream::first_size(&mut sock).ctx(Step::Pod, || "the session's stream".into())?;
+        let _ = husk_sys::tty::set_winsize(&master, rows, cols);
+        crate::console::acknowledge(&relay_end);
+        drop(relay_end);
+        stream::pump(&master, &mut sock).ctx(Step::Pod, || "relaying the terminal".into())
+    })
+    .unwrap_or_else(|e| {
+        let _ = out.write_all(&frame(STDOUT, format!("husk enter: {}\r\n", e.chain()).as_bytes()));
+        exit::STAGE1_FAILED
+    });
+    out.write_all(&frame(EXIT, &code.to_be_bytes())).ctx(Step::Pod, || "the session's stream".into())?;
+    Ok(code)
+}
+
 /// One session: runs the command (the `ns` enter code, in a child with pipes for its stdio)
 /// and relays its streams as frames.
 fn session(pod_dir: &Path, conn: OwnedFd) -> Result<i32, Fail> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let sock = std::fs::File::from(conn);
     let mut reader = BufReader::new(sock.try_clone().ctx(Step::Pod, || "dup".into())?);
-    let (app, pid, cmd) = match msg::expect(&mut reader, &["enter"]).map_err(|e| Fail::step(Step::Pod, "enter", e))? {
-        Message::Enter { app, pid, cmd } => (app, pid, cmd),
-        _ => unreachable!("expect() returns only the named messages"),
-    };
+    let (app, pid, cmd, tty) =
+        match msg::expect(&mut reader, &["enter"]).map_err(|e| Fail::step(Step::Pod, "enter", e))? {
+            Message::Enter { app, pid, cmd, tty } => (app, pid, cmd, tty),
+            _ => unreachable!("expect() returns only the named messages"),
+        };
+    if tty {
+        // What the reader took beyond the message (the host's first frames) comes first.
+        let incoming = stream::Incoming::new(reader.buffer().to_vec(), sock);
+        drop(reader);
+        return terminal_session(pod_dir, incoming, app, pid, cmd);
+    }
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(Step::Pod, || "pipe".into());
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
@@ -248,31 +270,4 @@ fn session(pod_dir: &Path, conn: OwnedFd) -> Result<i32, Fail> {
     };
     out.write_all(&frame(EXIT, &code.to_be_bytes())).ctx(Step::Pod, || "the session's stream".into())?;
     Ok(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip_and_end_cleanly() {
-        let mut v = frame(STDOUT, b"hello");
-        v.extend(frame(STDERR, b""));
-        v.extend(frame(EXIT, &7i32.to_be_bytes()));
-        let mut r = std::io::Cursor::new(v);
-        assert_eq!(read_frame(&mut r).unwrap(), Some((STDOUT, b"hello".to_vec())));
-        assert_eq!(read_frame(&mut r).unwrap(), Some((STDERR, vec![])));
-        assert_eq!(read_frame(&mut r).unwrap(), Some((EXIT, vec![0, 0, 0, 7])));
-        let mut r2 = std::io::Cursor::new(frame(STDIN, b"in"));
-        assert_eq!(read_frame(&mut r2).unwrap(), Some((STDIN, b"in".to_vec())));
-        assert_eq!(read_frame(&mut r).unwrap(), None);
-    }
-
-    #[test]
-    fn a_broken_stream_is_an_error_not_a_frame() {
-        // An unknown kind, an absurd length, a truncated body.
-        assert!(read_frame(&mut std::io::Cursor::new(vec![9, 0, 0, 0, 1, 0])).is_err());
-        assert!(read_frame(&mut std::io::Cursor::new(vec![1, 0xff, 0xff, 0xff, 0xff])).is_err());
-        assert!(read_frame(&mut std::io::Cursor::new(vec![1, 0, 0, 0, 5, b'a'])).is_err());
-    }
 }

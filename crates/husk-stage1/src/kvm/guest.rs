@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::common::{Context, Fail, Step};
-use crate::kvm::plan::{CONTROL_PORT, POD_TAG, STDERR_PORT, STDOUT_PORT};
+use crate::kvm::plan::{CONTROL_PORT, POD_TAG, STDERR_PORT, STDIN_PORT, STDOUT_PORT, TTY_PORT};
 
 /// The host's vsock context id, as the guest sees it.
 const HOST_CID: u32 = 2;
@@ -105,7 +105,7 @@ fn init() -> Result<i32, Fail> {
 
 /// The pod itself: its stdio, hostname, network, cgroups and the apps.
 fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail> {
-    if m.stdio == Stdio::Inherit {
+    if matches!(m.stdio, Stdio::Inherit | Stdio::Interactive) {
         // The apps' output goes straight to the supervisor, which writes it to its own.
         let out = connect(STDOUT_PORT)?;
         let err = connect(STDERR_PORT)?;
@@ -114,8 +114,13 @@ fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail>
             nix::unistd::dup2_stderr(&err).ctx(Step::Process, || "cannot redirect stderr".into())?;
         }
     }
-    let null = std::fs::File::open("/dev/null").ctx(Step::Process, || "cannot open /dev/null".into())?;
-    nix::unistd::dup2_stdin(&null).ctx(Step::Process, || "cannot redirect stdin".into())?;
+    // `-i`: the invoker's input, which ends when the supervisor closes the stream.
+    let input = match m.stdio {
+        Stdio::Interactive => std::fs::File::from(connect(STDIN_PORT)?),
+        _ => std::fs::File::open("/dev/null").ctx(Step::Process, || "cannot open /dev/null".into())?,
+    };
+    nix::unistd::dup2_stdin(&input).ctx(Step::Process, || "cannot redirect stdin".into())?;
+    drop(input);
     nix::unistd::sethostname(&m.hostname).ctx(Step::Pod, || format!("cannot set hostname {}", m.hostname))?;
     husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
     if let NetMode::Cni { .. } = m.net {
@@ -131,7 +136,49 @@ fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail>
     sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
     signal_relay(report.try_clone().ctx(Step::Pod, || "dup".into())?)?;
     super::enter::serve(&boot.pod_dir)?;
-    crate::ns::run_apps(&boot.pod_dir, m, &layout, report, None, None)
+    let (relay, console) =
+        if m.stdio.has_terminal() { terminal_relay().map(|(p, c)| (Some(p), Some(c)))? } else { (None, None) };
+    let code = crate::ns::run_apps(&boot.pod_dir, m, &layout, report, console, None);
+    if let Some(pid) = relay {
+        // The app's last output reaches the host before the pod is over.
+        crate::ns::wait_briefly(pid);
+    }
+    code
+}
+
+/// `run -t`: a child that connects the terminal's stream to the supervisor, receives the app's
+/// pty master (the app opens it in its own devpts, as in `ns`), sets the size the host sends
+/// first, lets the app go on and relays the terminal until it ends. Returns its pid and the
+/// app's end of the socket the master comes over.
+fn terminal_relay() -> Result<(Pid, OwnedFd), Fail> {
+    let (relay_end, app_end) = crate::console::sockets()?;
+    match husk_sys::proc::fork().ctx(Step::Process, || "cannot start the terminal relay".into())? {
+        husk_sys::proc::ForkResult::Parent { child } => Ok((child, app_end)),
+        husk_sys::proc::ForkResult::Child => {
+            drop(app_end);
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            let _ = nix::sys::signal::SigSet::all().thread_block();
+            let r = (|| -> Result<(), Fail> {
+                let sock = std::fs::File::from(connect(TTY_PORT)?);
+                let mut sock = super::stream::Incoming::new(Vec::new(), sock);
+                // Nothing comes when the app failed before its terminal existed.
+                let Some(master) = husk_sys::tty::recv_fd(&relay_end)
+                    .ctx(Step::Process, || "cannot receive the app's terminal".into())?
+                else {
+                    return Ok(());
+                };
+                let (rows, cols) =
+                    super::stream::first_size(&mut sock).ctx(Step::Process, || "the terminal's stream".into())?;
+                let _ = husk_sys::tty::set_winsize(&master, rows, cols);
+                crate::console::acknowledge(&relay_end);
+                super::stream::pump(&master, &mut sock).ctx(Step::Process, || "relaying the app's terminal".into())
+            })();
+            if let Err(e) = r {
+                eprintln!("husk guest init (terminal): {}", e.chain());
+            }
+            std::process::exit(0)
+        }
+    }
 }
 
 /// A child that reads the supervisor's messages and raises each signal in PID 1 (whose signals

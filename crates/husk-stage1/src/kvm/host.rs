@@ -18,7 +18,7 @@ use husk_types::pod::{
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
-use super::plan::{self, Engine, Paths, CONTROL_PORT, STDERR_PORT, STDOUT_PORT};
+use super::plan::{self, Engine, Paths, CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT, TTY_PORT};
 use crate::cgroup::{self, Layout};
 use crate::cleanup::Cleanup;
 use crate::cni;
@@ -89,6 +89,11 @@ fn supervise(
         std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
     let sigs = crate::ns::signals();
     sigs.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
+    // A terminal's relay thread takes window-size changes through its own signalfd: blocked
+    // here, the signal waits for it instead of being ignored.
+    let mut winch = nix::sys::signal::SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    winch.thread_block().ctx(Step::Pod, || "cannot block signals".into())?;
     let net_dirs = match &m.net {
         NetMode::Cni { plugin_dirs, .. } => Some(plugin_dirs.as_slice()),
         _ => None,
@@ -127,10 +132,13 @@ fn engine(vm: &VmSettings, cpuinfo: &str) -> Result<Engine, Fail> {
     Ok(engine)
 }
 
-/// The listening sockets for the guest's connections: control, and the apps' stdout/stderr.
+/// The listening sockets for the guest's connections: control, the apps' stdout/stderr, the
+/// invoker's input (`-i`), the app's terminal (`-t`).
 struct Listeners {
     control: UnixListener,
     output: Option<(UnixListener, UnixListener)>,
+    input: Option<UnixListener>,
+    terminal: Option<UnixListener>,
 }
 
 type Started = (Machine, Listeners, PathBuf);
@@ -197,9 +205,11 @@ fn start(
     let listeners = Listeners {
         control: listen(CONTROL_PORT)?,
         output: match m.stdio {
-            Stdio::Inherit => Some((listen(STDOUT_PORT)?, listen(STDERR_PORT)?)),
+            Stdio::Inherit | Stdio::Interactive => Some((listen(STDOUT_PORT)?, listen(STDERR_PORT)?)),
             _ => None,
         },
+        input: (m.stdio == Stdio::Interactive).then(|| listen(STDIN_PORT)).transpose()?,
+        terminal: m.stdio.has_terminal().then(|| listen(TTY_PORT)).transpose()?,
     };
     let log = |name: &str| -> Result<std::fs::File, Fail> {
         let p = dir.join("kvm").join(name);
@@ -341,10 +351,17 @@ fn run_machine(
         }
     };
     // The apps' output: copied to ours by a thread each, until the guest's side closes.
-    let relays = match &listeners.output {
+    let mut relays = match &listeners.output {
         Some((out, err)) => vec![relay(out, std::io::stdout())?, relay(err, std::io::stderr())?],
         None => vec![],
     };
+    if let Some(l) = &listeners.terminal {
+        relays.push(terminal(l, dir, m)?);
+    }
+    if let Some(l) = &listeners.input {
+        // Not joined: it may wait on our input for ever; it ends with the process.
+        drop(input(l)?);
+    }
     let mut control_w = control.try_clone().ctx(Step::Pod, || "cannot duplicate the control channel".into())?;
     let mut reports = BufReader::new(control.try_clone().ctx(Step::Pod, || "dup".into())?);
     let mut start_error = None;
@@ -464,6 +481,55 @@ fn run_machine(
             exit::STAGE1_FAILED
         }
     })
+}
+
+/// A thread that accepts the guest's terminal stream on `listener` and relays it: to our
+/// terminal in the foreground (raw, with our input, for `-it`), to the log and `husk attach`
+/// when detached.
+fn terminal(
+    listener: &UnixListener,
+    dir: &Path,
+    m: &PodManifest,
+) -> Result<(UnixListener, std::thread::JoinHandle<()>), Fail> {
+    let l = listener.try_clone().ctx(Step::Pod, || "cannot duplicate a listener".into())?;
+    let mine = listener.try_clone().ctx(Step::Pod, || "cannot duplicate a listener".into())?;
+    let (dir, m) = (dir.to_path_buf(), m.clone());
+    let handle = std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let mut guest = super::stream::Guest::new(s);
+        let r = match m.stdio {
+            Stdio::Terminal { input } => {
+                let (rows, cols) = super::enter::invoker_size().unwrap_or(super::stream::DEFAULT_SIZE);
+                husk_sys::tty::Far::resize(&mut guest, rows, cols)
+                    .and_then(|_| husk_sys::tty::relay(&mut guest, input, &mut None))
+                    .map(drop)
+                    .ctx(Step::Process, || "relaying the app's terminal".into())
+            }
+            _ => {
+                let (rows, cols) = super::stream::DEFAULT_SIZE;
+                husk_sys::tty::Far::resize(&mut guest, rows, cols)
+                    .ctx(Step::Process, || "the app's terminal".into())
+                    .and_then(|_| crate::console::Served::open(&dir, &m, Box::new(guest)))
+                    .and_then(|s| s.serve())
+            }
+        };
+        if let Err(e) = r {
+            eprintln!("husk stage1 (terminal): {}", e.chain());
+        }
+    });
+    Ok((mine, handle))
+}
+
+/// A thread that accepts the guest's input stream on `listener` and copies our stdin to it;
+/// at its end the stream is closed (the guest's app reads the end).
+fn input(listener: &UnixListener) -> Result<std::thread::JoinHandle<()>, Fail> {
+    let l = listener.try_clone().ctx(Step::Pod, || "cannot duplicate a listener".into())?;
+    Ok(std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut s);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }))
 }
 
 /// A thread that accepts the guest's stream on `listener` and copies it to `out`.

@@ -18,6 +18,7 @@ pub mod host;
 pub mod initramfs;
 pub mod net;
 pub mod plan;
+pub mod stream;
 
 use std::path::PathBuf;
 

@@ -11,6 +11,10 @@ pub const CONTROL_PORT: u32 = 1024;
 /// The vsock ports where the guest init connects the apps' stdout and stderr (foreground pods).
 pub const STDOUT_PORT: u32 = 1025;
 pub const STDERR_PORT: u32 = 1026;
+/// The vsock port of the app's terminal stream (`run -t`; frames of [`super::stream`]).
+pub const TTY_PORT: u32 = 1028;
+/// The vsock port of the invoker's input (`run -i` without a terminal).
+pub const STDIN_PORT: u32 = 1029;
 /// The guest's context id (any value above 2; each VM has its own vsock daemon).
 pub const GUEST_CID: u32 = 3;
 /// The virtio-fs tag of the pod dir.
