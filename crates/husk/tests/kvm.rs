@@ -330,6 +330,78 @@ fn a_detached_kvm_terminal_is_logged_attached_to_and_entered_with_a_terminal() {
     assert_nothing_left(&env, &uuid);
 }
 
+/// The pid of the live process whose command line starts with a program named `name` and
+/// mentions `run`.
+fn daemon_pid(name: &str, run: &str) -> u32 {
+    let found: Vec<u32> = live_processes(run)
+        .iter()
+        .filter_map(|l| {
+            let (pid, cmd) = l.split_once(": ")?;
+            let prog = cmd.split(' ').next()?;
+            (Path::new(prog).file_name()? == name).then(|| pid.parse().ok())?
+        })
+        .collect();
+    assert!(!found.is_empty(), "no {name} of {run}: {:?}", live_processes(run));
+    found[0]
+}
+
+fn proc_status(pid: u32, field: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field}: {s}"));
+    line.split_once(':').unwrap().1.trim().to_string()
+}
+
+fn namespace(pid: &str, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+}
+
+/// A guest that breaks out of qemu's device models reaches the daemons next: each runs in its
+/// own namespaces, under seccomp, and the vsock daemon (which has no sandbox of its own) with no
+/// capability and none of the host's files but the libraries it loads.
+#[test]
+fn the_kvm_pods_daemons_run_confined_in_their_own_namespaces_under_seccomp() {
+    let _s = serial();
+    let env = kvm_env();
+    let uuid = env.detached(&["--stage1=kvm", "--net=none", &image("busybox"), "--", "sleep", "1000"]);
+    let run = format!("/run/husk/kvm/{uuid}");
+    let vsock = daemon_pid("vhost-device-vsock", &run);
+    for field in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        assert_eq!(proc_status(vsock, field), "0000000000000000", "the vsock daemon's {field}");
+    }
+    assert_eq!(proc_status(vsock, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(vsock, "Seccomp"), "2", "a seccomp filter");
+    for ns in ["mnt", "net", "pid", "ipc", "uts"] {
+        assert_ne!(namespace(&vsock.to_string(), ns), namespace("self", ns), "the vsock daemon's {ns} namespace");
+    }
+    let root = PathBuf::from(format!("/proc/{vsock}/root"));
+    assert!(root.join(&run[1..]).join("vsock").exists(), "its socket directory is there");
+    for host_file in ["etc/passwd", "root", "var/lib", "proc/1", "dev/kvm"] {
+        assert!(!root.join(host_file).exists(), "the vsock daemon sees the host's /{host_file}");
+    }
+    assert!(root.join("usr/lib").is_dir(), "its libraries are there");
+    assert!(std::fs::File::create(root.join("usr/husk-test")).is_err(), "the host's /usr is read-only for it");
+    let cgroup = std::fs::read_to_string(format!("/proc/{vsock}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("husk/{uuid}/vm")), "in the pod's vm cgroup: {cgroup}");
+
+    // virtiofsd: its own sandbox (mount, pid, net namespaces) and its seccomp filter.
+    let fs = daemon_pid("virtiofsd", &run);
+    let fs_children: Vec<u32> = live_processes(&run)
+        .iter()
+        .filter_map(|l| l.split_once(": ")?.0.parse().ok())
+        .filter(|p| proc_status(*p, "PPid") == fs.to_string())
+        .collect();
+    let sandboxed = fs_children.first().copied().unwrap_or(fs);
+    assert_eq!(proc_status(sandboxed, "Seccomp"), "2", "virtiofsd's seccomp filter");
+    for ns in ["mnt", "net", "pid"] {
+        assert_ne!(namespace(&sandboxed.to_string(), ns), namespace("self", ns), "virtiofsd's {ns} namespace");
+    }
+    // qemu: its -sandbox filter.
+    let qemu = daemon_pid("qemu-system-x86_64", &run);
+    assert_eq!(proc_status(qemu, "Seccomp"), "2", "qemu's -sandbox filter");
+    env.ok(&["stop", "--force", &uuid]);
+    assert_nothing_left(&env, &uuid);
+}
+
 #[test]
 fn kill_9_of_a_kvm_supervisor_takes_the_vm_down_and_gc_cleans_up() {
     let _s = serial();
@@ -342,8 +414,8 @@ fn kill_9_of_a_kvm_supervisor_takes_the_vm_down_and_gc_cleans_up() {
     let run = format!("/run/husk/kvm/{uuid}");
     assert_eq!(
         live_processes(&run).len(),
-        4,
-        "qemu, virtiofsd (and its sandbox), the vsock daemon: {:?}",
+        5,
+        "qemu, virtiofsd (and its sandbox), the vsock daemon (and its confine parent): {:?}",
         live_processes(&run)
     );
     assert!(std::process::Command::new("kill").args(["-9", &sup.to_string()]).status().unwrap().success());
@@ -387,14 +459,26 @@ fn what_the_kvm_stage1_does_not_do_is_refused_before_anything_starts() {
 }
 
 #[test]
-fn a_kvm_pod_on_the_default_network_serves_a_forwarded_port_and_leaves_no_network_state() {
+fn a_kvm_pod_on_the_default_and_a_dual_stack_network_serves_both_families_and_leaves_no_network_state() {
     let _s = serial();
     let env = kvm_env();
     env.ok(&["fetch", "-q", &image("busybox")]);
+    // A user network with an IPv4 and an IPv6 range (the pod's own private addresses).
+    let net_d = env.tmp.path().join("etc/net.d");
+    std::fs::create_dir_all(&net_d).unwrap();
+    let ipam = serde_json::json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "172.16.31.0/24"}], [{"subnet": "fd00:4a5b:31::/64"}]],
+        "routes": [{"dst": "fd00:4a5b:ff::/48"}],
+        "dataDir": env.dir().join("cni/networks"),
+    });
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "lab6", "plugins": [{"type": "ptp", "ipMasq": false, "ipam": ipam}]});
+    std::fs::write(net_d.join("10-lab6.conflist"), conf.to_string()).unwrap();
     let before = common::host_net_state(&env);
     let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
     let uuid = env.detached(&[
         "--stage1=kvm",
+        "--net=default,lab6",
         "--hostname",
         "vmweb",
         "--port",
@@ -424,7 +508,7 @@ fn a_kvm_pod_on_the_default_network_serves_a_forwarded_port_and_leaves_no_networ
     assert!(ip.starts_with("172.16.28."), "{ip}");
     let get = |url: &str| {
         for _ in 0..100 {
-            let o = std::process::Command::new("curl").args(["-s", "--max-time", "2", url]).output().unwrap();
+            let o = std::process::Command::new("curl").args(["-s", "-g", "--max-time", "2", url]).output().unwrap();
             if o.status.success() {
                 return String::from_utf8_lossy(&o.stdout).into_owned();
             }
@@ -434,6 +518,24 @@ fn a_kvm_pod_on_the_default_network_serves_a_forwarded_port_and_leaves_no_networ
     };
     assert_eq!(get(&format!("http://{ip}/")), "vmweb\n");
     assert_eq!(get("http://127.0.0.1:18091/"), "vmweb\n", "the forwarded port on the host's loopback");
+    // The second NIC has both of its network's addresses in the guest, and the IPv6 one serves.
+    let lab6: Vec<String> = s["networks"][1]["addresses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lab6 addresses: {s}"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let v6 = lab6.iter().find(|a| a.contains(':')).unwrap_or_else(|| panic!("no IPv6 address: {lab6:?}"));
+    let v6 = v6.split('/').next().unwrap().to_string();
+    assert!(v6.starts_with("fd00:4a5b:31::"), "{v6}");
+    let seen = env.ok(&["enter", &uuid, "--", "sh", "-c", "cat /proc/net/if_inet6; cat /proc/net/ipv6_route"]);
+    let hex: String = v6.parse::<std::net::Ipv6Addr>().unwrap().octets().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(seen.lines().any(|l| l.starts_with(&hex) && l.ends_with("eth1")), "{v6} on eth1 in the guest: {seen}");
+    assert!(
+        seen.lines().any(|l| l.starts_with("fd004a5b00ff00000000000000000000 30") && l.ends_with("eth1")),
+        "the network's IPv6 route in the guest: {seen}"
+    );
+    assert_eq!(get(&format!("http://[{v6}]/")), "vmweb\n", "the pod's IPv6 address from the host");
     env.ok(&["stop", &uuid]);
     env.ok(&["gc", "--grace-period=0s"]);
     assert_nothing_left(&env, &uuid);

@@ -30,7 +30,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the daemons may take to create their sockets.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cgroup (under the pod's) of qemu and the daemons.
-const VM_CGROUP: &str = "vm";
+pub(crate) const VM_CGROUP: &str = "vm";
 /// `si_code` of a signal sent by kill(2) (SI_USER), as opposed to the kernel's alarm.
 const SI_USER: i32 = 0;
 
@@ -217,7 +217,16 @@ fn start(
     };
     let mut daemons = Vec::new();
     let spawned = (|| -> Result<Child, Fail> {
-        daemons.push(spawn(&paths.vsock, &plan::vsock_args(&paths), log("vsock.log")?)?);
+        // The vsock daemon has no sandbox of its own: `confine` gives it one (confine.rs).
+        let mut confined = vec![
+            "confine".to_string(),
+            format!("--uuid={}", m.uuid),
+            format!("--dir={}", paths.run.display()),
+            "--".to_string(),
+            paths.vsock.display().to_string(),
+        ];
+        confined.extend(plan::vsock_args(&paths));
+        daemons.push(spawn(&exe, &confined, log("vsock.log")?)?);
         daemons.push(spawn(&paths.virtiofsd, &plan::virtiofsd_args(&paths, dir), log("virtiofsd.log")?)?);
         for (sock, what) in [(paths.vhost_socket(), "vhost-device-vsock"), (paths.fs_socket(), "virtiofsd")] {
             wait_for(&sock, what, &mut daemons, dir)?;
@@ -279,7 +288,14 @@ fn share_volumes(dir: &Path, m: &PodManifest) -> Result<(), Fail> {
 fn spawn(program: &Path, args: &[String], log: std::fs::File) -> Result<Child, Fail> {
     let err = log.try_clone().ctx(Step::Process, || "cannot duplicate a log file".into())?;
     husk_sys::proc::spawn_bound(
-        Command::new(program).args(args).stdin(PStdio::null()).stdout(PStdio::from(log)).stderr(PStdio::from(err)),
+        Command::new(program)
+            .args(args)
+            // Nothing of the invoker's environment (a test's LD_LIBRARY_PATH, …) reaches them.
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(PStdio::null())
+            .stdout(PStdio::from(log))
+            .stderr(PStdio::from(err)),
     )
     .ctx(Step::Process, || format!("cannot start {}", program.display()))
 }

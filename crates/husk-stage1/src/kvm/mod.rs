@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! invoker ─ supervisor (husk-stage1-kvm run: holds the pod lock; own mount namespace with the app roots)
-//!             ├ vhost-device-vsock (the control channel and the apps' output)
+//!             ├ vhost-device-vsock (the control channel, the apps' output; `confine`d: own namespaces, seccomp)
 //!             ├ virtiofsd (shares the pod dir, app roots and volumes included; own namespaces, seccomp)
 //!             └ qemu (microvm; its own seccomp sandbox)
 //!                 └ guest kernel ─ guest init = husk-stage1-kvm as /init (PID 1)
@@ -12,6 +12,7 @@
 //! ```
 //! The helpers are bound to the supervisor (parent-death signal): they never outlive it.
 
+pub mod confine;
 pub mod enter;
 pub mod guest;
 pub mod host;
@@ -47,6 +48,7 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
         // The same as for ns: cgroups, networks, and the sockets under /run/husk/kvm.
         Some("gc") => crate::ns::gc(&rest).map(|_| 0),
         Some("enter") => enter::enter(&rest, cmd),
+        Some("confine") => confine::main(&rest, cmd),
         _ => Err(Fail::Invalid("usage: husk-stage1-kvm run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
     match r {

@@ -2,9 +2,9 @@
 //! interface the plugins put there is joined to a tap device in the same namespace by two tc
 //! redirects (as Kata does), so that any plugin works unchanged, and the tap is qemu's NIC for
 //! the guest, with the interface's MAC. The guest init gives its NIC the CNI result's name,
-//! addresses and routes (from `<pod>/kvm/net.json`, shared with the pod dir).
+//! IPv4 and IPv6 addresses and routes (from `<pod>/kvm/net.json`, shared with the pod dir).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 
@@ -20,26 +20,48 @@ pub struct GuestNic {
     /// The interface's name in the pod (`eth0`…), which the guest's NIC is renamed to.
     pub name: String,
     pub mac: String,
-    /// IPv4 addresses with their prefix length.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
-    /// (destination, prefix, gateway) routes through this NIC.
-    pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+    /// IPv4 and IPv6 addresses with their prefix length.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// (destination, prefix, gateway) routes through this NIC, destination and gateway of one
+    /// family.
+    pub routes: Vec<(IpAddr, u8, IpAddr)>,
 }
 
-fn cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+fn cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (a, p) = s.split_once('/')?;
-    let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
-    Some((a.parse().ok()?, p))
+    let a: IpAddr = a.parse().ok()?;
+    let max = if a.is_ipv4() { 32 } else { 128 };
+    let p: u8 = p.parse().ok().filter(|p| *p <= max)?;
+    Some((a, p))
 }
 
-fn contains(net: (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
-    let mask = if net.1 == 0 { 0 } else { u32::MAX << (32 - u32::from(net.1)) };
-    u32::from(net.0) & mask == u32::from(ip) & mask
+/// Whether the subnet `net` holds `ip` (never across families).
+fn contains(net: (IpAddr, u8), ip: IpAddr) -> bool {
+    match (net.0, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(net.1)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(net.1)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
 }
 
-/// The guest's NICs from the CNI results: every interface in the sandbox, its IPv4 addresses
-/// (IPv6 ones are left out: the guest init configures IPv4 only), and each route on the NIC
-/// whose subnet holds the route's gateway (else the network's first NIC).
+/// The unspecified address of `a`'s family (an on-link route's gateway).
+fn unspecified(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// The guest's NICs from the CNI results: every interface in the sandbox, its IPv4 and IPv6
+/// addresses, and each route on the NIC whose subnet holds the route's gateway (else the
+/// network's first NIC). A route without a gateway takes the gateway the result gives an
+/// address of its family; one with none, or with a gateway of the other family, is left out.
 pub fn guest_nics(states: &[NetState]) -> Result<Vec<GuestNic>, String> {
     let mut out = Vec::new();
     for s in states {
@@ -72,11 +94,12 @@ pub fn guest_nics(states: &[NetState]) -> Result<Vec<GuestNic>, String> {
         }
         for rt in r["routes"].as_array().cloned().unwrap_or_default() {
             let Some(dst) = rt["dst"].as_str().and_then(cidr) else { continue };
-            let gw: Option<Ipv4Addr> = rt["gw"].as_str().and_then(|g| g.parse().ok());
+            let same_family = |g: &IpAddr| g.is_ipv4() == dst.0.is_ipv4();
+            let gw: Option<IpAddr> = rt["gw"].as_str().and_then(|g| g.parse().ok());
             let gw = gw.or_else(|| {
-                r["ips"].as_array()?.iter().find_map(|ip| ip["gateway"].as_str()?.parse::<Ipv4Addr>().ok())
+                r["ips"].as_array()?.iter().find_map(|ip| ip["gateway"].as_str()?.parse().ok().filter(same_family))
             });
-            let Some(gw) = gw else { continue };
+            let Some(gw) = gw.filter(same_family) else { continue };
             let nic = (first..out.len()).find(|n| out[*n].addresses.iter().any(|a| contains(*a, gw))).unwrap_or(first);
             out[nic].routes.push((dst.0, dst.1, gw));
         }
@@ -143,16 +166,25 @@ pub fn configure_guest(pod_dir: &Path) -> Result<(), Fail> {
     for nic in &nics {
         let found = netconf::interface_with_mac(&nic.mac).ctx(Step::Network, || format!("NIC {}", nic.name))?;
         netconf::rename(&found, &nic.name).ctx(Step::Network, || format!("cannot rename {found} to {}", nic.name))?;
+        if nic.addresses.iter().any(|(a, _)| a.is_ipv6()) {
+            // The address is the CNI plugin's, unique by its IPAM: usable at once, as in the
+            // pod's namespace on the host (the plugins turn duplicate detection off there too).
+            let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", nic.name);
+            std::fs::write(&dad, "0").ctx(Step::Network, || format!("cannot write {dad}"))?;
+        }
         for (a, prefix) in &nic.addresses {
             netconf::set_address(&nic.name, *a, *prefix)
                 .ctx(Step::Network, || format!("cannot give {} the address {a}/{prefix}", nic.name))?;
         }
+        netconf::up(&nic.name).ctx(Step::Network, || format!("cannot bring {} up", nic.name))?;
     }
     for nic in &nics {
         for (dst, prefix, gw) in &nic.routes {
-            // The gateway of a /32 address (ptp) is not on any subnet: reach it on-link first.
+            // The gateway of a /32 or /128 address (ptp) is not on any subnet: reach it on-link
+            // first.
             if !nic.addresses.iter().any(|a| contains(*a, *gw)) {
-                netconf::add_route(*gw, 32, Ipv4Addr::UNSPECIFIED, &nic.name)
+                let host = if gw.is_ipv4() { 32 } else { 128 };
+                netconf::add_route(*gw, host, unspecified(*gw), &nic.name)
                     .ctx(Step::Network, || format!("cannot add a route to {gw} on {}", nic.name))?;
             }
             match netconf::add_route(*dst, *prefix, *gw, &nic.name) {
@@ -198,10 +230,50 @@ mod tests {
             vec![GuestNic {
                 name: "eth0".into(),
                 mac: "0a:58:0a:58:00:05".into(),
-                addresses: vec![("10.88.0.5".parse().unwrap(), 16)],
+                addresses: vec![("10.88.0.5".parse().unwrap(), 16), ("fd00::5".parse().unwrap(), 64)],
                 routes: vec![("0.0.0.0".parse().unwrap(), 0, "10.88.0.1".parse().unwrap())],
             }]
         );
+    }
+
+    #[test]
+    fn a_dual_stack_result_gives_routes_of_each_family_through_their_own_gateway() {
+        let r = serde_json::json!({
+            "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/ns"}],
+            "ips": [{"address": "10.88.0.5/24", "gateway": "10.88.0.1", "interface": 0},
+                    {"address": "fd00:88::5/64", "gateway": "fd00:88::1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}, {"dst": "fd00:99::/48", "gw": "fd00:88::fe"},
+                       {"dst": "::/0", "gw": "10.88.0.1"}]
+        });
+        let nics = guest_nics(&[state(r)]).unwrap();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(nics[0].addresses, vec![(ip("10.88.0.5"), 24), (ip("fd00:88::5"), 64)]);
+        assert_eq!(
+            nics[0].routes,
+            vec![
+                (ip("0.0.0.0"), 0, ip("10.88.0.1")),
+                (ip("::"), 0, ip("fd00:88::1")),
+                (ip("fd00:99::"), 48, ip("fd00:88::fe"))
+            ],
+            "a route whose gateway is of the other family is left out"
+        );
+    }
+
+    #[test]
+    fn subnets_hold_addresses_of_their_own_family_only() {
+        let net = |s: &str| cidr(s).unwrap();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert!(contains(net("10.0.0.0/8"), ip("10.1.2.3")));
+        assert!(!contains(net("10.0.0.0/8"), ip("11.0.0.1")));
+        assert!(contains(net("0.0.0.0/0"), ip("1.2.3.4")));
+        assert!(contains(net("fd00::/64"), ip("fd00::1")));
+        assert!(!contains(net("fd00::/64"), ip("fd00:0:0:1::1")));
+        assert!(contains(net("::/0"), ip("2001:db8::1")));
+        assert!(contains(net("fd00::5/128"), ip("fd00::5")));
+        assert!(!contains(net("::/0"), ip("10.0.0.1")), "never across families");
+        assert!(!contains(net("0.0.0.0/0"), ip("::1")));
+        assert_eq!(cidr("fd00::1/129"), None);
+        assert_eq!(cidr("10.0.0.1/33"), None);
     }
 
     #[test]

@@ -263,8 +263,8 @@ mod tests {
         let pty = tty::open_pty().unwrap();
         let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut host = std::fs::File::from(OwnedFd::from(host));
-        host.write_all(&resize_frame(7, 9)).unwrap();
-        // What a buffered reader took already: a size, and half of an input frame.
+        // What a buffered reader took off the socket already: a size, and the first 3 bytes of
+        // an input frame (the socket holds the rest).
         let mut pre = resize_frame(7, 9);
         let input = frame(STDIN, b"hi\n");
         pre.extend_from_slice(&input[..3]);
