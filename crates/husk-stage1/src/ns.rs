@@ -142,8 +142,6 @@ fn supervise(
     console: Option<OwnedFd>,
 ) -> Result<Exited, Fail> {
     let layout = cgroup::detect()?;
-    let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
-    layout.create_pod(&m.uuid, &app_names)?;
     let plugin_dirs = match &m.net {
         NetMode::Cni { plugin_dirs, .. } => plugin_dirs.clone(),
         _ => vec![],
@@ -166,15 +164,13 @@ fn supervise(
         _ => None,
     };
     let started = (|| -> Result<_, Fail> {
-        for app in &m.apps {
-            layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
-        }
-        if let Some(r) = m.private_users {
-            layout.delegate(&m.uuid, &app_names, r.host_base)?;
+        let cgroups = CgroupsWhen::of(m);
+        if cgroups == CgroupsWhen::First {
+            create_cgroups(&layout, m)?;
         }
         let (netns, states) = cni::create_and_setup(dir, m)?;
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
-        start_pod(dir, m, &layout, netns.as_deref(), console, listen.as_ref())
+        start_pod(dir, m, &layout, cgroups, netns.as_deref(), console, listen.as_ref())
     })();
     let (init, rep_r) = match started {
         Ok(x) => x,
@@ -384,11 +380,14 @@ impl<'a> Events<'a> {
 /// private users its PID namespace belongs to its user namespace (else /proc could not be mounted
 /// inside). Its mount namespace is a copy taken before the roots exist; `<pod>/apps` is a shared
 /// mount, so the roots the supervisor mounts afterwards (through idmapped layers, which need the
-/// init's user namespace to exist first) propagate into it. The init waits for `Go`.
+/// init's user namespace to exist first) propagate into it. The init waits for `Go`. With
+/// [`CgroupsWhen::AfterGo`], the pod's cgroups are created and limited after `Go`, while the init
+/// and its apps set up their mounts, and each app waits for that before it joins its cgroup.
 fn start_pod(
     dir: &Path,
     m: &PodManifest,
     layout: &Layout,
+    cgroups: CgroupsWhen,
     netns: Option<&Path>,
     console: Option<OwnedFd>,
     listen: Option<&Listen>,
@@ -407,6 +406,10 @@ fn start_pod(
 
     let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    let (cg_r, cg_w) = match cgroups {
+        CgroupsWhen::AfterGo => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+        CgroupsWhen::First => (None, None),
+    };
     let flags = crate::plan::init_namespaces(m);
     // With CNI networks the init is born in the pinned namespace the plugins configured.
     let host_net = std::fs::File::open("/proc/self/ns/net")
@@ -427,7 +430,9 @@ fn start_pod(
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
-            let ch = InitChannels { go: go_r, report: rep_w, console };
+            // Only the supervisor may end the cgroups' pipe.
+            drop(cg_w);
+            let ch = InitChannels { go: go_r, report: rep_w, console, cgroups_ready: cg_r };
             let code = match pod_init(dir, m, layout, supervisor, ch, listen) {
                 Ok(c) => c,
                 Err(e) => {
@@ -446,6 +451,7 @@ fn start_pod(
     };
     drop(go_r);
     drop(rep_w);
+    drop(cg_r);
     let prepared = (|| -> Result<(), Fail> {
         let userns = match m.private_users {
             Some(r) => {
@@ -473,7 +479,69 @@ fn start_pod(
     }
     let mut go = std::fs::File::from(go_w);
     let _ = msg::send(&mut go, &Message::Go);
+    if let Some(ready) = cg_w {
+        // The init and its apps set up their namespaces and mounts meanwhile; the first cgroup
+        // write of a quiet host waits for an RCU grace period (husk_sys::cgprime), which this
+        // overlaps with that work too.
+        if let Err(e) = create_cgroups(layout, m) {
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            return Err(e);
+        }
+        drop(ready);
+    }
     Ok((init, rep_r))
+}
+
+/// When the supervisor creates the pod's cgroups and writes their limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgroupsWhen {
+    /// Before the pod init exists: a pod with private users, whose init joins its delegated
+    /// cgroup before it forks any app (a v2 migration needs write access to the common
+    /// ancestor's `cgroup.procs`, which the pod's root has only inside the delegated subtree).
+    First,
+    /// After the init's `Go`, in parallel with the apps' mount set-up; the apps wait for the end
+    /// of the cgroups' pipe before they join.
+    AfterGo,
+}
+
+impl CgroupsWhen {
+    fn of(m: &PodManifest) -> CgroupsWhen {
+        if m.private_users.is_some() {
+            CgroupsWhen::First
+        } else {
+            CgroupsWhen::AfterGo
+        }
+    }
+}
+
+/// The pod's cgroups (the pod's, each app's), each app's limits, and with private users their
+/// delegation to the pod's root.
+fn create_cgroups(layout: &Layout, m: &PodManifest) -> Result<(), Fail> {
+    let app_names: Vec<String> = m.apps.iter().map(|a| a.name.clone()).collect();
+    layout.create_pod(&m.uuid, &app_names)?;
+    for app in &m.apps {
+        layout.apply_limits(&m.uuid, &app.name, &app.resources)?;
+    }
+    if let Some(r) = m.private_users {
+        layout.delegate(&m.uuid, &app_names, r.host_base)?;
+    }
+    Ok(())
+}
+
+/// In an app, before it joins its cgroup: waits until the supervisor closed the cgroups' pipe
+/// (its cgroups exist and are limited). Anything written on it is a broken protocol; an end
+/// because the supervisor died is harmless: the pod dies with it (parent-death signal).
+fn wait_for_cgroups(ready: &OwnedFd) -> Result<(), Fail> {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(ready, &mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(Fail::Invalid("the supervisor wrote on the cgroups' pipe, which only closes".into())),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Fail::step(Step::Cgroup, "waiting for the pod's cgroups", e)),
+        }
+    }
 }
 
 /// Maps the apps' PIDs in the pod's namespace to host PIDs, via the init's children and NSpid.
@@ -504,6 +572,8 @@ struct InitChannels {
     report: OwnedFd,
     /// The terminal relay's socket, for an app with a terminal.
     console: Option<OwnedFd>,
+    /// Ends (EOF) once the supervisor created the pod's cgroups ([`CgroupsWhen::AfterGo`]).
+    cgroups_ready: Option<OwnedFd>,
 }
 
 /// PID 1 of the pod: finishes the pod's namespaces, starts the apps, reaps, forwards signals,
@@ -516,7 +586,7 @@ fn pod_init(
     ch: InitChannels,
     listen: Option<&Listen>,
 ) -> Result<i32, Fail> {
-    let InitChannels { go, report, console } = ch;
+    let InitChannels { go, report, console, cgroups_ready } = ch;
     // If the supervisor dies (kill -9), the whole pod dies with it: no orphan pods.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(Step::Pod, || "cannot set the parent-death signal".into())?;
     // Across the PID namespace boundary getppid() is 0, so check the supervisor through the
@@ -547,7 +617,7 @@ fn pod_init(
     if m.net == NetMode::None {
         husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
     }
-    run_apps(dir, m, layout, report, console, listen)
+    run_apps(dir, m, layout, report, console, listen, cgroups_ready.as_ref())
 }
 
 /// The pod init's work once the pod exists: starts the apps (each reported on `report`, then
@@ -560,6 +630,7 @@ pub(crate) fn run_apps(
     mut report: std::fs::File,
     console: Option<OwnedFd>,
     listen: Option<&Listen>,
+    cgroups_ready: Option<&OwnedFd>,
 ) -> Result<i32, Fail> {
     let mut live: BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
     // A detached pod's output goes through the log writer, which bounds what is kept; with
@@ -581,7 +652,8 @@ pub(crate) fn run_apps(
         let log_fd = log_fds[k].take();
         let out = log_fd.as_ref().map(|(o, e)| (o, e.as_ref().unwrap_or(o)));
         let listen = listen.filter(|_| socket_app == Some(app.name.as_str()));
-        let spawned = spawn_app(dir, m, app, layout, out, console.as_ref(), listen);
+        let pod = PodOf { dir, m, layout, cgroups_ready };
+        let spawned = spawn_app(&pod, app, out, console.as_ref(), listen);
         // Our copy of the app's write end goes now: the writer sees the stream end with the app.
         drop(log_fd);
         match spawned {
@@ -687,11 +759,18 @@ fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig
 
 /// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
 /// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
+/// What every app of a pod is started with.
+struct PodOf<'a> {
+    dir: &'a Path,
+    m: &'a PodManifest,
+    layout: &'a Layout,
+    /// See [`InitChannels::cgroups_ready`].
+    cgroups_ready: Option<&'a OwnedFd>,
+}
+
 fn spawn_app(
-    dir: &Path,
-    m: &PodManifest,
+    pod: &PodOf,
     app: &App,
-    layout: &Layout,
     out: Option<(&OwnedFd, &OwnedFd)>,
     console: Option<&OwnedFd>,
     listen: Option<&Listen>,
@@ -702,7 +781,7 @@ fn spawn_app(
     {
         ForkResult::Child => {
             drop(err_r);
-            let (code, e) = match exec_app(dir, m, app, layout, out, console, listen) {
+            let (code, e) = match exec_app(pod, app, out, console, listen) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -737,14 +816,13 @@ fn spawn_app(
 }
 
 fn exec_app(
-    dir: &Path,
-    m: &PodManifest,
+    pod: &PodOf,
     app: &App,
-    layout: &Layout,
     out: Option<(&OwnedFd, &OwnedFd)>,
     console: Option<&OwnedFd>,
     listen: Option<&Listen>,
 ) -> Result<Never, (i32, Fail)> {
+    let PodOf { dir, m, layout, cgroups_ready } = *pod;
     let setup = |e: Fail| (exit::STAGE1_FAILED, e);
     SigSet::empty().thread_set_mask().map_err(|e| setup(Fail::step(Step::Process, "cannot unblock signals", e)))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
@@ -753,6 +831,9 @@ fn exec_app(
     rootfs::make_root_slave().map_err(setup)?;
     let root = rootfs::setup(dir, m, app).map_err(setup)?;
     wire_stdio(m, out).map_err(setup)?;
+    if let Some(ready) = cgroups_ready {
+        wait_for_cgroups(ready).map_err(setup)?;
+    }
     layout.join(&m.uuid, &app.name, 0).map_err(setup)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| setup(Fail::step(Step::Cgroup, "cannot create the app's cgroup namespace", e)))?;

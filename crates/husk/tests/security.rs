@@ -165,6 +165,51 @@ fn cgroup_limits_read_back_inside_and_outside() {
     assert!(common::pod_cgroups(&uuid).is_empty());
 }
 
+/// The supervisor creates and limits an app's cgroup while the app sets up its mounts; the app
+/// joins only once that is done. A limit the kernel refuses must stop the pod before the app
+/// runs a single instruction of its own, outside its limits.
+#[test]
+fn an_app_never_runs_when_its_cgroup_limit_is_refused() {
+    let env = Env::new();
+    let vol = env.tmp.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let volume = format!("v,kind=host,source={}", vol.display());
+    let uuid = env
+        .ok(&[
+            "prepare",
+            "-q",
+            "--net=none",
+            "--volume",
+            &volume,
+            &image("busybox"),
+            "--name",
+            "lim",
+            "--cpu",
+            "500m",
+            "--mount",
+            "volume=v,target=/v",
+            "--",
+            "sh",
+            "-c",
+            "touch /v/ran",
+        ])
+        .trim()
+        .to_string();
+    // The kernel refuses a v1 cpu quota above its parent's: give the pod's cgroup 100m.
+    let pod_cpu = PathBuf::from(format!("/sys/fs/cgroup/cpu/husk/{uuid}"));
+    assert!(pod_cpu.parent().unwrap().parent().unwrap().is_dir(), "this host has no v1 cpu controller");
+    std::fs::create_dir_all(&pod_cpu).unwrap();
+    std::fs::write(pod_cpu.join("cpu.cfs_quota_us"), "10000").unwrap();
+    let err = env.fails(&["run-prepared", &uuid], 125);
+    assert!(err.contains("cpu.cfs_quota_us") && err.contains("50000"), "the error names the limit: {err}");
+    assert!(!vol.join("ran").exists(), "the app ran although its limit was refused");
+    let st = env.json(&["status", &uuid, "--format", "json"]);
+    assert_eq!(st["state"], "exited", "{st}");
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(common::pod_cgroups(&uuid).is_empty(), "{:?}", common::pod_cgroups(&uuid));
+    assert!(common::mounts_under(&env.dir()).is_empty(), "{:?}", common::mounts_under(&env.dir()));
+}
+
 #[test]
 fn oom_killed_app_is_reported() {
     let env = Env::new();

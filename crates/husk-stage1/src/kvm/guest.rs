@@ -138,7 +138,7 @@ fn pod(boot: &Boot, m: &PodManifest, report: std::fs::File) -> Result<i32, Fail>
     super::enter::serve(&boot.pod_dir)?;
     let (relay, console) =
         if m.stdio.has_terminal() { terminal_relay().map(|(p, c)| (Some(p), Some(c)))? } else { (None, None) };
-    let code = crate::ns::run_apps(&boot.pod_dir, m, &layout, report, console, None);
+    let code = crate::ns::run_apps(&boot.pod_dir, m, &layout, report, console, None, None);
     if let Some(pid) = relay {
         // The app's last output reaches the host before the pod is over.
         crate::ns::wait_briefly(pid);
