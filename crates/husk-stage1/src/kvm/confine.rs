@@ -196,6 +196,7 @@ pub fn main(args: &[String], cmd: Option<Vec<husk_types::ByteStr>>) -> Result<i3
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWPID;
     nix::sched::unshare(flags).ctx(Step::Process, || "cannot create the daemon's namespaces".into())?;
+    let parent = std::process::id();
     match husk_sys::proc::fork().ctx(Step::Process, || "cannot fork".into())? {
         husk_sys::proc::ForkResult::Parent { child } => loop {
             match nix::sys::wait::waitpid(child, None) {
@@ -207,6 +208,11 @@ pub fn main(args: &[String], cmd: Option<Vec<husk_types::ByteStr>>) -> Result<i3
         },
         husk_sys::proc::ForkResult::Child => {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            // Across the PID namespace getppid() is 0: check the parent through the host's /proc
+            // (still mounted here); had it died before the prctl, nothing would kill us.
+            if !Path::new(&format!("/proc/{parent}")).exists() {
+                std::process::exit(husk_types::pod::exit::STAGE1_FAILED);
+            }
             let e = match sandbox(&dir).and_then(|_| drop_privileges(&seccomp)) {
                 Ok(()) => {
                     let env: [std::ffi::CString; 0] = [];
