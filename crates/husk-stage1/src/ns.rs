@@ -483,12 +483,16 @@ fn start_pod(
         // The init and its apps set up their namespaces and mounts meanwhile; the first cgroup
         // write of a quiet host waits for an RCU grace period (husk_sys::cgprime), which this
         // overlaps with that work too.
-        if let Err(e) = create_cgroups(layout, m) {
+        let created = create_cgroups(layout, m).and_then(|_| {
+            // One byte for each app: each reads its own (see `wait_for_cgroups`).
+            std::io::Write::write_all(&mut std::fs::File::from(ready), &vec![CGROUPS_READY; m.apps.len()])
+                .ctx(Step::Cgroup, || "cannot tell the apps their cgroups are ready".into())
+        });
+        if let Err(e) = created {
             let _ = kill(init, Signal::SIGKILL);
             let _ = waitpid(init, None);
             return Err(e);
         }
-        drop(ready);
     }
     Ok((init, rep_r))
 }
@@ -500,8 +504,8 @@ enum CgroupsWhen {
     /// cgroup before it forks any app (a v2 migration needs write access to the common
     /// ancestor's `cgroup.procs`, which the pod's root has only inside the delegated subtree).
     First,
-    /// After the init's `Go`, in parallel with the apps' mount set-up; the apps wait for the end
-    /// of the cgroups' pipe before they join.
+    /// After the init's `Go`, in parallel with the apps' mount set-up; each app waits for its
+    /// byte on the cgroups' pipe before it joins.
     AfterGo,
 }
 
@@ -529,15 +533,20 @@ fn create_cgroups(layout: &Layout, m: &PodManifest) -> Result<(), Fail> {
     Ok(())
 }
 
-/// In an app, before it joins its cgroup: waits until the supervisor closed the cgroups' pipe
-/// (its cgroups exist and are limited). Anything written on it is a broken protocol; an end
-/// because the supervisor died is harmless: the pod dies with it (parent-death signal).
+/// What the supervisor writes on the cgroups' pipe, once per app, when the cgroups are ready.
+const CGROUPS_READY: u8 = b'c';
+
+/// In an app, before it joins its cgroup: waits for its byte on the cgroups' pipe (the pod's
+/// cgroups exist and are limited). The pipe's end without it means the supervisor died part-way
+/// (its cgroups may lack their limits): the app does not go on. Reading one byte, never more,
+/// leaves the others' bytes to them.
 fn wait_for_cgroups(ready: &OwnedFd) -> Result<(), Fail> {
     let mut byte = [0u8; 1];
     loop {
         match nix::unistd::read(ready, &mut byte) {
-            Ok(0) => return Ok(()),
-            Ok(_) => return Err(Fail::Invalid("the supervisor wrote on the cgroups' pipe, which only closes".into())),
+            Ok(1) if byte[0] == CGROUPS_READY => return Ok(()),
+            Ok(0) => return Err(Fail::Invalid("the supervisor ended before the pod's cgroups were ready".into())),
+            Ok(_) => return Err(Fail::Invalid(format!("unexpected byte {:#04x} on the cgroups' pipe", byte[0]))),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Fail::step(Step::Cgroup, "waiting for the pod's cgroups", e)),
         }
@@ -572,7 +581,8 @@ struct InitChannels {
     report: OwnedFd,
     /// The terminal relay's socket, for an app with a terminal.
     console: Option<OwnedFd>,
-    /// Ends (EOF) once the supervisor created the pod's cgroups ([`CgroupsWhen::AfterGo`]).
+    /// Carries one byte for each app once the supervisor created and limited the pod's cgroups
+    /// ([`CgroupsWhen::AfterGo`]).
     cgroups_ready: Option<OwnedFd>,
 }
 
@@ -757,8 +767,6 @@ fn signal_all(live: &BTreeMap<i32, (String, chrono::DateTime<chrono::Utc>)>, sig
     }
 }
 
-/// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
-/// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
 /// What every app of a pod is started with.
 struct PodOf<'a> {
     dir: &'a Path,
@@ -768,6 +776,8 @@ struct PodOf<'a> {
     cgroups_ready: Option<&'a OwnedFd>,
 }
 
+/// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
+/// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
 fn spawn_app(
     pod: &PodOf,
     app: &App,

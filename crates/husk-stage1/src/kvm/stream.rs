@@ -279,8 +279,17 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = rustix::io::read(&slave, &mut buf[..]).unwrap();
         assert_eq!(&buf[..n], b"hi\n");
-        let w = tty::winsize(&slave).unwrap();
-        assert_eq!((w.ws_row, w.ws_col), (40, 100));
+        // The size frame follows the input: the pump applies it on its next turn, which may come
+        // after we read the input.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let size = loop {
+            let size = tty::winsize(&slave).map(|w| (w.ws_row, w.ws_col));
+            if size == Some((40, 100)) || std::time::Instant::now() > deadline {
+                break size;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(size, Some((40, 100)));
         tty::write_all(&slave, b"out").unwrap();
         drop(slave);
         t.join().unwrap().unwrap();
