@@ -56,6 +56,12 @@ alt run \
   "podman run --rm --net=none::$P run --rm --net=none $PR $reg/husk/busybox true"
 $H gc --grace-period=0s >/dev/null 2>&1
 
+echo "== run busybox true after 300 ms idle (the first cgroup migration's grace period is due)" >&2
+alt cold --setup "husk run --net=none, cold::sleep 0.3" --setup "crun run, cold::sleep 0.3" \
+  "husk run --net=none, cold::$H run -q --net=none $reg/husk/busybox -- /bin/true" \
+  "crun run, cold::crun run --bundle $w/bundle c-bench"
+$H gc --grace-period=0s >/dev/null 2>&1
+
 echo "== run-prepared (the pod prepared beforehand, untimed)" >&2
 alt prepared --setup "husk run-prepared::$H prepare -q --net=none $reg/husk/busybox -- /bin/true" \
   "husk run-prepared::$H run-prepared {}" \
@@ -91,7 +97,7 @@ import json, os, sys, platform, subprocess
 d, mem, runs = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(n): return json.load(open(os.path.join(d, n + ".json")))["results"]
 print(f"Measured by scripts/bench.sh on {platform.node()} ({os.cpu_count()} cores, kernel {platform.release()}), {runs} runs each, medians.\n")
-for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("prepared", "Run a prepared pod"), ("net", "Run `true` with networking"), ("batch", "50 pods")]:
+for name, title in [("fetch-busybox", "Fetch busybox (1 MiB) from a loopback registry"), ("fetch-big", "Fetch the 50 MB, 4-layer test image"), ("run", "Run `true` in busybox"), ("cold", "Run `true` in busybox after 300 ms idle"), ("prepared", "Run a prepared pod"), ("net", "Run `true` with networking"), ("batch", "50 pods")]:
     res = load(name)
     base = res[0]["median"]
     print(f"### {title}\n\n| command | median | ratio to the first |\n|---|---|---|")
@@ -102,6 +108,7 @@ m = lambda name, i: load(name)[i]["median"]
 goals = [
     ("husk run --net=none / crun run", m("run", 0) / m("run", 1), "<= 0.9"),
     ("podman run --rm --net=none / husk run --net=none", m("run", 3) / m("run", 0), ">= 20"),
+    ("husk run --net=none / crun run, each after 300 ms idle", m("cold", 0) / m("cold", 1), ""),
     ("husk run-prepared / crun run", m("prepared", 0) / m("prepared", 1), "<= 0.7"),
     ("husk run (default network) / husk run --net=none", m("net", 0) / m("net", 1), "<= 2"),
     ("husk 50 sequential / crun 50 sequential", m("batch", 0) / m("batch", 1), ""),
