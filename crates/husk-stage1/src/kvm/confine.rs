@@ -26,8 +26,9 @@ use nix::sched::CloneFlags;
 use super::super::seccomp::{Action, CmpOp, Cond, Filter, Rule};
 use crate::common::{flag_value, Context, Fail, Step};
 
-/// The host directories the daemon's root shows read-only (what its dynamic loader needs).
-const SHARED: [&str; 4] = ["usr", "lib", "lib64", "bin"];
+/// The host directories the daemon's root shows read-only: what its dynamic loader needs (`/usr`,
+/// and the `/lib*` it reaches its libraries through). No `/bin`: it may execute nothing.
+const SHARED: [&str; 3] = ["usr", "lib", "lib64"];
 /// The mount point of the new root, in the socket directory (private to the daemon's mount
 /// namespace; the directory goes with the pod's run dir).
 const ROOT_DIR: &str = ".root";
@@ -340,7 +341,6 @@ mod tests {
             |p| match p.to_str() {
                 Some("/lib") => Some("usr/lib".into()),
                 Some("/lib64") => Some("usr/lib64".into()),
-                Some("/bin") => Some("usr/bin".into()),
                 _ => None,
             },
             |p| p == Path::new("/usr"),
@@ -351,11 +351,10 @@ mod tests {
                 Entry::Bind("usr".into()),
                 Entry::Link("lib".into(), "usr/lib".into()),
                 Entry::Link("lib64".into(), "usr/lib64".into()),
-                Entry::Link("bin".into(), "usr/bin".into()),
             ]
         );
         // A split host without /lib64: directories bound, the missing one left out.
         let split = root_entries(|_| None, |p| p != Path::new("/lib64"));
-        assert_eq!(split, vec![Entry::Bind("usr".into()), Entry::Bind("lib".into()), Entry::Bind("bin".into())]);
+        assert_eq!(split, vec![Entry::Bind("usr".into()), Entry::Bind("lib".into())]);
     }
 }
