@@ -484,9 +484,15 @@ fn start_pod(
         // write of a quiet host waits for an RCU grace period (husk_sys::cgprime), which this
         // overlaps with that work too.
         let created = create_cgroups(layout, m).and_then(|_| {
-            // One byte for each app: each reads its own (see `wait_for_cgroups`).
-            std::io::Write::write_all(&mut std::fs::File::from(ready), &vec![CGROUPS_READY; m.apps.len()])
-                .ctx(Step::Cgroup, || "cannot tell the apps their cgroups are ready".into())
+            // One byte for each app: each reads its own (see `wait_for_cgroups`). A pod init
+            // that is gone already (EPIPE) reports its own failure, or its death, on the report
+            // pipe, which the caller reads next: that is the error to show, not this one.
+            match std::io::Write::write_all(&mut std::fs::File::from(ready), &vec![CGROUPS_READY; m.apps.len()]) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Fail::step(Step::Cgroup, "cannot tell the apps their cgroups are ready", e))
+                }
+                _ => Ok(()),
+            }
         });
         if let Err(e) = created {
             let _ = kill(init, Signal::SIGKILL);
