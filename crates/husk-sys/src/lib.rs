@@ -12,6 +12,7 @@ pub mod netconf;
 pub mod proc;
 pub mod resolve;
 pub mod tty;
+mod vmchild;
 
 pub use fsutil::{atomic_write, atomic_write_volatile, fsync_dir};
 pub use lock::{Lock, LockError, LockKind};
