@@ -18,7 +18,7 @@ export HUSK_KVM_DIR=$PWD/build/kvm
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-kvm.XXXXXX)
 trap 'rm -rf "$w"' EXIT
-H="$PWD/target/release/husk --dir $w/husk --insecure-options=http"
+H="$HUSK_BIN --dir $w/husk --insecure-options=http"
 $H fetch -q $reg/husk/busybox >/dev/null
 
 # The floor's initramfs: busybox and an /init that powers off.

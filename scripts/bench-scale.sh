@@ -12,8 +12,8 @@ bench_prepare hyperfine
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-scale.XXXXXX)
 trap 'rm -rf "$w"' EXIT
-full="$PWD/target/release/husk --dir $w/full --insecure-options=http"
-empty="$PWD/target/release/husk --dir $w/empty --insecure-options=http"
+full="$HUSK_BIN --dir $w/full --insecure-options=http"
+empty="$HUSK_BIN --dir $w/empty --insecure-options=http"
 img=$reg/husk/busybox
 $full fetch -q "$img" >/dev/null 2>&1
 $empty fetch -q "$img" >/dev/null 2>&1

@@ -53,7 +53,7 @@ printf '[registries."%s"]\ninsecure = ["http"]\n[trust]\npolicy = "%s/none.json"
 # would drown what is measured (the fsyncs stay in the code; on tmpfs they cost nothing).
 data=$(mktemp -d /dev/shm/husk-bench-trust.XXXXXX)
 trap '[ -n "${KEEP:-}" ] || { GNUPGHOME=$w/gnupg gpgconf --kill all 2>/dev/null; rm -rf "$w" "$data"; }' EXIT
-H="$PWD/target/release/husk --dir $data --config-dir $w/etc"
+H="$HUSK_BIN --dir $data --config-dir $w/etc"
 $H trust add --yes --prefix "$reg/bench-gpg" "$w/gpg.asc" >/dev/null 2>&1
 $H trust add --yes --prefix "$reg/bench-cosign" "$w/cosign.pub" >/dev/null 2>&1
 # Each variant must really verify: a failed check would be a fast, wrong measurement.

@@ -2,7 +2,8 @@
 # Compares this tree's husk with an earlier revision's, side by side in one session: pod start
 # without and with networking, and a detached pod's resident memory. Medians and ratios.
 #   scripts/bench-vs.sh REV [--runs N]
-# Builds REV in a git worktree under build/bench-REV (release husk and static stage1). Needs root.
+# Builds REV in a git worktree under build/bench-REV. Both trees' husk and stage1 are built
+# alike, statically (as scripts/build-static.sh does now), so that only the code differs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: scripts/bench-vs.sh REV [--runs N]}; shift
@@ -12,12 +13,12 @@ while [ $# -gt 0 ]; do case "$1" in --runs) runs=$2; shift 2;; *) echo "unknown 
 short=$(git rev-parse --short "$rev")
 old=$PWD/build/bench-$short
 static() { RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
-  CARGO_TARGET_DIR=$1/target cargo build --release --locked -q --target x86_64-unknown-linux-gnu -p husk-stage1; }
-if [ ! -x "$old/target/release/husk" ]; then
+  CARGO_TARGET_DIR=$1/target cargo build --release --locked -q --target x86_64-unknown-linux-gnu -p husk -p husk-stage1; }
+bin=target/x86_64-unknown-linux-gnu/release
+if [ ! -x "$old/$bin/husk" ]; then
   [ -d "$old" ] || git worktree add -f "$old" "$rev" >/dev/null
-  (cd "$old" && CARGO_TARGET_DIR=$old/target cargo build --release --locked -q -p husk && static "$old")
+  (cd "$old" && static "$old")
 fi
-cargo build --release --locked -q -p husk
 static "$PWD"
 scripts/build-images.sh >/dev/null
 scripts/registry.sh start >/dev/null
@@ -25,8 +26,8 @@ scripts/registry.sh push build/images >/dev/null
 w=$(mktemp -d /var/tmp/husk-bench-vs.XXXXXX)
 trap 'rm -rf "$w"' EXIT
 img=127.0.0.1:5000/husk/busybox
-new="env HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release $PWD/target/release/husk --dir $w/new --insecure-options=http"
-was="env HUSK_STAGE1_DIR=$old/target/x86_64-unknown-linux-gnu/release $old/target/release/husk --dir $w/old --insecure-options=http"
+new="env HUSK_STAGE1_DIR=$PWD/$bin $PWD/$bin/husk --dir $w/new --insecure-options=http"
+was="env HUSK_STAGE1_DIR=$old/$bin $old/$bin/husk --dir $w/old --insecure-options=http"
 $new fetch -q $img >/dev/null
 $was fetch -q $img >/dev/null
 # Alternating the two versions run by run: this machine's noise (and each networked pod's

@@ -14,7 +14,7 @@ crun_hybrid_fix
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench.XXXXXX)
 trap 'rm -rf "$w"' EXIT
-H="$PWD/target/release/husk --dir $w/husk --insecure-options=http"
+H="$HUSK_BIN --dir $w/husk --insecure-options=http"
 P="podman --root $w/podman/root --runroot $w/podman/run --tmpdir $w/podman/tmp --cgroup-manager=cgroupfs --events-backend=file"
 PR="--ulimit nofile=16384:16384 --ulimit nproc=16384:16384"
 json=$w/json; mkdir -p $json

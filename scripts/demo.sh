@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/demo.sh: run as root" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --locked
+# husk and its stage1 executables, static, as scripts/install.sh installs them.
+scripts/build-static.sh
 export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
 scripts/build-images.sh
 scripts/registry.sh start
 scripts/registry.sh push build/images
 data=${HUSK_DEMO_DIR:-build/demo-data}
-husk="target/release/husk --dir $data --insecure-options=http"
+husk="$HUSK_STAGE1_DIR/husk --dir $data --insecure-options=http"
 echo "+ husk fetch 127.0.0.1:5000/husk/workload"
 $husk fetch 127.0.0.1:5000/husk/workload
 echo "+ husk run 127.0.0.1:5000/husk/workload   (the workload prints what it sees inside the pod)"

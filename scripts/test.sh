@@ -20,6 +20,7 @@ scripts/registry.sh push build/images
 export HUSK_TEST_REGISTRY=127.0.0.1:${HUSK_TEST_REGISTRY_PORT:-5000}
 export HUSK_TEST_AUTH_REGISTRY=127.0.0.1:$(( ${HUSK_TEST_REGISTRY_PORT:-5000} + 1 ))
 export HUSK_TEST_IMAGES=$PWD/build/images
-# Test the static stage1 that is shipped.
+# Test the static husk and stage1 that are shipped (scripts/build-static.sh, run by build-images.sh).
 export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
+export HUSK_TEST_BIN=$HUSK_STAGE1_DIR/husk
 cargo test --workspace --locked

@@ -62,8 +62,12 @@ impl Env {
         self.tmp.path().join("data")
     }
 
+    /// The husk under test: $HUSK_TEST_BIN (scripts/test.sh: the static husk that is shipped),
+    /// else this workspace's test build.
     pub fn bin() -> PathBuf {
-        PathBuf::from(env!("CARGO_BIN_EXE_husk"))
+        std::env::var_os("HUSK_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_husk")))
     }
 
     pub fn cmd_with(&self, bin: &Path) -> Command {
