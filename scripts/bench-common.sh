@@ -1,16 +1,18 @@
 # Sourced by the benchmark scripts: what every one of them needs before it measures.
 #   bench_prepare PROGRAM…   root, the programs (Debian packages of the same name, gpg from
-#                            gnupg), the static husk and stage1 (what scripts/install.sh
-#                            installs), the test images in the loopback registry; exports
-#                            HUSK_STAGE1_DIR and HUSK_BIN (the husk to measure).
+#                            gnupg), husk and its stage1 installed by scripts/install.sh into
+#                            build/bench-prefix, the test images in the loopback registry;
+#                            exports HUSK_STAGE1_DIR and HUSK_BIN (the husk to measure).
+# husk is measured as installed, like the peers: on this kind of host a binary run straight from
+# cargo's target dir, as the linker wrote it, started up to 0.3 ms slower than a copy of itself.
 #   crun_hybrid_fix          lets crun run on a hybrid cgroup host (hugetlb as v1).
 bench_prepare() {
   [ "$(id -u)" = 0 ] || { echo "$0: run as root" >&2; exit 1; }
   local need="" p
   for p in "$@"; do command -v "$p" >/dev/null || need="$need ${p/#gpg/gnupg}"; done
   [ -z "$need" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-  scripts/build-static.sh >/dev/null
-  export HUSK_STAGE1_DIR=$PWD/target/x86_64-unknown-linux-gnu/release
+  PREFIX=$PWD/build/bench-prefix SETUP=0 scripts/install.sh >/dev/null
+  export HUSK_STAGE1_DIR=$PWD/build/bench-prefix/bin
   export HUSK_BIN=$HUSK_STAGE1_DIR/husk
   scripts/build-images.sh >/dev/null
   scripts/registry.sh start >/dev/null

@@ -15,7 +15,7 @@ crun_hybrid_fix
 reg=127.0.0.1:5000
 w=$(mktemp -d /var/tmp/husk-bench-oci.XXXXXX)
 trap 'rm -rf "$w"' EXIT
-OCI=$PWD/target/x86_64-unknown-linux-gnu/release/husk-oci
+OCI=$HUSK_STAGE1_DIR/husk-oci
 H="$HUSK_BIN --dir $w/husk --insecure-options=http"
 mkdir -p $w/bundle && $H fetch -q $reg/husk/busybox >/dev/null && $H image render $reg/husk/busybox $w/bundle/rootfs
 (cd $w/bundle && crun spec && python3 - <<'PY'

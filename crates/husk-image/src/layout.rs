@@ -13,7 +13,7 @@ use crate::ingest::{
     check_metadata_size, manifest_kind, parse_digest, select_platform, BlobSource, LayoutBlobs, MAX_METADATA_SIZE,
     MT_DOCKER_LIST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER,
 };
-use crate::store::{hash_reader, remove_any, ImageRecord, Store};
+use crate::store::{hash_bytes, hash_reader, remove_any, ImageRecord, Store};
 
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
@@ -73,7 +73,7 @@ pub fn layout_manifest(dir: &Path, tag: Option<&str>, image: &str) -> Result<(Ve
                 source: StoreError::SizeMismatch { digest, expected: want_size, actual: bytes.len() as u64 },
             });
         }
-        let (actual, _) = hash_reader(&bytes[..]).expect("memory");
+        let actual = hash_bytes(&bytes);
         if actual != digest {
             return Err(FetchError::Store {
                 image: image.to_string(),
@@ -200,7 +200,7 @@ pub fn docker_archive(store: &Store, file: &Path, image: &str) -> Result<DockerA
         "layers": layers,
     }))
     .expect("json");
-    let (digest, _) = hash_reader(&manifest[..]).expect("memory");
+    let digest = hash_bytes(&manifest);
     let repo_tag = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
     Ok(DockerArchive { scratch, manifest, digest, repo_tag })
 }

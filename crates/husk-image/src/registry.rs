@@ -92,7 +92,7 @@ impl AsyncRegistry {
         crate::ingest::check_metadata_size(&self.image, "manifest", bytes.len() as u64)?;
         // oci-client checked the bytes against the registry's digest header; check them against
         // the digest we will file them under, too.
-        let (actual, _) = crate::store::hash_reader(&bytes[..]).expect("hashing memory cannot fail");
+        let actual = crate::store::hash_bytes(&bytes);
         if actual != digest {
             return Err(FetchError::Store {
                 image: self.image.clone(),
