@@ -3,9 +3,10 @@
 #                            gnupg), husk and its stage1 installed by scripts/install.sh into
 #                            build/bench-prefix, the test images in the loopback registry;
 #                            exports HUSK_STAGE1_DIR and HUSK_BIN (the husk to measure).
-# husk is measured as installed, like the peers: on this kind of host a binary run straight from
-# cargo's target dir, as the linker wrote it, started up to 0.3 ms slower than a copy of itself.
 #   crun_hybrid_fix          lets crun run on a hybrid cgroup host (hugetlb as v1).
+# husk is measured as installed, like the peers: on this kind of host a binary run straight from
+# cargo's target dir, as the linker wrote it, started 0.3–0.6 ms slower than a copy of itself, and
+# its supervisor was smaller in memory (the file's page cache folios; docs/BENCHMARKS.md).
 bench_prepare() {
   [ "$(id -u)" = 0 ] || { echo "$0: run as root" >&2; exit 1; }
   local need="" p

@@ -226,29 +226,26 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(io::Error::from)
 }
 
-/// Drops this process's page-table entries for its own executable code (`MADV_DONTNEED` on the
-/// `r-xp` mappings of /proc/self/exe) and trims the heap. For a long-lived, mostly idle process
-/// (the pod supervisor and pod init) whose resident set is dominated by code it ran once at
-/// startup: the code stays in the page cache, shared, and the few pages still used fault back
-/// in. Only never-written text is dropped: for a private file mapping, DONTNEED repopulates
-/// from the file, which is exact for text but would undo relocations in the read-only data
-/// segment, so that one is left alone. Best effort: errors are ignored.
+/// Drops this process's page-table entries for its own executable's read-only mappings (its
+/// code and read-only data, `MADV_DONTNEED`) and trims the heap. For a long-lived, mostly idle
+/// process (the pod supervisor and pod init) whose resident set is dominated by what it used
+/// once at startup: the pages stay in the page cache, shared, and the few still used fault back
+/// in. A private file mapping is dropped only if none of its pages was ever written (smaps:
+/// `Anonymous: 0 kB`): DONTNEED repopulates it from the file, which is exact for such pages but
+/// would undo the relocations in the RELRO part of the data segment, whose pages are written
+/// copies. Best effort: errors are ignored.
+///
+/// On kernel 6.18 a fault maps a whole large folio of the file when it fits, and a binary
+/// installed by copying (or read back from disk) has large folios: dropping the read-only data
+/// too, not only the code, keeps more of that out of an installed supervisor (docs/BENCHMARKS.md).
 pub fn release_startup_memory() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
-        let path = f.nth(3).unwrap_or("");
-        if path != exe.as_os_str() || perms != "r-xp" {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
-        // SAFETY: the range is the private, read-only, executable file mapping of our own
-        // binary, which is never written (PIE text has no relocations). MADV_DONTNEED on it
-        // only drops page-table entries; later accesses repopulate the identical contents from
-        // the file, so no code or data the process relies on changes.
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+    for (start, end) in never_written_mappings_of(&smaps, exe.as_os_str().to_str().unwrap_or("")) {
+        // SAFETY: the range is a private, read-only file mapping of our own binary none of whose
+        // pages was ever written (checked in smaps). MADV_DONTNEED on it only drops page-table
+        // entries; later accesses repopulate the identical contents from the file, so no code or
+        // data the process relies on changes.
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
@@ -257,6 +254,35 @@ pub fn release_startup_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// The address ranges, in `/proc/self/smaps` text, of `exe`'s read-only private mappings (code or
+/// read-only data) with no anonymous (written, copied-on-write) page.
+fn never_written_mappings_of(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((a, b)) = first.split_once('-').filter(|(a, _)| a.bytes().all(|c| c.is_ascii_hexdigit())) {
+            // A mapping's header: range, perms, offset, dev, inode, path.
+            let perms = f.next().unwrap_or("");
+            let path = f.nth(3).unwrap_or("");
+            current = match (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                (Ok(s), Ok(e)) if !exe.is_empty() && path == exe && (perms == "r-xp" || perms == "r--p") => {
+                    Some((s, e))
+                }
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let Some(range) = current.take() {
+                if f.next() == Some("0") {
+                    found.push(range);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// `clone(2)` with namespace flags and fork-like semantics (no new stack: the child continues
@@ -433,5 +459,44 @@ mod holder_tests {
         assert!(take_inherited_fd("HUSK_TEST_FD_UNSET").unwrap().is_none());
         std::env::set_var("HUSK_TEST_FD_C", "1");
         assert!(take_inherited_fd("HUSK_TEST_FD_C").is_err());
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    #[test]
+    fn only_never_written_read_only_mappings_of_the_executable_are_dropped() {
+        let smaps = "\
+55550000-55560000 r--p 00000000 fe:00 7 /usr/bin/husk-stage1-ns
+Rss:                  64 kB
+Anonymous:             0 kB
+55560000-55590000 r-xp 00010000 fe:00 7 /usr/bin/husk-stage1-ns
+Anonymous:             0 kB
+55590000-555a0000 r--p 00040000 fe:00 7 /usr/bin/husk-stage1-ns
+Anonymous:            60 kB
+555a0000-555b0000 rw-p 00050000 fe:00 7 /usr/bin/husk-stage1-ns
+Anonymous:             4 kB
+7f000000-7f010000 r-xp 00000000 fe:00 9 /usr/lib/libc.so.6
+Anonymous:             0 kB
+7ffc0000-7ffd0000 rw-p 00000000 00:00 0                          [stack]
+Anonymous:            16 kB
+";
+        let got = never_written_mappings_of(smaps, "/usr/bin/husk-stage1-ns");
+        // Read-only data and code; not the relocated RELRO part, not data, not a library.
+        assert_eq!(got, vec![(0x55550000, 0x55560000), (0x55560000, 0x55590000)]);
+        assert!(never_written_mappings_of(smaps, "").is_empty());
+        assert!(never_written_mappings_of("garbage\nAnonymous: 0 kB\n", "/x").is_empty());
+    }
+
+    #[test]
+    fn releasing_keeps_the_process_running_with_its_data_intact() {
+        static TABLE: [&str; 3] = ["relocated", "read-only", "data"];
+        let before: Vec<String> = TABLE.iter().map(|s| s.to_string()).collect();
+        release_startup_memory();
+        release_startup_memory();
+        assert_eq!(TABLE.iter().map(|s| s.to_string()).collect::<Vec<_>>(), before);
+        assert_eq!(format!("{:?}", std::path::Path::new("/a").join("b")), "\"/a/b\"");
     }
 }
