@@ -497,7 +497,7 @@ Anonymous:            16 kB
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let dropped = never_written_mappings_of(&smaps, exe);
         // The code of this function is in one of them.
-        let here = in_this_test_binary_the_code_is_dropped_and_the_relocated_data_kept as usize;
+        let here = in_this_test_binary_the_code_is_dropped_and_the_relocated_data_kept as *const () as usize;
         assert!(dropped.iter().any(|&(s, e)| (s..e).contains(&here)), "{dropped:x?}");
         // A table of pointers (&str) lives in relocated, hence written, RELRO pages: kept.
         static TABLE: [&str; 3] = ["relocated", "read-only", "data"];
