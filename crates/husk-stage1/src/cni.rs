@@ -1,6 +1,7 @@
 //! CNI networking, as the CNI spec's runtime: stage1 execs the standard plugins (ptp,
-//! host-local, portmap, bridge, …) rather than doing any network configuration itself, so every
-//! existing CNI configuration works.
+//! host-local, portmap, bridge, …), so every existing CNI configuration works. The one exception
+//! is the built-in networks' ptp with host-local, which stage1 does itself ([`crate::ptp`]),
+//! with the same result and the same lease files.
 //!
 //! The pod's network namespace is pinned by a bind mount at `/run/husk/netns/<uuid>` (in the
 //! host's mount namespace), so that teardown works even after the pod's processes were killed.
@@ -17,7 +18,9 @@ use husk_types::pod::{NetMode, PodManifest};
 use nix::sched::CloneFlags;
 
 use crate::common::{write_json, Context, Fail, Step};
+use crate::ipam::Leases;
 use crate::masq::Masquerade;
+use crate::ptp::{Ptp, Rtnl};
 
 pub use husk_types::abi::NETNS_DIR;
 
@@ -84,12 +87,14 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
     }
     let mut states: Vec<NetState> = Vec::new();
     for (i, n) in networks.iter().enumerate() {
+        let native = Ptp::of(&n.name, &n.config)?;
         states.push(NetState {
             name: n.name.clone(),
             ifname: n.ifname.clone(),
             config: n.config.clone(),
             args: n.args.clone(),
             result: None,
+            guarded: None,
         });
         write_json(&state_path(pod_dir), &states)?;
         if let Err(e) = Masquerade::of(&n.name, &n.config).and_then(|mq| mq.map_or(Ok(()), |mq| mq.join(&m.uuid))) {
@@ -99,9 +104,18 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
         let ports = if Some(i) == ports_net { ports.as_slice() } else { &[] };
         match run_chain("ADD", &m.uuid, netns, states.last().unwrap(), ports, plugin_dirs) {
             Ok(result) => {
-                states.last_mut().unwrap().result = Some(result);
+                let s = states.last_mut().unwrap();
+                s.result = Some(result);
+                // A native ptp pod's host interface is its own: only portmap (for --port) or the
+                // host-wide setting turns route_localnet on there, so without them it needs no guard.
+                let guarded = if native.is_some() && ports.is_empty() && !routes_localnet_everywhere() {
+                    vec![]
+                } else {
+                    s.host_interfaces()
+                };
+                s.guarded = Some(guarded.clone());
                 write_json(&state_path(pod_dir), &states)?;
-                for ifname in states.last().unwrap().host_interfaces() {
+                for ifname in guarded {
                     if let Err(e) = loopback_guard("-I", &m.uuid, &ifname) {
                         teardown(pod_dir, &m.uuid, plugin_dirs);
                         return Err(e);
@@ -134,7 +148,7 @@ pub fn teardown(pod_dir: &Path, uuid: &str, plugin_dirs: &[PathBuf]) -> Vec<Fail
         // After DEL: the guard goes last, once nothing of the pod can send on the interface.
         // Exactly one rule was inserted per interface; one that is already gone (a teardown
         // that ran before) is no error.
-        for ifname in s.host_interfaces() {
+        for ifname in s.guarded_interfaces() {
             if let Err(e) = loopback_guard("-D", uuid, &ifname) {
                 if !e.chain().contains("does a matching rule exist") && !e.chain().contains("Bad rule") {
                     errors.push(e);
@@ -170,6 +184,12 @@ pub fn masquerades_of(pod_dir: &Path) -> Vec<Masquerade> {
         .find_map(|p| std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok()))
         .unwrap_or_default();
     states.iter().filter_map(|s| Masquerade::of(&s.name, &s.config).ok().flatten()).collect()
+}
+
+/// Whether the host lets every interface route to 127.0.0.0/8 (`conf/all/route_localnet`),
+/// which makes the loopback guard necessary on every pod's interface.
+fn routes_localnet_everywhere() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").map(|v| v.trim() != "0").unwrap_or(true)
 }
 
 /// Inserts (`-I`) or deletes (`-D`) the rule of
@@ -222,7 +242,21 @@ fn run_chain(
     let order: Vec<&serde_json::Value> =
         if command == "DEL" { plugins.iter().rev().collect() } else { plugins.iter().collect() };
     let mut first_err = None;
+    let native = Ptp::of(&s.name, &s.config)?;
     for p in order {
+        // The built-in networks' ptp (with its host-local) is done natively.
+        if let (Some(ptp), true) = (&native, std::ptr::eq(p, &plugins[0])) {
+            let r = native_step(command, ptp, uuid, netns, s);
+            match r {
+                Ok(Some(out)) => prev = Some(out),
+                Ok(None) => {}
+                Err(e) if command == "DEL" => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         // A port-mapping plugin has nothing to do for a pod that maps no ports (on ADD or DEL,
         // as a pod's ports never change); skipping it saves two plugin runs per pod.
         if p["capabilities"]["portMappings"] == true && ports.is_empty() {
@@ -272,6 +306,32 @@ fn run_chain(
         Some(e) => Err(e),
         None => Ok(prev.unwrap_or(serde_json::Value::Null)),
     }
+}
+
+/// ADD or DEL of a native ptp network: its result on ADD.
+fn native_step(
+    command: &str,
+    ptp: &Ptp,
+    uuid: &str,
+    netns: &Path,
+    s: &NetState,
+) -> Result<Option<serde_json::Value>, Fail> {
+    let leases = Leases::of_network(&s.name);
+    if command == "DEL" {
+        // No pinned namespace: the pod's end went with it, and took the host's end along.
+        let mut rtnl = if netns.as_os_str().is_empty() { None } else { Some(Rtnl::open(netns)?) };
+        crate::ptp::del(rtnl.as_mut().map(|r| r as &mut dyn crate::ptp::Netlink), &leases, &s.name, uuid, &s.ifname)?;
+        return Ok(None);
+    }
+    let requested = match s.args.iter().find(|(k, _)| k == "IP") {
+        None => None,
+        Some((_, v)) => Some(v.parse().map_err(|_| {
+            Fail::Invalid(format!("network {}: IP={v} is not an IPv4 address (the network is {})", s.name, ptp.subnet))
+        })?),
+    };
+    let mut rtnl = Rtnl::open(netns)?;
+    let at = crate::ptp::Attachment { network: &s.name, uuid, ifname: &s.ifname, netns };
+    crate::ptp::add(&mut rtnl, &leases, ptp, at, requested).map(Some)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -376,6 +436,7 @@ mod tests {
             config: serde_json::json!({}),
             args: vec![],
             result: Some(serde_json::json!({"dns": dns})),
+            guarded: None,
         };
         assert!(dns_from(&[s(serde_json::json!({}))]).is_none());
         let d = dns_from(&[s(serde_json::json!({"nameservers": ["10.0.0.53"], "search": ["corp"]}))]).unwrap();

@@ -157,8 +157,9 @@ pub fn loopback_guard_rule(uuid: &str, ifname: &str) -> Vec<String> {
 }
 
 /// The built-in networks: `default` (routed, masqueraded: pods reach what the host reaches) and
-/// `default-restricted` (host-only: no route out, no masquerading). Both use the standard ptp,
-/// host-local and portmap plugins; a user file of the same name replaces them. Leases live in
+/// `default-restricted` (host-only: no route out, no masquerading). Both are the standard ptp,
+/// host-local and portmap plugins, the first two done natively by stage1; a user file of the
+/// same name replaces them (and runs every plugin). Leases live in
 /// host-local's host-wide directory (/var/lib/cni/networks): the subnet and the host routes are
 /// the host's, shared by every data dir and runtime on it.
 pub fn builtin_network(name: &str) -> Option<serde_json::Value> {
@@ -181,6 +182,9 @@ pub fn builtin_network(name: &str) -> Option<serde_json::Value> {
     if masq {
         net["x-husk-masquerade"] = subnet.into();
     }
+    // Its ptp and host-local are done by stage1 itself (husk_stage1::ptp): the same set-up and
+    // the same lease files, without two plugin programs per pod.
+    net["x-husk-native"] = "ptp".into();
     Some(net)
 }
 
@@ -216,6 +220,11 @@ pub struct NetState {
     /// The CNI result of the last plugin, once ADD succeeded.
     #[serde(default)]
     pub result: Option<serde_json::Value>,
+    /// The host interfaces that got the loopback guard ([`loopback_guard_rule`]), recorded
+    /// before it is inserted. Absent in a pod from before husk recorded it: then every host
+    /// interface of the result has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarded: Option<Vec<String>>,
 }
 
 impl NetState {
@@ -231,6 +240,14 @@ impl NetState {
             .filter(|n| valid_ifname(n))
             .map(String::from)
             .collect()
+    }
+
+    /// The host interfaces whose loopback guard the teardown removes.
+    pub fn guarded_interfaces(&self) -> Vec<String> {
+        match &self.guarded {
+            Some(g) => g.iter().filter(|n| valid_ifname(n)).cloned().collect(),
+            None => self.host_interfaces(),
+        }
     }
 
     /// The pod's addresses on this network (from the CNI result).
@@ -311,8 +328,14 @@ mod tests {
                 {"name": "-j ACCEPT"},
                 {"name": "waytoolonginterfacename"}
             ]})),
+            guarded: None,
         };
         assert_eq!(st.host_interfaces(), vec!["veth1a2b", "cni0"]);
+        // A pod from before the record: every host interface was guarded. Since: what is recorded.
+        assert_eq!(st.guarded_interfaces(), vec!["veth1a2b", "cni0"]);
+        let recorded = NetState { guarded: Some(vec!["hskabc".into(), "-j ACCEPT".into()]), ..st.clone() };
+        assert_eq!(recorded.guarded_interfaces(), vec!["hskabc"]);
+        assert!(NetState { guarded: Some(vec![]), ..st }.guarded_interfaces().is_empty());
         let c = as_conflist(serde_json::json!({"cniVersion": "0.4.0", "name": "n", "type": "bridge"})).unwrap();
         assert_eq!(c["plugins"][0]["type"], "bridge");
         assert_eq!(c["name"], "n");
@@ -327,6 +350,7 @@ mod tests {
             config: serde_json::json!({}),
             args: vec![],
             result: Some(serde_json::json!({"ips": [{"address": "172.16.28.5/24"}]})),
+            guarded: None,
         };
         assert_eq!(s.addresses(), vec!["172.16.28.5/24"]);
     }

@@ -104,6 +104,8 @@ fn pod_serves_http_by_ip_and_forwarded_port_and_cleans_up() {
         .to_string();
     let ip = pod_ip(&env, &uuid);
     assert!(ip.starts_with("172.16.28."), "{ip}");
+    let raw = cmd("iptables-save", &["-t", "raw"]);
+    assert!(raw.contains(&format!("husk {uuid}")), "a pod that forwards ports has its loopback guard: {raw}");
     assert_eq!(http_get(&format!("http://{ip}/")), "web\n");
     assert_eq!(http_get("http://127.0.0.1:18081/"), "web\n", "forwarded port on the host's loopback");
     // Another pod reaches it directly, and through the forwarded port on its gateway.
@@ -149,8 +151,27 @@ fn pods_on_the_default_network_reach_each_other_and_the_host() {
     assert!(ha.starts_with("husk-"), "{ha}");
     let routes = env.ok(&["enter", &a, "--", "ip", "route"]);
     assert!(routes.contains("default via 172.16.28.1"), "{routes}");
+    // husk's own ptp: the host side is named after the pod, holds the gateway and the route to
+    // the pod, as ptp's; a pod that forwards no port needs no loopback guard rule.
+    let host_if = format!("hsk{}", a.replace('-', "").get(..12).unwrap());
+    let addr = cmd("ip", &["-4", "-o", "addr", "show", "dev", &host_if]);
+    assert!(addr.contains("inet 172.16.28.1/32"), "{addr}");
+    let route = cmd("ip", &["route", "show", &ia]);
+    assert!(route.contains(&format!("dev {host_if}")), "{route}");
+    let raw = cmd("iptables-save", &["-t", "raw"]);
+    assert!(!raw.contains(&a), "no guard without --port: {raw}");
+    let lease = std::fs::read_to_string(format!("/var/lib/cni/networks/default/{ia}")).unwrap();
+    assert_eq!(lease, format!("{a}\r\neth0"), "host-local's lease format");
     env.ok(&["stop", &a, &b]);
     env.ok(&["gc", "--grace-period=0s"]);
+    assert!(!cmd("ip", &["-o", "link"]).contains(&host_if));
+    assert!(!std::path::Path::new(&format!("/var/lib/cni/networks/default/{ia}")).exists());
+}
+
+fn cmd(bin: &str, args: &[&str]) -> String {
+    let o = Command::new(bin).args(args).output().unwrap();
+    assert!(o.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]

@@ -210,6 +210,7 @@ mod tests {
             config: serde_json::json!({}),
             args: vec![],
             result: Some(result),
+            guarded: None,
         }
     }
 
