@@ -87,7 +87,13 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
     }
     let mut states: Vec<NetState> = Vec::new();
     for (i, n) in networks.iter().enumerate() {
-        let native = Ptp::of(&n.name, &n.config)?;
+        let native = match Ptp::of(&n.name, &n.config) {
+            Ok(p) => p,
+            Err(e) => {
+                teardown(pod_dir, &m.uuid, plugin_dirs);
+                return Err(e);
+            }
+        };
         states.push(NetState {
             name: n.name.clone(),
             ifname: n.ifname.clone(),
@@ -318,10 +324,12 @@ fn native_step(
 ) -> Result<Option<serde_json::Value>, Fail> {
     let leases = Leases::of_network(&s.name);
     if command == "DEL" {
-        // No pinned namespace: the pod's end went with it, and took the host's end along.
-        let mut rtnl = if netns.as_os_str().is_empty() { None } else { Some(Rtnl::open(netns)?) };
-        crate::ptp::del(rtnl.as_mut().map(|r| r as &mut dyn crate::ptp::Netlink), &leases, &s.name, uuid, &s.ifname)?;
-        return Ok(None);
+        // No pinned namespace: the pod's end went with it, and took the host's end along. The
+        // lease is released even when the namespace cannot be entered.
+        let mut rtnl = if netns.as_os_str().is_empty() { Ok(None) } else { Rtnl::open(netns).map(Some) };
+        let net = rtnl.as_mut().ok().and_then(|r| r.as_mut()).map(|r| r as &mut dyn crate::ptp::Netlink);
+        let deleted = crate::ptp::del(net, &leases, &s.name, uuid, &s.ifname);
+        return rtnl.and(deleted).map(|_| None);
     }
     let requested = match s.args.iter().find(|(k, _)| k == "IP") {
         None => None,

@@ -236,8 +236,9 @@ fn supervise(
         n.send(&crate::notify::ready(supervisor.as_raw()));
     }
 
-    // From here on the supervisor only waits: give back the memory setup needed.
-    husk_sys::proc::release_startup_memory();
+    // From here on the supervisor only waits: give back the memory setup needed (and again each
+    // time it goes back to waiting).
+    let idle = husk_sys::proc::release_startup_memory();
 
     // Supervise: forward signals to the pod init until it exits. The supervisor owns the stop
     // deadline: SIGTERM or SIGINT starts it (`husk stop` says how long in stop.json), and when it
@@ -250,6 +251,7 @@ fn supervise(
         None => None,
     };
     let code = loop {
+        idle.drop_pages();
         let sig = match &events {
             None => sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?,
             Some(ev) => match ev.next()? {
@@ -706,12 +708,13 @@ pub(crate) fn run_apps(
     drop(report);
     drop(console);
 
-    husk_sys::proc::release_startup_memory();
+    let idle = husk_sys::proc::release_startup_memory();
     let sigs = signals();
     // The statuses of the apps in the order they ended: with the exit policy, the pod's status.
     let mut ended: Vec<i32> = Vec::new();
     let mut stopping = false;
     while !live.is_empty() {
+        idle.drop_pages();
         let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
         match sig {
             Signal::SIGCHLD => loop {

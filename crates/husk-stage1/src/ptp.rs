@@ -62,13 +62,23 @@ impl Ptp {
     /// but is not ptp with host-local in the shape husk builds is an error naming the network,
     /// never a half-understood network.
     pub fn of(network: &str, conflist: &serde_json::Value) -> Result<Option<Ptp>, Fail> {
-        if conflist.get(NATIVE_KEY).and_then(|v| v.as_str()) != Some("ptp") {
-            return Ok(None);
-        }
         let bad = |why: &str| Fail::Invalid(format!("network {network:?}: {NATIVE_KEY}: {why}"));
+        match conflist.get(NATIVE_KEY) {
+            None => return Ok(None),
+            Some(v) if v == "ptp" => {}
+            Some(v) => return Err(bad(&format!("{v} is not \"ptp\", the one plugin husk does itself"))),
+        }
         let p = &conflist["plugins"][0];
         if p["type"] != "ptp" || p["ipam"]["type"] != "host-local" || p["ipMasq"] == true {
             return Err(bad("the first plugin must be ptp without ipMasq, with host-local IPAM"));
+        }
+        // Only what husk does: host-local's other settings (ranges, dataDir, resolvConf, …)
+        // would be silently ignored, so a network that has them runs the plugins instead.
+        let ipam_keys = p["ipam"].as_object().into_iter().flat_map(|o| o.keys());
+        if let Some(k) = ipam_keys.into_iter().find(|k| !["type", "subnet", "routes"].contains(&k.as_str())) {
+            return Err(bad(&format!(
+                "host-local's {k:?} is not supported natively; remove {NATIVE_KEY} to run the plugins"
+            )));
         }
         let subnet = p["ipam"]["subnet"]
             .as_str()
@@ -532,6 +542,8 @@ mod tests {
             bad(&|c| c["plugins"][0]["ipam"]["routes"] = serde_json::json!([{"dst": "0.0.0.0"}])),
             bad(&|c| c["plugins"][0]["ipam"]["routes"] = serde_json::json!([{"dst": "10.0.0.0/8", "gw": "x"}])),
             bad(&|c| c["plugins"][0]["mtu"] = 70000.into()),
+            bad(&|c| c["plugins"][0]["ipam"]["dataDir"] = "/elsewhere".into()),
+            bad(&|c| c[NATIVE_KEY] = "bridge".into()),
         ] {
             assert!(e.contains("network \"default\"") && e.contains(NATIVE_KEY), "{e}");
         }

@@ -238,21 +238,48 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
 /// On kernel 6.18 a fault maps a whole large folio of the file when it fits, and a binary
 /// installed by copying (or read back from disk) has large folios: dropping the read-only data
 /// too, not only the code, keeps more of that out of an installed supervisor (docs/BENCHMARKS.md).
-pub fn release_startup_memory() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
-    for (start, end) in never_written_mappings_of(&smaps, exe.as_os_str().to_str().unwrap_or("")) {
-        // SAFETY: the range is a private, read-only file mapping of our own binary none of whose
-        // pages was ever written (checked in smaps). MADV_DONTNEED on it only drops page-table
-        // entries; later accesses repopulate the identical contents from the file, so no code or
-        // data the process relies on changes.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
-    }
+pub fn release_startup_memory() -> IdleMemory {
+    let idle = IdleMemory::find();
+    idle.drop_pages();
     // SAFETY: malloc_trim only returns free heap memory to the kernel; no pointer is affected.
     unsafe {
         libc::malloc_trim(0);
+    }
+    idle
+}
+
+/// The mappings [`release_startup_memory`] drops, found once, to drop again each time the
+/// process goes idle: called just before a blocking wait, it leaves resident only the code
+/// that runs between it and the wait (and, after a wake-up, what that handled until the next
+/// one). An installed binary's large folios make each page touched cost a whole folio (128 KiB
+/// here), so code touched once after the first release (a signal handled, a child reaped)
+/// would otherwise stay resident for the pod's life.
+#[derive(Debug, Default)]
+pub struct IdleMemory {
+    ranges: Vec<(usize, usize)>,
+}
+
+impl IdleMemory {
+    fn find() -> IdleMemory {
+        let ranges = match (std::fs::read_link("/proc/self/exe"), std::fs::read_to_string("/proc/self/smaps")) {
+            (Ok(exe), Ok(smaps)) => never_written_mappings_of(&smaps, exe.to_str().unwrap_or("")),
+            _ => vec![],
+        };
+        IdleMemory { ranges }
+    }
+
+    /// Drops the page-table entries of the mappings (one `madvise` each; best effort).
+    pub fn drop_pages(&self) {
+        for &(start, end) in &self.ranges {
+            // SAFETY: the range is a private, read-only file mapping of our own binary none of
+            // whose pages was ever written (checked in smaps when found; read-only mappings
+            // cannot be written since). MADV_DONTNEED on it only drops page-table entries; later
+            // accesses repopulate the identical contents from the file, so no code or data the
+            // process relies on changes.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
     }
 }
 
@@ -504,7 +531,9 @@ Anonymous:            16 kB
         let table = TABLE.as_ptr() as usize;
         assert!(!dropped.iter().any(|&(s, e)| (s..e).contains(&table)), "{dropped:x?} holds {table:x}");
         // Dropping them for real leaves the process working and the table intact.
-        release_startup_memory();
+        let idle = release_startup_memory();
+        assert_eq!(idle.ranges, dropped);
+        idle.drop_pages();
         release_startup_memory();
         assert_eq!(TABLE.concat(), "relocatedread-onlydata");
     }
