@@ -168,6 +168,43 @@ fn pods_on_the_default_network_reach_each_other_and_the_host() {
     assert!(!std::path::Path::new(&format!("/var/lib/cni/networks/default/{ia}")).exists());
 }
 
+/// Pods started 8 at a time share the network's leases (host-local's lock) and masquerade
+/// without a clash, and leave nothing behind.
+#[test]
+fn networked_pods_started_in_parallel_get_distinct_addresses_and_leave_nothing() {
+    let _serial = serial();
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = host_net_state(&env);
+    let img = image("busybox");
+    let addrs: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| env.ok(&["run", "-q", "-d", &img, "--", "sleep", "60"]).trim().to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        runs.into_iter().flat_map(|r| r.join().unwrap()).map(|uuid| pod_ip(&env, &uuid)).collect()
+    });
+    let distinct: std::collections::BTreeSet<&String> = addrs.iter().collect();
+    assert_eq!(distinct.len(), 24, "{addrs:?}");
+    let uuids: Vec<String> = env
+        .json(&["list", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["uuid"].as_str().unwrap().to_string())
+        .collect();
+    let mut stop = vec!["stop"];
+    stop.extend(uuids.iter().map(String::as_str));
+    env.ok(&stop);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before);
+}
+
 fn cmd(bin: &str, args: &[&str]) -> String {
     let o = Command::new(bin).args(args).output().unwrap();
     assert!(o.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
