@@ -58,6 +58,10 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
+/// How long the supervisor and the pod init run before they give back their startup memory
+/// (`husk_sys::proc::IdleRelease`): a pod that ends sooner never pays for it.
+const IDLE_AFTER: Duration = Duration::from_millis(100);
+
 pub(crate) fn signals() -> SigSet {
     let mut s = SigSet::empty();
     for sig in [
@@ -236,9 +240,9 @@ fn supervise(
         n.send(&crate::notify::ready(supervisor.as_raw()));
     }
 
-    // From here on the supervisor only waits: give back the memory setup needed (and again each
-    // time it goes back to waiting).
-    let idle = husk_sys::proc::release_startup_memory();
+    // From here on the supervisor only waits: once the pod has run a while, give back the memory
+    // its setup needed (and again each time it goes back to waiting).
+    let mut idle = husk_sys::proc::IdleRelease::after(IDLE_AFTER);
 
     // Supervise: forward signals to the pod init until it exits. The supervisor owns the stop
     // deadline: SIGTERM or SIGINT starts it (`husk stop` says how long in stop.json), and when it
@@ -251,15 +255,18 @@ fn supervise(
         None => None,
     };
     let code = loop {
-        idle.drop_pages();
         let sig = match &events {
-            None => sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?,
-            Some(ev) => match ev.next()? {
+            None => match idle.wait(&sigs).ctx(Step::Pod, || "sigwait failed".into())? {
+                Some(s) => s,
+                None => continue,
+            },
+            Some(ev) => match ev.next(idle.before_wait())? {
                 Event::Signal(s) => s,
                 Event::Notify => {
                     ev.proxy.forward(notifier.as_ref(), supervisor.as_raw());
                     continue;
                 }
+                Event::Timeout => continue,
             },
         };
         match sig {
@@ -330,6 +337,8 @@ fn pod_stop_timeout(m: &PodManifest) -> Duration {
 enum Event {
     Signal(Signal),
     Notify,
+    /// The wait's time passed.
+    Timeout,
 }
 
 /// The supervisor's signals as a signalfd (they are blocked already), polled with the app's
@@ -346,15 +355,23 @@ impl<'a> Events<'a> {
         Ok(Events { sigfd, proxy })
     }
 
-    fn next(&self) -> Result<Event, Fail> {
+    fn next(&self, timeout: Option<Duration>) -> Result<Event, Fail> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
+        // Whole milliseconds, rounded up (a zero timeout would spin).
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
         loop {
             let mut fds = [
                 PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.proxy.sock.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
+                Ok(0) => return Ok(Event::Timeout),
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(Fail::step(Step::Pod, "poll failed", e)),
@@ -708,14 +725,13 @@ pub(crate) fn run_apps(
     drop(report);
     drop(console);
 
-    let idle = husk_sys::proc::release_startup_memory();
+    let mut idle = husk_sys::proc::IdleRelease::after(IDLE_AFTER);
     let sigs = signals();
     // The statuses of the apps in the order they ended: with the exit policy, the pod's status.
     let mut ended: Vec<i32> = Vec::new();
     let mut stopping = false;
     while !live.is_empty() {
-        idle.drop_pages();
-        let sig = sigs.wait().ctx(Step::Pod, || "sigwait failed".into())?;
+        let Some(sig) = idle.wait(&sigs).ctx(Step::Pod, || "sigwait failed".into())? else { continue };
         match sig {
             Signal::SIGCHLD => loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
