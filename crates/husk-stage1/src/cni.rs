@@ -112,12 +112,14 @@ pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetSta
             Ok(result) => {
                 let s = states.last_mut().unwrap();
                 s.result = Some(result);
-                // A native ptp pod's host interface is its own: only portmap (for --port) or the
-                // host-wide setting turns route_localnet on there, so without them it needs no guard.
-                let guarded = if native.is_some() && ports.is_empty() && !routes_localnet_everywhere() {
+                // A native ptp pod's host interface is its own: only portmap (for --port) turns
+                // route_localnet on there, so without it, and with the setting off for it (the
+                // host's `all`, and its own, inherited from `default`), it needs no guard.
+                let host_ifs = s.host_interfaces();
+                let guarded = if native.is_some() && ports.is_empty() && !host_ifs.iter().any(|i| routes_localnet(i)) {
                     vec![]
                 } else {
-                    s.host_interfaces()
+                    host_ifs
                 };
                 s.guarded = Some(guarded.clone());
                 write_json(&state_path(pod_dir), &states)?;
@@ -192,10 +194,14 @@ pub fn masquerades_of(pod_dir: &Path) -> Vec<Masquerade> {
     states.iter().filter_map(|s| Masquerade::of(&s.name, &s.config).ok().flatten()).collect()
 }
 
-/// Whether the host lets every interface route to 127.0.0.0/8 (`conf/all/route_localnet`),
-/// which makes the loopback guard necessary on every pod's interface.
-fn routes_localnet_everywhere() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").map(|v| v.trim() != "0").unwrap_or(true)
+/// Whether packets arriving on the host interface `ifname` may be routed to 127.0.0.0/8: its
+/// `route_localnet`, or the host's `all` (either turns it on). Unreadable counts as on.
+fn routes_localnet(ifname: &str) -> bool {
+    ["all", ifname].iter().any(|conf| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet"))
+            .map(|v| v.trim() != "0")
+            .unwrap_or(true)
+    })
 }
 
 /// Inserts (`-I`) or deletes (`-D`) the rule of

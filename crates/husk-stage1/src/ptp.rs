@@ -254,25 +254,27 @@ pub fn add(
     let host = host_ifname(uuid);
     let done = (|| {
         for op in plan(ptp, addr, &host, ifname) {
-            net.apply(&op).map_err(|e| (op, e))?;
+            net.apply(&op).map_err(|e| {
+                let what = match &op {
+                    Op::Veth { .. } if e.raw_os_error() == Some(libc::EEXIST) => format!(
+                        "the link {host} (or {ifname} in the pod) exists already; is another pod's uuid \
+                         starting with the same 12 digits? `ip link del {host}` removes it"
+                    ),
+                    _ => format!("cannot set up {ifname} ({op:?})"),
+                };
+                (what, e)
+            })?;
         }
         let macs = (net.mac(Side::Host, &host), net.mac(Side::Pod, ifname));
         match macs {
             (Ok(h), Ok(p)) => Ok(result(ptp, addr, (&host, &h), (ifname, &p), netns)),
-            (Err(e), _) | (_, Err(e)) => Err((Op::Up(Side::Host, host.clone()), e)),
+            (Err(e), _) | (_, Err(e)) => Err((format!("cannot read the addresses of {host} and {ifname}"), e)),
         }
     })();
-    done.map_err(|(op, e)| {
+    done.map_err(|(what, e)| {
         let _ = net.delete(Side::Host, &host);
         let _ = leases.release(uuid, ifname);
-        let what = match &op {
-            Op::Veth { .. } if e.raw_os_error() == Some(libc::EEXIST) => format!(
-                "network {network}: the link {host} (or {ifname} in the pod) exists already; \
-                 is another pod's uuid starting with the same 12 digits? `ip link del {host}` removes it"
-            ),
-            _ => format!("network {network}: cannot set up {ifname} ({op:?})"),
-        };
-        Fail::step(Step::Network, what, e)
+        Fail::step(Step::Network, format!("network {network}: {what}"), e)
     })
 }
 
@@ -627,6 +629,7 @@ mod tests {
         applied: Vec<Op>,
         deleted: Vec<(Side, String)>,
         fail_at: Option<usize>,
+        fail_mac: bool,
     }
 
     impl Netlink for Fake {
@@ -639,6 +642,9 @@ mod tests {
             Ok(())
         }
         fn mac(&mut self, side: Side, _: &str) -> std::io::Result<String> {
+            if self.fail_mac {
+                return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+            }
             Ok(if side == Side::Host { "02:00:00:00:00:01".into() } else { "02:00:00:00:00:02".into() })
         }
         fn delete(&mut self, side: Side, ifname: &str) -> std::io::Result<()> {
@@ -692,6 +698,15 @@ mod tests {
                 assert!(e.contains("exists already") && e.contains("ip link del hsk3f2a9c1e77b0"), "{e}");
             }
         }
+        // The links' addresses cannot be read: undone likewise.
+        let mut fake = Fake { fail_mac: true, ..Fake::default() };
+        let e = add(&mut fake, &leases, &p, pod(), None).unwrap_err().chain();
+        assert!(e.contains("cannot read the addresses of hsk3f2a9c1e77b0 and eth0"), "{e}");
+        assert_eq!(fake.deleted, vec![(Side::Host, "hsk3f2a9c1e77b0".to_string())]);
+        assert!(!std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("172.")));
         // A requested address that is taken fails before anything is set up, naming it.
         std::fs::write(d.path().join("172.16.28.50"), "other-pod\r\neth0").unwrap();
         let mut fake = Fake::default();
