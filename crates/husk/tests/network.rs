@@ -205,6 +205,44 @@ fn networked_pods_started_in_parallel_get_distinct_addresses_and_leave_nothing()
     assert_eq!(host_net_state(&env), before);
 }
 
+/// Restores a sysctl when dropped (also when the test fails).
+struct Sysctl(&'static str, String);
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Sysctl(path, old)
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, self.1.trim());
+    }
+}
+
+/// A pod without ports gets no loopback guard only while nothing lets its host side route to
+/// 127/8: with `conf/default/route_localnet` on (which a new interface inherits) it gets one.
+#[test]
+fn the_loopback_guard_follows_route_localnet() {
+    let _serial = serial();
+    let env = Env::new();
+    env.ok(&["fetch", "-q", &image("busybox")]);
+    let before = host_net_state(&env);
+    let guarded = {
+        let _on = Sysctl::set("/proc/sys/net/ipv4/conf/default/route_localnet", "1");
+        env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sleep", "60"]).trim().to_string()
+    };
+    let plain = env.ok(&["run", "-q", "-d", &image("busybox"), "--", "sleep", "60"]).trim().to_string();
+    let raw = cmd("iptables-save", &["-t", "raw"]);
+    assert!(raw.contains(&format!("husk {guarded}")), "{raw}");
+    assert!(!raw.contains(&plain), "{raw}");
+    env.ok(&["stop", &guarded, &plain]);
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before);
+}
+
 fn cmd(bin: &str, args: &[&str]) -> String {
     let o = Command::new(bin).args(args).output().unwrap();
     assert!(o.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
