@@ -57,9 +57,8 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".tmp-{}-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
+    let (tmp, mut f) = create_temp(dir, &name.to_string_lossy(), mode)?;
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The mode asked for, whatever the umask: a store file root writes must stay readable
         // by the husk group (and a member's by root), under any umask.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -77,6 +76,30 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates a new temp file `.tmp-NAME-…` in `dir`. The suffix is this process's id, a
+/// per-process counter and the clock's nanoseconds: unique among this process's files and
+/// unlikely to meet another's. It need not be secret: the file is created exclusively (`O_EXCL`
+/// never follows a link planted at the name), and a name that exists is skipped. Not `rand`:
+/// seeding its thread-local generator (getrandom, ChaCha, CPU feature detection, each `cpuid` a
+/// VM exit on a guest) costs about 30 µs in each process that writes a state file, which is
+/// husk and stage1 in every pod start.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(std::path::PathBuf, File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..64 {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let suffix = format!("{:x}-{:x}{:08x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos);
+        let tmp = dir.join(format!(".tmp-{name}-{suffix}"));
+        match OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }
 
 /// fsyncs a directory so that a rename or create inside it is durable.
@@ -128,5 +151,23 @@ mod tests {
         assert!(atomic_write(&q, b"new", 0o644).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert!(std::fs::read_dir(d.path()).unwrap().all(|e| !is_temp_name(&e.unwrap().file_name().to_string_lossy())));
+    }
+
+    #[test]
+    fn temp_names_are_distinct_and_leftovers_beside_them_are_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, _) = create_temp(d.path(), "x", 0o600).unwrap();
+        let (b, _) = create_temp(d.path(), "x", 0o600).unwrap();
+        assert_ne!(a, b);
+        assert!(is_temp_name(&a.file_name().unwrap().to_string_lossy()));
+        // Leftovers (links to another file among them) are neither followed nor reused.
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        for i in 0..4 {
+            let _ = std::os::unix::fs::symlink(&victim, d.path().join(format!(".tmp-f-{i}")));
+        }
+        atomic_write(&d.path().join("f"), b"new", 0o644).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"new");
     }
 }
