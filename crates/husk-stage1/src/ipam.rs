@@ -8,7 +8,8 @@
 //! host-local plugin (a husk from before, or a user network sharing the directory) and one set
 //! up natively never get the same address, and each releases the other's leases correctly.
 //! Written by hand: there is no crate for host-local's store, and it is a directory of small
-//! files.
+//! files. A lease file appears whole (`O_TMPFILE`, then `linkat`), so no crash leaves one
+//! without its owner.
 
 use std::io::ErrorKind;
 use std::net::Ipv4Addr;
@@ -187,18 +188,47 @@ impl Leases {
         Ok(chosen)
     }
 
-    /// Creates the lease file; `false` when the address is leased already.
+    /// Creates the lease file; `false` when the address is leased already. The file appears
+    /// with its content or not at all (written unnamed with `O_TMPFILE`, then linked at its
+    /// name, which fails if the name is taken), so a crash never leaves a lease no pod can be
+    /// told to own and release. Where the file system has no `O_TMPFILE`, it is created and
+    /// written, as host-local does.
     fn create(&self, ip: Ipv4Addr, id: &str, ifname: &str) -> Result<bool, Fail> {
+        use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+        let path = self.dir.join(ip.to_string());
+        let failed = |e: std::io::Error| Fail::step(Step::Network, format!("cannot create {}", path.display()), e);
+        let content = key(id, ifname);
+        let unnamed = rustix::fs::openat(
+            CWD,
+            &self.dir,
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        );
+        match unnamed {
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut f, content.as_bytes()).map_err(failed)?;
+                match rustix::fs::linkat(&f, "", CWD, &path, AtFlags::EMPTY_PATH) {
+                    Ok(()) => Ok(true),
+                    Err(rustix::io::Errno::EXIST) => Ok(false),
+                    Err(e) => Err(failed(e.into())),
+                }
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::ISDIR) => self.create_plain(&path, &content),
+            Err(e) => Err(failed(e.into())),
+        }
+    }
+
+    fn create_plain(&self, path: &Path, content: &str) -> Result<bool, Fail> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = self.dir.join(ip.to_string());
-        let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+        let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Fail::step(Step::Network, format!("cannot create {}", path.display()), e)),
         };
-        if let Err(e) = f.write_all(key(id, ifname).as_bytes()) {
-            let _ = std::fs::remove_file(&path);
+        if let Err(e) = f.write_all(content.as_bytes()) {
+            let _ = std::fs::remove_file(path);
             return Err(Fail::step(Step::Network, format!("cannot write {}", path.display()), e));
         }
         Ok(true)
@@ -245,6 +275,16 @@ mod tests {
         for not in [[172, 16, 28, 0], [172, 16, 28, 1], [172, 16, 28, 255], [172, 16, 29, 5]] {
             assert!(!s.leasable(Ipv4Addr::from(not)), "{not:?}");
         }
+    }
+
+    #[test]
+    fn without_o_tmpfile_a_lease_is_created_and_written_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Leases::at(d.path().to_path_buf());
+        let p = d.path().join("10.0.0.9");
+        assert!(l.create_plain(&p, "pod-a\r\neth0").unwrap());
+        assert!(!l.create_plain(&p, "pod-b\r\neth0").unwrap(), "taken");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "pod-a\r\neth0");
     }
 
     #[test]
@@ -295,6 +335,14 @@ mod tests {
         l.release("pod-b", "eth0").unwrap();
         Leases::at(d.path().join("never-used")).release("x", "eth0").unwrap();
         assert!(!d.path().join("never-used").exists(), "releasing creates nothing");
+        // Nothing but leases, the last one and the lock is ever left in the directory.
+        let mut names: Vec<String> = std::fs::read_dir(d.path().join("default"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["10.0.0.2", "10.0.0.5", "10.0.0.6", "last_reserved_ip.0", "lock"]);
         // After the last lease (.6), the search goes round to the first free address.
         assert_eq!(l.reserve("pod-d", "eth0", s, None).unwrap(), Ipv4Addr::new(10, 0, 0, 3));
     }
