@@ -154,6 +154,28 @@ pub enum Op {
     },
 }
 
+/// The step, as an error names it: "cannot add the route … on eth0 in the pod".
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = |side: &Side| if *side == Side::Pod { "in the pod" } else { "on the host" };
+        match self {
+            Op::Forwarding => write!(f, "turn IPv4 forwarding on (net.ipv4.ip_forward)"),
+            Op::Veth { host, pod, .. } => write!(f, "create the veth pair {host} (host) and {pod} (pod)"),
+            Op::Up(side, ifname) => write!(f, "bring {ifname} up {}", ns(side)),
+            Op::Address { side, ifname, addr, prefix, .. } => {
+                write!(f, "add the address {addr}/{prefix} to {ifname} {}", ns(side))
+            }
+            Op::Route { side, ifname, dst, prefix, via, .. } => {
+                write!(f, "add the route {dst}/{prefix}")?;
+                if let Some(gw) = via {
+                    write!(f, " via {gw}")?;
+                }
+                write!(f, " on {ifname} {}", ns(side))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Universe,
@@ -260,7 +282,7 @@ pub fn add(
                         "the link {host} (or {ifname} in the pod) exists already; is another pod's uuid \
                          starting with the same 12 digits? `ip link del {host}` removes it"
                     ),
-                    _ => format!("cannot set up {ifname} ({op:?})"),
+                    _ => format!("cannot {op}"),
                 };
                 (what, e)
             })?;
@@ -696,6 +718,10 @@ mod tests {
             assert!(left.is_empty(), "step {at}: the lease is released");
             if at == 1 {
                 assert!(e.contains("exists already") && e.contains("ip link del hsk3f2a9c1e77b0"), "{e}");
+            }
+            if at == 5 {
+                let want = "network default: cannot add the route 172.16.28.0/24 via 172.16.28.1 on eth0 in the pod";
+                assert!(e.starts_with(want), "{e}");
             }
         }
         // The links' addresses cannot be read: undone likewise.
