@@ -165,8 +165,9 @@ fn main() {
 }
 
 /// `notify [--barrier] MESSAGE…`: sends each MESSAGE (`\n` in it is a newline) as a datagram to
-/// `$NOTIFY_SOCKET`, as sd_notify(3) does; `--barrier` then sends `BARRIER=1` with a pipe's write
-/// end and waits (5 s at most) for the receiver to close it, as sd_notify_barrier(3) does.
+/// `$NOTIFY_SOCKET`, as sd_notify(3) does (`--sleep=MS` among them waits that long first);
+/// `--barrier` then sends `BARRIER=1` with a pipe's write end and waits (5 s at most) for the
+/// receiver to close it, as sd_notify_barrier(3) does.
 fn notify(args: &[String]) -> Result<(), String> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     use std::os::fd::AsRawFd;
@@ -175,6 +176,11 @@ fn notify(args: &[String]) -> Result<(), String> {
     let sock = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
     let barrier = args.iter().any(|a| a == "--barrier");
     for m in args.iter().filter(|a| *a != "--barrier") {
+        if let Some(ms) = m.strip_prefix("--sleep=") {
+            let ms: u64 = ms.parse().map_err(|_| format!("{m}: not a number of milliseconds"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            continue;
+        }
         sock.send_to(m.replace("\\n", "\n").as_bytes(), &path).map_err(|e| format!("send to {path}: {e}"))?;
     }
     if barrier {

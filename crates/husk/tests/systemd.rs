@@ -107,6 +107,9 @@ fn an_app_notifies_through_husk_which_passes_on_what_systemd_should_hear() {
             "--",
             "notify",
             "READY=1\\nSTATUS=serving",
+            // After the supervisor has given back its start-up memory (100 ms in, when its wait
+            // on the notify socket times out): it still passes messages on.
+            "--sleep=300",
             "MAINPID=1\\nSTATUS=still serving\\nFDSTORE=1",
             "--barrier",
             "---",
