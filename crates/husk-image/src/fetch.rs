@@ -287,16 +287,17 @@ impl Read for CancellableRead<'_> {
 /// config's diff_id as any unpack is.
 pub fn prepare_for_run(store: &Store, name: &str, rec: &ImageRecord) -> Result<(), FetchError> {
     let err = |source| FetchError::Store { image: name.to_string(), source };
-    for (d, what) in [(&rec.manifest, "manifest"), (&rec.config, "config")] {
+    let read_checked = |d: &husk_types::Digest, what: &str| {
         let bytes = store.read_blob(d).map_err(err)?;
         crate::store::check_blob(d, bytes.len() as u64, &bytes).map_err(|e| {
             tracing::debug!("{what} of {name} does not match its digest");
             err(e)
         })?;
-    }
+        Ok::<_, FetchError>(bytes)
+    };
+    let manifest = read_checked(&rec.manifest, "manifest")?;
+    let config = read_checked(&rec.config, "config")?;
     // The record's layers must be the manifest's: a member may have rewritten the record.
-    let manifest = store.read_blob(&rec.manifest).map_err(err)?;
-    let config = store.read_blob(&rec.config).map_err(err)?;
     let (_, parsed) = crate::ingest::parse_manifest(name, &manifest)?;
     if parsed.config().digest().to_string() != rec.config.to_string()
         || crate::ingest::layer_records(name, &parsed, &config)? != rec.layers

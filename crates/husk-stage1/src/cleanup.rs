@@ -20,6 +20,7 @@ use std::time::Duration;
 use husk_sys::proc::{fork, ForkResult};
 use husk_sys::{Lock, LockKind};
 use husk_types::abi::PodDir;
+use husk_types::pod::PodManifest;
 use nix::sched::CloneFlags;
 
 use crate::cgroup::Layout;
@@ -34,6 +35,8 @@ const COLLECT_WAIT: Duration = Duration::from_secs(60);
 pub struct Cleanup {
     dir: PathBuf,
     uuid: String,
+    /// The pod's apps: their cgroups are removed by name.
+    apps: Vec<String>,
     layout: Layout,
     /// The CNI plugin dirs, for a pod on CNI networks.
     net: Option<Vec<PathBuf>>,
@@ -43,11 +46,12 @@ pub struct Cleanup {
 impl Cleanup {
     /// Takes `cleanup.lock`; called while the pod lock is still held, so that no `gc` can slip
     /// in between the two.
-    pub fn prepare(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> Cleanup {
+    pub fn prepare(dir: &Path, m: &PodManifest, layout: &Layout, net: Option<&[PathBuf]>) -> Cleanup {
         let lock = Lock::acquire(&PodDir::new(dir).cleanup_lock(), LockKind::Exclusive, || {}).ok();
         Cleanup {
             dir: dir.to_path_buf(),
-            uuid: uuid.to_string(),
+            uuid: m.uuid.clone(),
+            apps: m.apps.iter().map(|a| a.name.clone()).collect(),
             layout: layout.clone(),
             net: net.map(<[PathBuf]>::to_vec),
             lock,
@@ -113,13 +117,13 @@ impl Cleanup {
 
     /// In the host's mount namespace (the netns pin lives there): the cgroups, then the networks.
     fn remove(&self) -> Vec<Fail> {
-        remove(&self.dir, &self.uuid, &self.layout, self.net.as_deref())
+        remove(&self.dir, &self.uuid, &self.apps, &self.layout, self.net.as_deref())
     }
 }
 
-fn remove(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> Vec<Fail> {
+fn remove(dir: &Path, uuid: &str, apps: &[String], layout: &Layout, net: Option<&[PathBuf]>) -> Vec<Fail> {
     let mut errors = Vec::new();
-    if let Err(e) = layout.remove_pod(uuid) {
+    if let Err(e) = layout.remove_pod(uuid, apps) {
         errors.push(e);
     }
     if let Some(plugin_dirs) = net {
@@ -137,8 +141,9 @@ fn remove(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> V
 }
 
 /// stage1's `gc`: [`remove`], after any cleanup still running for the pod has finished, and the
-/// shared masquerade of a network this pod was the last user of. Idempotent.
-pub fn collect(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>) -> Vec<Fail> {
+/// shared masquerade of a network this pod was the last user of. Idempotent. `apps`: the pod's
+/// app names, when its manifest could be read (else its cgroup tree is walked).
+pub fn collect(dir: &Path, uuid: &str, apps: &[String], layout: &Layout, net: Option<&[PathBuf]>) -> Vec<Fail> {
     let _lock = if dir.is_dir() {
         match Lock::lock_timeout(&PodDir::new(dir).cleanup_lock(), LockKind::Exclusive, Some(COLLECT_WAIT), || {}) {
             Ok(l) => Some(l),
@@ -147,7 +152,7 @@ pub fn collect(dir: &Path, uuid: &str, layout: &Layout, net: Option<&[PathBuf]>)
     } else {
         None
     };
-    let mut errors = remove(dir, uuid, layout, net);
+    let mut errors = remove(dir, uuid, apps, layout, net);
     if net.is_some() {
         for mq in cni::masquerades_of(dir) {
             if let Err(e) = mq.remove_if_unused() {

@@ -179,7 +179,7 @@ fn supervise(
     let (init, rep_r) = match started {
         Ok(x) => x,
         Err(e) => {
-            Cleanup::prepare(dir, &m.uuid, &layout, net_dirs).run_here(&host_mnt);
+            Cleanup::prepare(dir, m, &layout, net_dirs).run_here(&host_mnt);
             return Err(e);
         }
     };
@@ -298,7 +298,7 @@ fn supervise(
             }
         }
     };
-    Ok(Exited { code, cleanup: Cleanup::prepare(dir, &m.uuid, &layout, net_dirs), host_mnt })
+    Ok(Exited { code, cleanup: Cleanup::prepare(dir, m, &layout, net_dirs), host_mnt })
 }
 
 /// The keep-warm helper was reaped, but its SIGCHLD is still pending: taken later, it would wake
@@ -801,8 +801,14 @@ struct PodOf<'a> {
     cgroups_ready: Option<&'a OwnedFd>,
 }
 
-/// Forks one app: own mount and cgroup namespaces, its root, its user, its capabilities. An exec
-/// failure comes back over a close-on-exec pipe, so that `run` can say why an app did not start.
+/// Starts one app: own mount and cgroup namespaces, its root, its user, its capabilities. An
+/// exec failure comes back over a close-on-exec pipe, so that `run` can say why an app did not
+/// start.
+///
+/// The app's process shares the init's memory until its `execve`, while the init waits
+/// ([`husk_sys::proc::spawn_shared`]): a fork would copy the init's page tables and then fault
+/// in copies of every page either process writes, for a process that replaces its memory a
+/// millisecond later. `exec_app` keeps that child's rules: it ends in `execve` or returns.
 fn spawn_app(
     pod: &PodOf,
     app: &App,
@@ -811,41 +817,38 @@ fn spawn_app(
     listen: Option<&Listen>,
 ) -> Result<Pid, (i32, Fail)> {
     let (err_r, err_w) = pipe().map_err(|e| (exit::STAGE1_FAILED, e))?;
-    match fork()
-        .map_err(|e| (exit::STAGE1_FAILED, Fail::step(Step::Pod, format!("cannot fork app {}", app.name), e)))?
-    {
-        ForkResult::Child => {
-            drop(err_r);
-            let (code, e) = match exec_app(pod, app, out, console, listen) {
-                Err(e) => e,
-                Ok(never) => match never {},
-            };
-            let mut w = std::fs::File::from(err_w);
-            let _ = msg::send(&mut w, &Message::ExecFailed { code, reason: e.chain() });
-            std::process::exit(code);
+    let err_w = std::fs::File::from(err_w);
+    let spawned = husk_sys::proc::spawn_shared(|| {
+        let (code, e) = match exec_app(pod, app, out, console, listen) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
+        let _ = msg::send(&mut &err_w, &Message::ExecFailed { code, reason: e.chain() });
+        code
+    });
+    // Our copy of the write end goes now: the pipe closes when the child's copy does (at its
+    // execve, or its exit).
+    drop(err_w);
+    let child = spawned
+        .map_err(|e| (exit::STAGE1_FAILED, Fail::step(Step::Pod, format!("cannot start app {}", app.name), e)))?;
+    // The pipe is close-on-exec: it closes with nothing sent when the app's execve succeeded,
+    // or carries why it failed.
+    match msg::recv(&mut BufReader::new(std::fs::File::from(err_r))) {
+        Ok(None) => Ok(child),
+        Ok(Some(Message::ExecFailed { code, reason })) => {
+            let _ = waitpid(child, None);
+            Err((code, Fail::Invalid(reason)))
         }
-        ForkResult::Parent { child } => {
-            drop(err_w);
-            // The pipe is close-on-exec: it closes with nothing sent when the app's execve
-            // succeeds, or carries why it failed.
-            match msg::recv(&mut BufReader::new(std::fs::File::from(err_r))) {
-                Ok(None) => Ok(child),
-                Ok(Some(Message::ExecFailed { code, reason })) => {
-                    let _ = waitpid(child, None);
-                    Err((code, Fail::Invalid(reason)))
-                }
-                Ok(Some(other)) => {
-                    let _ = waitpid(child, None);
-                    Err((
-                        exit::STAGE1_FAILED,
-                        Fail::Invalid(format!("app {}: expected exec-failed, got {}", app.name, other.name())),
-                    ))
-                }
-                Err(e) => {
-                    let _ = waitpid(child, None);
-                    Err((exit::STAGE1_FAILED, Fail::Invalid(format!("app {}: {e}", app.name))))
-                }
-            }
+        Ok(Some(other)) => {
+            let _ = waitpid(child, None);
+            Err((
+                exit::STAGE1_FAILED,
+                Fail::Invalid(format!("app {}: expected exec-failed, got {}", app.name, other.name())),
+            ))
+        }
+        Err(e) => {
+            let _ = waitpid(child, None);
+            Err((exit::STAGE1_FAILED, Fail::Invalid(format!("app {}: {e}", app.name))))
         }
     }
 }
@@ -1020,11 +1023,17 @@ pub(crate) fn gc(args: &[String]) -> Result<(), Fail> {
     }
     let layout = cgroup::detect()?;
     let dir = pod_dir()?;
-    let net = match crate::common::read_manifest(&dir).map(|m| m.net) {
-        Ok(NetMode::Cni { plugin_dirs, .. }) => Some(plugin_dirs),
-        _ => None,
+    let (apps, net) = match crate::common::read_manifest(&dir) {
+        Ok(m) => {
+            let apps = m.apps.into_iter().map(|a| a.name).collect();
+            match m.net {
+                NetMode::Cni { plugin_dirs, .. } => (apps, Some(plugin_dirs)),
+                _ => (apps, None),
+            }
+        }
+        Err(_) => (vec![], None),
     };
-    match crate::cleanup::collect(&dir, uuid, &layout, net.as_deref()).into_iter().next() {
+    match crate::cleanup::collect(&dir, uuid, &apps, &layout, net.as_deref()).into_iter().next() {
         Some(e) => Err(e),
         None => Ok(()),
     }

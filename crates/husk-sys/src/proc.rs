@@ -550,6 +550,9 @@ mod holder_tests {
         let e = fork().expect_err("fork from a multi-threaded process is refused");
         assert!(e.to_string().contains("threads"), "{e}");
         assert!(clone_process(nix::sched::CloneFlags::empty()).is_err());
+        // Another thread would run on in the memory a spawned child shares.
+        let e = spawn_shared(|| 0).expect_err("a shared-memory child of a multi-threaded process is refused");
+        assert!(e.to_string().contains("threads"), "{e}");
     }
 
     #[test]
@@ -647,4 +650,89 @@ Anonymous:            16 kB
         .join()
         .unwrap();
     }
+}
+
+/// The stack of a [`spawn_shared`] child. Setting up an app's root runs deep (mount planning,
+/// formatting, the seccomp compiler): 1 MiB, reserved, not committed: only the pages the child
+/// touches are ever allocated.
+const SHARED_CHILD_STACK: usize = 1024 * 1024;
+
+/// Starts `f` in a child process that shares this process's memory while this process waits,
+/// as `posix_spawn` does (`clone(CLONE_VM | CLONE_VFORK)`, on a stack of its own), and returns
+/// its pid once the child has exec'd or exited. The child exits with `f`'s return value
+/// (`_exit`: no atexit handlers, no stdio flush, nothing of this process's cleanup).
+///
+/// Unlike [`fork`], nothing is copied: no page tables, and no copy-on-write faults afterwards in
+/// either process. For a pod init starting an app that saves about 0.2 ms of a pod's start
+/// (docs/BENCHMARKS.md). The price is the discipline `f` must keep, as in any vfork child:
+/// it runs with this process's memory and thread state, so what it allocates and does not free
+/// before its `execve` stays allocated here (a few KiB per app), what it changes in memory this
+/// process sees, and it must end in `execve` or by returning, never by `std::process::exit`
+/// (which would run this process's exit handlers) or by unwinding. Its fd table, signal
+/// dispositions, credentials, namespaces, working directory and root are its own: changing those
+/// is what it is for. Every signal is blocked in the child when it starts (no handler of this
+/// process runs there before `f` sets its own mask). Fails in a multi-threaded process, where
+/// another thread would run on in the shared memory meanwhile.
+pub fn spawn_shared<F: FnOnce() -> i32>(f: F) -> io::Result<nix::unistd::Pid> {
+    ensure_single_threaded("spawn")?;
+    extern "C" fn trampoline<F: FnOnce() -> i32>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Option<F>` on the suspended caller's stack (`spawn_shared`),
+        // alive until this child execs or exits; taking it leaves `None` there, so the caller
+        // never drops what the child consumed.
+        let slot = unsafe { &mut *arg.cast::<Option<F>>() };
+        let code = slot.take().map_or(127, |f| f());
+        // SAFETY: `_exit` ends this process without touching the shared memory (no atexit
+        // handlers, no stdio flush).
+        unsafe { libc::_exit(code) }
+    }
+    let mut slot = Some(f);
+    // SAFETY: a fresh private anonymous mapping that nothing else references; MAP_NORESERVE and
+    // MAP_STACK only describe its use. Checked for MAP_FAILED below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SHARED_CHILD_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: the lowest page of the new mapping becomes a guard (a child that overflows dies of
+    // SIGSEGV instead of writing below it). `all` is filled by sigfillset before use, and `old`
+    // is read only after pthread_sigmask filled it. The child runs `trampoline::<F>` on the new
+    // stack (its top: stacks grow down; mmap returns page-aligned memory) with a pointer to
+    // `slot`, which outlives it: with CLONE_VFORK this thread is suspended until the child has
+    // exec'd or exited, and only then is the stack unmapped. The process is single-threaded
+    // (checked above), so no other thread runs in the shared memory meanwhile.
+    let pid = unsafe {
+        libc::mprotect(stack, 4096, libc::PROT_NONE);
+        libc::sigfillset(all.as_mut_ptr());
+        if libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) != 0 {
+            libc::munmap(stack, SHARED_CHILD_STACK);
+            return Err(io::Error::other("cannot block signals to start a process"));
+        }
+        let top = stack.cast::<u8>().add(SHARED_CHILD_STACK).cast::<libc::c_void>();
+        let pid = libc::clone(
+            trampoline::<F>,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut slot).cast::<libc::c_void>(),
+        );
+        let e = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+        libc::munmap(stack, SHARED_CHILD_STACK);
+        if pid == -1 {
+            return Err(e);
+        }
+        pid
+    };
+    // What the child did not take (it never ran) is dropped here; what it took is gone.
+    drop(slot);
+    Ok(nix::unistd::Pid::from_raw(pid))
 }

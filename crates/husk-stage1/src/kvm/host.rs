@@ -102,13 +102,13 @@ fn supervise(
     let (mut machine, listeners, console) = match started {
         Ok(x) => x,
         Err(e) => {
-            Cleanup::prepare(dir, &m.uuid, &layout, net_dirs).run_here(&host_mnt);
+            Cleanup::prepare(dir, m, &layout, net_dirs).run_here(&host_mnt);
             return Err(e);
         }
     };
     let outcome = run_machine(dir, m, &mut machine, &listeners, &console, ready, &sigs);
     machine.kill();
-    let cleanup = Cleanup::prepare(dir, &m.uuid, &layout, net_dirs);
+    let cleanup = Cleanup::prepare(dir, m, &layout, net_dirs);
     let code = match outcome {
         Ok(code) => code,
         Err(e) => {
