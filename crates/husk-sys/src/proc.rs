@@ -663,12 +663,13 @@ const SHARED_CHILD_STACK: usize = 1024 * 1024;
 /// (`_exit`: no atexit handlers, no stdio flush, nothing of this process's cleanup).
 ///
 /// Unlike [`fork`], nothing is copied: no page tables, and no copy-on-write faults afterwards in
-/// either process. For a pod init starting an app that saves about 0.2 ms of a pod's start
-/// (docs/BENCHMARKS.md). The price is the discipline `f` must keep, as in any vfork child:
-/// it runs with this process's memory and thread state, so what it allocates and does not free
-/// before its `execve` stays allocated here (a few KiB per app), what it changes in memory this
-/// process sees, and it must end in `execve` or by returning, never by `std::process::exit`
-/// (which would run this process's exit handlers) or by unwinding. Its fd table, signal
+/// either process. For a pod init starting an app, that is most of the 0.2–0.4 ms a pod's start
+/// gained with it (docs/BENCHMARKS.md, fifth pass). The price is the discipline `f` must keep,
+/// as in any vfork child: it runs with this process's memory and thread state, so what it
+/// allocates and does not free before its `execve` stays allocated here (about 8 KiB for an
+/// app), what it changes in memory this process sees, and it must end in `execve` or by
+/// returning, never by `std::process::exit` (which would run this process's exit handlers); a
+/// panic cannot unwind out of it and aborts the child. Its fd table, signal
 /// dispositions, credentials, namespaces, working directory and root are its own: changing those
 /// is what it is for. Every signal is blocked in the child when it starts (no handler of this
 /// process runs there before `f` sets its own mask). Fails in a multi-threaded process, where
@@ -703,8 +704,8 @@ pub fn spawn_shared<F: FnOnce() -> i32>(f: F) -> io::Result<nix::unistd::Pid> {
     }
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: the lowest page of the new mapping becomes a guard (a child that overflows dies of
-    // SIGSEGV instead of writing below it). `all` is filled by sigfillset before use, and `old`
+    // SAFETY: the lowest page of the new mapping becomes a guard (best effort: a child that
+    // overflows dies of SIGSEGV instead of writing below it). `all` is filled by sigfillset before use, and `old`
     // is read only after pthread_sigmask filled it. The child runs `trampoline::<F>` on the new
     // stack (its top: stacks grow down; mmap returns page-aligned memory) with a pointer to
     // `slot`, which outlives it: with CLONE_VFORK this thread is suspended until the child has
@@ -735,4 +736,32 @@ pub fn spawn_shared<F: FnOnce() -> i32>(f: F) -> io::Result<nix::unistd::Pid> {
     // What the child did not take (it never ran) is dropped here; what it took is gone.
     drop(slot);
     Ok(nix::unistd::Pid::from_raw(pid))
+}
+
+/// A system call a seccomp filter decides on, made with arguments the kernel refuses (or
+/// ignores) before it reads any memory, so that making it is harmless whatever the filter says:
+/// what a test app calls to see its filter's verdict (`husk-workload probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `clone3(NULL, 0)`: EINVAL (a size below the smallest `clone_args`) unless filtered.
+    Clone3,
+    /// `getpid` through the x32 ABI (its number with bit 30 set): the pid where the kernel
+    /// has x32, ENOSYS where it has not.
+    X32Getpid,
+}
+
+/// Makes `probe`; returns its errno, 0 if it succeeded.
+pub fn probe_syscall(probe: Probe) -> i32 {
+    let r = match probe {
+        // SAFETY: with size 0 the kernel fails the call at its size check, before it reads the
+        // (null) argument or creates anything.
+        Probe::Clone3 => unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<libc::c_void>(), 0usize) },
+        // SAFETY: getpid takes no arguments and changes nothing.
+        Probe::X32Getpid => unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) },
+    };
+    if r == -1 {
+        io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    }
 }

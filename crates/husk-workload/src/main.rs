@@ -5,7 +5,8 @@
 //!
 //! Usage: `husk-workload [report]` (default), `argv [ARGS…]` (argv and environment as hex),
 //! `syn DST PORT [MS]` (a raw TCP SYN out of eth0: does a SYN-ACK come back?),
-//! `exit N`, `sleep SECS`, `write PATH TEXT`, `cat PATH`.
+//! `exit N`, `sleep SECS`, `write PATH TEXT`, `cat PATH`, `probe clone3|x32-getpid` (the errno
+//! of a system call made harmless by its arguments: what the seccomp filter says).
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
 mod syn;
@@ -150,6 +151,17 @@ fn main() {
                 eprintln!("notify: {e}");
                 std::process::exit(1);
             }
+        }
+        Some("probe") => {
+            let probe = match args.get(1).map(String::as_str) {
+                Some("clone3") => husk_sys::proc::Probe::Clone3,
+                Some("x32-getpid") => husk_sys::proc::Probe::X32Getpid,
+                other => {
+                    eprintln!("probe: clone3 or x32-getpid, not {other:?}");
+                    std::process::exit(2);
+                }
+            };
+            println!("{}", husk_sys::proc::probe_syscall(probe));
         }
         Some("serve-fd3") => {
             if let Err(e) = serve_fd3() {

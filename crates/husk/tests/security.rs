@@ -97,6 +97,25 @@ fn seccomp_blocks_with_eperm_even_with_all_capabilities() {
     assert!(err.contains("frobnicate"), "{err}");
 }
 
+/// The default filter's ENOSYS rules, seen from inside a pod: clone3 (its flags are in memory a
+/// filter cannot read, so libc falls back to clone, whose flags it checks) and every x32 call
+/// (their numbers would slip past rules written for x86_64's).
+#[test]
+fn clone3_and_x32_calls_get_enosys() {
+    let env = Env::new();
+    let probe = |flags: &[&str], call: &str| {
+        let wl = image("workload");
+        let mut a = vec!["run", "-q"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&[wl.as_str(), "--", "probe", call]);
+        env.ok(&a).trim().to_string()
+    };
+    assert_eq!(probe(&[], "clone3"), "38");
+    assert_eq!(probe(&[], "x32-getpid"), "38");
+    // Without the filter the kernel answers clone3 itself: EINVAL, for its size of 0.
+    assert_eq!(probe(&["--insecure-options=seccomp"], "clone3"), "22");
+}
+
 #[test]
 fn masked_and_readonly_kernel_paths() {
     let env = Env::new();
