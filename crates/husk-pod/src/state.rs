@@ -220,7 +220,11 @@ impl Pods {
     }
 
     fn try_create(&self) -> Result<LockedPod, CreateRace> {
-        let uuid = uuid::Uuid::new_v4().to_string();
+        let mut random = [0u8; 16];
+        husk_sys::random_bytes(&mut random).map_err(|e| {
+            CreateRace::Failed(PodError::io(&self.phase_dir(PhaseDir::Embryo), "draw a pod UUID for", e))
+        })?;
+        let uuid = uuid::Builder::from_random_bytes(random).into_uuid().to_string();
         let staging = self.phase_dir(PhaseDir::Embryo).join(format!("{STAGING_PREFIX}{uuid}"));
         fs::create_dir(&staging).map_err(|e| CreateRace::Failed(PodError::io(&staging, "create pod directory", e)))?;
         let lost = |e: PodError| CreateRace::Lost(e);

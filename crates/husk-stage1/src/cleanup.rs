@@ -65,26 +65,71 @@ impl Cleanup {
     /// last one pays for its unmounting), so it waits until the supervisor has left (its end of
     /// a pipe closes) before it leaves too. Without a lock file to hold (the pod dir is gone?),
     /// or when fork fails, the cleanup runs in the foreground.
+    ///
+    /// What raw system calls can do (a pod without CNI networks and without a kvm pod's
+    /// sockets: a mount namespace to leave, empty cgroups to remove) runs in a child sharing
+    /// this process's memory ([`husk_sys::detach`], planned by [`Cleanup::plan`]); the rest in a
+    /// forked one.
     pub fn spawn(self, host_mnt: &File) {
         let detached = match (&self.lock, pipe()) {
-            (Some(_), Ok((left_r, left_w))) => match fork() {
-                Ok(ForkResult::Child) => {
-                    drop(left_w);
-                    self.detached(host_mnt, left_r)
+            (Some(_), Ok((left_r, left_w))) => {
+                let shared = self.plan(host_mnt, &left_r, &left_w).is_some_and(|p| husk_sys::detach::spawn(p).is_ok());
+                let started = if shared { Ok(None) } else { fork().map(Some) };
+                match started {
+                    Ok(Some(ForkResult::Child)) => {
+                        drop(left_w);
+                        self.detached(host_mnt, left_r)
+                    }
+                    Ok(_) => {
+                        drop(left_r);
+                        back_home(host_mnt);
+                        drop(left_w);
+                        true
+                    }
+                    Err(_) => false,
                 }
-                Ok(ForkResult::Parent { .. }) => {
-                    drop(left_r);
-                    back_home(host_mnt);
-                    drop(left_w);
-                    true
-                }
-                Err(_) => false,
-            },
+            }
             _ => false,
         };
         if !detached {
             self.run_here(host_mnt);
         }
+    }
+
+    /// The steps of a detached cleanup in raw system calls, or `None` when it needs more (CNI
+    /// networks to tear down, a kvm pod's run directory). The child closes its copy of the
+    /// pipe's write end, leaves the invoker's session and stdio, waits for the supervisor to
+    /// have left the mount namespace, leaves it too, and removes the pod's cgroups by name: the
+    /// apps' (and the `init` leaf a pod with private users has on cgroup v2), then the pod's.
+    /// Whatever it cannot remove is reported in `cleanup.log` and left to `husk gc`.
+    fn plan(&self, host_mnt: &File, left_r: &OwnedFd, left_w: &OwnedFd) -> Option<husk_sys::detach::Plan> {
+        use husk_sys::detach::{Plan, Step};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        if self.net.is_some() || crate::kvm::run_dir(&self.uuid).exists() {
+            return None;
+        }
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+        let mut steps = vec![
+            Step::Close(left_w.as_raw_fd()),
+            Step::NewSession,
+            Step::NullStdio,
+            Step::WaitEof(left_r.as_raw_fd()),
+            Step::Close(left_r.as_raw_fd()),
+            Step::JoinMountNs(host_mnt.as_raw_fd()),
+        ];
+        let leaves: Vec<&str> = match self.layout {
+            Layout::V2(_) => self.apps.iter().map(String::as_str).chain(["init"]).collect(),
+            Layout::V1(_) => self.apps.iter().map(String::as_str).collect(),
+        };
+        for root in self.layout.roots() {
+            let pod = root.join("husk").join(&self.uuid);
+            for leaf in &leaves {
+                steps.push(Step::Rmdir(c(&pod.join(leaf))?));
+            }
+            steps.push(Step::Rmdir(c(&pod)?));
+        }
+        Some(Plan { steps, log: c(&PodDir::new(&self.dir).cleanup_log())?, hint: "`husk gc` retries".into() })
     }
 
     /// The cleanup in the calling process (a pod that failed to start: its invoker is told why
@@ -171,4 +216,69 @@ fn back_home(host_mnt: &File) {
 
 fn pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_sys::detach::Step;
+    use std::os::fd::AsRawFd;
+
+    fn cleanup(layout: Layout, net: Option<Vec<PathBuf>>) -> Cleanup {
+        Cleanup {
+            dir: PathBuf::from("/var/lib/husk/pods/run/u1"),
+            uuid: "u1".into(),
+            apps: vec!["web".into(), "db".into()],
+            layout,
+            net,
+            lock: None,
+        }
+    }
+
+    #[test]
+    fn a_pod_without_networks_is_cleaned_up_in_raw_steps_others_by_a_fork() {
+        let host_mnt = File::open("/dev/null").unwrap();
+        let (r, w) = pipe().unwrap();
+        let v1 = Layout::V1(vec!["/sys/fs/cgroup/memory".into(), "/sys/fs/cgroup/pids".into()]);
+        let plan = cleanup(v1.clone(), None).plan(&host_mnt, &r, &w).unwrap();
+        let rmdirs: Vec<String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Rmdir(p) => Some(p.to_str().unwrap().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rmdirs,
+            [
+                "/sys/fs/cgroup/memory/husk/u1/web",
+                "/sys/fs/cgroup/memory/husk/u1/db",
+                "/sys/fs/cgroup/memory/husk/u1",
+                "/sys/fs/cgroup/pids/husk/u1/web",
+                "/sys/fs/cgroup/pids/husk/u1/db",
+                "/sys/fs/cgroup/pids/husk/u1",
+            ]
+        );
+        // Its own copy of the write end closed first, the wait for the supervisor, the
+        // namespace left, before any removal.
+        assert_eq!(
+            plan.steps[..6],
+            [
+                Step::Close(w.as_raw_fd()),
+                Step::NewSession,
+                Step::NullStdio,
+                Step::WaitEof(r.as_raw_fd()),
+                Step::Close(r.as_raw_fd()),
+                Step::JoinMountNs(host_mnt.as_raw_fd()),
+            ]
+        );
+        assert_eq!(plan.log.to_str().unwrap(), "/var/lib/husk/pods/run/u1/cleanup.log");
+        // cgroup v2: the init leaf too (a pod with private users has one).
+        let v2 = cleanup(Layout::V2("/sys/fs/cgroup".into()), None).plan(&host_mnt, &r, &w).unwrap();
+        assert!(v2.steps.contains(&Step::Rmdir(c"/sys/fs/cgroup/husk/u1/init".into())));
+        assert_eq!(v2.steps.last(), Some(&Step::Rmdir(c"/sys/fs/cgroup/husk/u1".into())));
+        // CNI networks need their plugins: a forked cleanup.
+        assert!(cleanup(v1, Some(vec![])).plan(&host_mnt, &r, &w).is_none());
+    }
 }

@@ -5,7 +5,7 @@
 //! block per argument condition. seccompiler (Firecracker's compiler) spends five instructions
 //! on every syscall and one program on every action, and the kernel's cost to load a filter
 //! grows with its length (converting and JIT-compiling it): husk's default policy was three
-//! programs of 331 instructions, about 0.2 ms of every app's start; it is now one of 90.
+//! programs of 331 instructions, about 0.2 ms of every app's start; it is now one of 88.
 //!
 //! A filter [`compact`] does not take (a syscall with rules of two different actions, an
 //! ordering comparison, a program over the kernel's 4096 instructions) is built with
