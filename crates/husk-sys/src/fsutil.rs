@@ -19,6 +19,40 @@ pub fn atomic_write_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<
     write_replace(path, data, mode, false)
 }
 
+/// A file written under a temp name beside its destination, put in place later by
+/// [`Staged::commit`]: for a new version of a file in a directory about to be renamed, which
+/// must neither change while the directory is still where it was nor need an fsync.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: std::ffi::OsString,
+    name: std::ffi::OsString,
+}
+
+/// Writes `data` to a new temp file `.tmp-NAME-…` in `dir` (no fsync), to become `dir/NAME` by
+/// [`Staged::commit`], called with the directory's path at that time.
+pub fn stage_volatile(dir: &Path, name: &str, data: &[u8], mode: u32) -> io::Result<Staged> {
+    let (tmp, mut f) = create_temp(dir, name, mode)?;
+    let written = f.set_permissions(std::fs::Permissions::from_mode(mode)).and_then(|_| f.write_all(data));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let tmp = tmp.file_name().expect("a temp file has a name").to_os_string();
+    Ok(Staged { tmp, name: name.into() })
+}
+
+impl Staged {
+    /// Renames the temp file over `dir/NAME`: readers see the old file or the new one.
+    pub fn commit(self, dir: &Path) -> io::Result<()> {
+        std::fs::rename(dir.join(&self.tmp), dir.join(&self.name))
+    }
+
+    /// Removes the temp file (the change is not wanted after all).
+    pub fn discard(self, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(&self.tmp));
+    }
+}
+
 /// Opens a file for reading only if it is a regular file. The open is non-blocking, so a FIFO
 /// placed where a file is expected (an OCI layout's `index.json` or a blob) cannot hang the
 /// caller; anything but a regular file is refused with `InvalidInput` naming what it is.

@@ -41,6 +41,9 @@ pub fn app_cgroup(uuid: &str, app: &str) -> String {
     format!("husk/{uuid}/{app}")
 }
 
+/// The pod manifest's file name in a pod directory.
+pub const MANIFEST: &str = "pod.json";
+
 /// The files and directories of one pod directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodDir {
@@ -58,7 +61,7 @@ impl PodDir {
 
     /// The pod manifest, written by stage0.
     pub fn manifest(&self) -> PathBuf {
-        self.root.join("pod.json")
+        self.root.join(MANIFEST)
     }
 
     /// stage1's state once the pod runs.

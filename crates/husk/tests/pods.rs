@@ -174,6 +174,12 @@ fn prepare_run_prepared_status_manifest_rm() {
     env.fails(&["run-prepared", &uuid[..8]], 3);
     let s = env.json(&["status", &uuid, "--format", "json"]);
     assert_eq!((s["state"].as_str(), s["exit_status"].as_i64()), (Some("exited"), Some(3)));
+    // The manifest run-prepared rewrote took the prepared one's place: no temp file is left.
+    let pod = env.dir().join("pods/run").join(&uuid);
+    let names: Vec<String> =
+        std::fs::read_dir(&pod).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"pod.json".to_string()) && !names.iter().any(|n| n.starts_with(".tmp-")), "{names:?}");
+    assert_eq!(env.json(&["cat-manifest", &uuid[..8]])["apps"][0]["exec"], serde_json::json!(["sh", "-c", "exit 3"]));
     env.ok(&["rm", &uuid]);
     let err = env.fails(&["status", &uuid], 122);
     assert!(err.contains("no pod matches"), "{err}");
