@@ -37,6 +37,8 @@ pub struct Cleanup {
     uuid: String,
     /// The pod's apps: their cgroups are removed by name.
     apps: Vec<String>,
+    /// A kvm pod's cgroups and sockets are not the apps': its cleanup is always forked.
+    kvm: bool,
     layout: Layout,
     /// The CNI plugin dirs, for a pod on CNI networks.
     net: Option<Vec<PathBuf>>,
@@ -52,6 +54,7 @@ impl Cleanup {
             dir: dir.to_path_buf(),
             uuid: m.uuid.clone(),
             apps: m.apps.iter().map(|a| a.name.clone()).collect(),
+            kvm: m.flavor == husk_types::pod::Flavor::Kvm,
             layout: layout.clone(),
             net: net.map(<[PathBuf]>::to_vec),
             lock,
@@ -97,7 +100,7 @@ impl Cleanup {
     }
 
     /// The steps of a detached cleanup in raw system calls, or `None` when it needs more (CNI
-    /// networks to tear down, a kvm pod's run directory). The child closes its copy of the
+    /// networks to tear down, a kvm pod's cgroups and run directory). The child closes its copy of the
     /// pipe's write end, leaves the invoker's session and stdio, waits for the supervisor to
     /// have left the mount namespace, leaves it too, and removes the pod's cgroups by name: the
     /// apps' (and the `init` leaf a pod with private users has on cgroup v2), then the pod's.
@@ -106,7 +109,7 @@ impl Cleanup {
         use husk_sys::detach::{Plan, Step};
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
-        if self.net.is_some() || crate::kvm::run_dir(&self.uuid).exists() {
+        if self.net.is_some() || self.kvm || crate::kvm::run_dir(&self.uuid).exists() {
             return None;
         }
         let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
@@ -229,6 +232,7 @@ mod tests {
             dir: PathBuf::from("/var/lib/husk/pods/run/u1"),
             uuid: "u1".into(),
             apps: vec!["web".into(), "db".into()],
+            kvm: false,
             layout,
             net,
             lock: None,
@@ -278,7 +282,8 @@ mod tests {
         let v2 = cleanup(Layout::V2("/sys/fs/cgroup".into()), None).plan(&host_mnt, &r, &w).unwrap();
         assert!(v2.steps.contains(&Step::Rmdir(c"/sys/fs/cgroup/husk/u1/init".into())));
         assert_eq!(v2.steps.last(), Some(&Step::Rmdir(c"/sys/fs/cgroup/husk/u1".into())));
-        // CNI networks need their plugins: a forked cleanup.
-        assert!(cleanup(v1, Some(vec![])).plan(&host_mnt, &r, &w).is_none());
+        // CNI networks need their plugins, a kvm pod has its own cgroups: a forked cleanup.
+        assert!(cleanup(v1.clone(), Some(vec![])).plan(&host_mnt, &r, &w).is_none());
+        assert!(Cleanup { kvm: true, ..cleanup(v1, None) }.plan(&host_mnt, &r, &w).is_none());
     }
 }
