@@ -151,15 +151,9 @@ fn build(chains: Chains, mismatch: Action, on_match: Action) -> Result<BpfProgra
         .map_err(|e: seccompiler::BackendError| Fail::Invalid(format!("cannot compile the seccomp filter: {e}")))
 }
 
-/// Compiles a filter into stacked BPF programs, in order.
-///
-/// seccompiler builds one program per (match action, mismatch action) pair, and the kernel
-/// runs every stacked program and keeps the most restrictive verdict (ALLOW is the least
-/// restrictive of all). So: one base program returns ALLOW for every syscall any rule matches
-/// and the default otherwise; one more program per other action returns that action where its
-/// rules match and ALLOW elsewhere. A syscall matching no rule gets the default (the others
-/// allow it), one matching an ALLOW rule is allowed by all, one matching an ERRNO rule gets
-/// ERRNO from its program. Rules whose action is the default change nothing and are dropped.
+/// Compiles a filter into the BPF programs to install, in order: one [`compact`] program when
+/// it can say the filter, else seccompiler's stacked programs (`stacked`). Rules whose action
+/// is the default change nothing and are dropped.
 pub fn compile_filter(f: &Filter) -> Result<Vec<BpfProgram>, Fail> {
     let rules: Vec<&Rule> = f.rules.iter().filter(|r| r.action != f.default).collect();
     if f.default == Action::Allow && rules.is_empty() {
@@ -171,7 +165,15 @@ pub fn compile_filter(f: &Filter) -> Result<Vec<BpfProgram>, Fail> {
     stacked(f.default, &rules)
 }
 
-/// [`compile_filter`] with seccompiler: the x32 guard, then one program per action.
+/// [`compile_filter`] with seccompiler: the x32 guard, then stacked programs.
+///
+/// seccompiler builds one program per (match action, mismatch action) pair, and the kernel
+/// runs every stacked program and keeps the most restrictive verdict (ALLOW is the least
+/// restrictive of all). So: one base program returns ALLOW for every syscall any rule matches
+/// and the default otherwise; one more program per other action returns that action where its
+/// rules match and ALLOW elsewhere. A syscall matching no rule gets the default (the others
+/// allow it), one matching an ALLOW rule is allowed by all, one matching an ERRNO rule gets
+/// ERRNO from its program.
 fn stacked(default: Action, rules: &[&Rule]) -> Result<Vec<BpfProgram>, Fail> {
     let mut out = vec![no_x32()];
     if default != Action::Allow {

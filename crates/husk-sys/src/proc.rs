@@ -705,12 +705,13 @@ pub fn spawn_shared<F: FnOnce() -> i32>(f: F) -> io::Result<nix::unistd::Pid> {
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: the lowest page of the new mapping becomes a guard (best effort: a child that
-    // overflows dies of SIGSEGV instead of writing below it). `all` is filled by sigfillset before use, and `old`
-    // is read only after pthread_sigmask filled it. The child runs `trampoline::<F>` on the new
-    // stack (its top: stacks grow down; mmap returns page-aligned memory) with a pointer to
-    // `slot`, which outlives it: with CLONE_VFORK this thread is suspended until the child has
-    // exec'd or exited, and only then is the stack unmapped. The process is single-threaded
-    // (checked above), so no other thread runs in the shared memory meanwhile.
+    // overflows dies of SIGSEGV instead of writing below it). `all` is filled by sigfillset
+    // before use, and `old` is read only after pthread_sigmask filled it. The child runs
+    // `trampoline::<F>` on the new stack (its top: stacks grow down; mmap returns page-aligned
+    // memory) with a pointer to `slot`, which outlives it: with CLONE_VFORK this thread is
+    // suspended until the child has exec'd or exited, and only then is the stack unmapped. The
+    // process is single-threaded (checked above), so no other thread runs in the shared memory
+    // meanwhile.
     let pid = unsafe {
         libc::mprotect(stack, 4096, libc::PROT_NONE);
         libc::sigfillset(all.as_mut_ptr());
