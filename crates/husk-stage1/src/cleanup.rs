@@ -7,8 +7,9 @@
 //! and the CNI plugins' DEL (masquerade rules through `iptables`) tens of milliseconds.
 //!
 //! The order is what makes this safe: the supervisor, still holding the pod lock, takes
-//! `cleanup.lock` ([`Cleanup::prepare`]), releases the pod lock, and forks the cleanup process
-//! ([`Cleanup::spawn`]), which inherits `cleanup.lock` and never the pod lock. stage1's `gc`
+//! `cleanup.lock` ([`Cleanup::prepare`]), releases the pod lock, and starts the cleanup process
+//! ([`Cleanup::spawn`]: a child sharing its memory that runs a plan of raw system calls, or a
+//! fork when the cleanup needs more), which inherits `cleanup.lock` and never the pod lock. stage1's `gc`
 //! ([`collect`], run by `husk gc` and `husk rm`) takes `cleanup.lock` before its own idempotent
 //! removal, so it waits for a cleanup still running and never races it.
 

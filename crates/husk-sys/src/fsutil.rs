@@ -174,6 +174,36 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_file_replaces_the_old_one_only_when_committed_wherever_its_directory_moved() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("pod.json"), "old").unwrap();
+        let staged = stage_volatile(&a, "pod.json", b"new", 0o644).unwrap();
+        // Until the commit the file is the old one, the new bytes in a temp file beside it.
+        assert_eq!(std::fs::read_to_string(a.join("pod.json")).unwrap(), "old");
+        let names = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&a).len(), 2);
+        assert!(names(&a).iter().any(|n| is_temp_name(n)));
+        std::fs::rename(&a, &b).unwrap();
+        staged.commit(&b).unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("pod.json")).unwrap(), "new");
+        assert_eq!(std::fs::metadata(b.join("pod.json")).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(names(&b), ["pod.json"]);
+        // Discarded: the old file stays, the temp file goes.
+        stage_volatile(&b, "pod.json", b"unwanted", 0o644).unwrap().discard(&b);
+        assert_eq!(names(&b), ["pod.json"]);
+        assert_eq!(std::fs::read_to_string(b.join("pod.json")).unwrap(), "new");
+    }
+
+    #[test]
     fn failure_leaves_the_old_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x");

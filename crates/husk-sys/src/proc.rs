@@ -702,38 +702,26 @@ pub fn spawn_shared<F: FnOnce() -> i32>(f: F) -> io::Result<nix::unistd::Pid> {
     if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: the lowest page of the new mapping becomes a guard (best effort: a child that
-    // overflows dies of SIGSEGV instead of writing below it). `all` is filled by sigfillset
-    // before use, and `old` is read only after pthread_sigmask filled it. The child runs
-    // `trampoline::<F>` on the new stack (its top: stacks grow down; mmap returns page-aligned
-    // memory) with a pointer to `slot`, which outlives it: with CLONE_VFORK this thread is
+    // overflows dies of SIGSEGV instead of writing below it). The child runs `trampoline::<F>`
+    // on the new stack (its top: stacks grow down; mmap returns page-aligned memory), with every
+    // signal blocked, and a pointer to `slot`, which outlives it: with CLONE_VFORK this thread is
     // suspended until the child has exec'd or exited, and only then is the stack unmapped. The
     // process is single-threaded (checked above), so no other thread runs in the shared memory
-    // meanwhile.
-    let pid = unsafe {
+    // meanwhile; the child keeps the rules this function's documentation gives `f`.
+    let cloned = unsafe {
         libc::mprotect(stack, 4096, libc::PROT_NONE);
-        libc::sigfillset(all.as_mut_ptr());
-        if libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) != 0 {
-            libc::munmap(stack, SHARED_CHILD_STACK);
-            return Err(io::Error::other("cannot block signals to start a process"));
-        }
         let top = stack.cast::<u8>().add(SHARED_CHILD_STACK).cast::<libc::c_void>();
-        let pid = libc::clone(
-            trampoline::<F>,
+        let cloned = crate::vmchild::clone_vm_on(
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            trampoline::<F>,
+            libc::CLONE_VFORK | libc::SIGCHLD,
             (&raw mut slot).cast::<libc::c_void>(),
         );
-        let e = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
         libc::munmap(stack, SHARED_CHILD_STACK);
-        if pid == -1 {
-            return Err(e);
-        }
-        pid
+        cloned
     };
+    let pid = cloned?;
     // What the child did not take (it never ran) is dropped here; what it took is gone.
     drop(slot);
     Ok(nix::unistd::Pid::from_raw(pid))

@@ -58,17 +58,34 @@ pub(crate) unsafe fn clone_vm(
     flags: libc::c_int,
     arg: *mut libc::c_void,
 ) -> io::Result<libc::pid_t> {
+    // SAFETY: the caller took `stack` and vouches for `f` and `arg` (this function's contract).
+    unsafe { clone_vm_on(stack.top(), f, flags, arg) }
+}
+
+/// [`clone_vm`] on any stack: `top` is the initial stack pointer of memory the child alone
+/// uses until it exits or execs.
+///
+/// # Safety
+///
+/// As for [`clone_vm`], and `top` must be 16-byte aligned, with enough writable memory below it
+/// for everything `f` does.
+pub(crate) unsafe fn clone_vm_on(
+    top: *mut libc::c_void,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    flags: libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: `all` is filled by sigfillset before use; `old` receives the caller's mask and is
-    // read only after pthread_sigmask succeeded. The child's stack is the caller's to give (taken),
-    // and the caller vouches for `f` and `arg`.
+    // read only after pthread_sigmask succeeded. The child's stack is the caller's to give, and
+    // the caller vouches for `f` and `arg`.
     unsafe {
         libc::sigfillset(all.as_mut_ptr());
         if libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) != 0 {
             return Err(io::Error::other("cannot block signals for a helper process"));
         }
-        let pid = libc::clone(f, stack.top(), libc::CLONE_VM | flags, arg);
+        let pid = libc::clone(f, top, libc::CLONE_VM | flags, arg);
         let e = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
         if pid == -1 {
