@@ -390,18 +390,30 @@ pub fn take_prepared(
     if stdio.has_terminal() {
         m.apps.iter_mut().for_each(|a| add_term(a, term));
     }
-    // The new manifest is written beside the prepared one and takes its place only once the
-    // pod is in `run/`: a prepared pod's manifest, durable since `prepare`, never changes (a
-    // crash or a failure leaves it prepared as it was), and a running pod's needs no fsync
-    // (two fsyncs were most of this function's time).
-    let data = serde_json::to_vec(&m).expect("manifests serialize");
-    let staged = husk_sys::fsutil::stage_volatile(&pod.dir, abi::MANIFEST, &data, 0o644)
-        .map_err(|e| PodError::io(&PodDir::new(&pod.dir).manifest(), "write", e))?;
+    // A new manifest (other stdio than prepared) is written beside the prepared one and takes
+    // its place only once the pod is in `run/`: a prepared pod's manifest, durable since
+    // `prepare`, never changes (a crash or a failure leaves it prepared as it was), and a
+    // running pod's needs no fsync (two fsyncs were most of this function's time). The same
+    // manifest is not rewritten at all: replacing a file by a rename makes ext4 write the new
+    // one's blocks out at once (its `auto_da_alloc`), and free the old one's.
+    let new = serde_json::to_vec(&m).expect("manifests serialize");
+    let staged = if new != data {
+        Some(
+            husk_sys::fsutil::stage_volatile(&pod.dir, abi::MANIFEST, &new, 0o644)
+                .map_err(|e| PodError::io(&PodDir::new(&pod.dir).manifest(), "write", e))?,
+        )
+    } else {
+        None
+    };
     if let Err(e) = pods.transition(&mut pod, PhaseDir::Run) {
-        staged.discard(&pod.dir);
+        if let Some(s) = staged {
+            s.discard(&pod.dir);
+        }
         return Err(e);
     }
-    staged.commit(&pod.dir).map_err(|e| PodError::io(&PodDir::new(&pod.dir).manifest(), "write", e))?;
+    if let Some(s) = staged {
+        s.commit(&pod.dir).map_err(|e| PodError::io(&PodDir::new(&pod.dir).manifest(), "write", e))?;
+    }
     Ok((pod, m))
 }
 

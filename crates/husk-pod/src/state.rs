@@ -319,6 +319,11 @@ impl Pods {
         if prefix.is_empty() {
             return Err(PodError::Unknown(prefix.to_string()));
         }
+        // A whole UUID is a prefix of itself alone: look it up instead of listing every pod (a
+        // data dir may hold thousands, and scripts pass whole UUIDs).
+        if prefix.len() == 36 && uuid::Uuid::parse_str(prefix).is_ok() && self.locate(prefix).is_some() {
+            return Ok(prefix.to_string());
+        }
         let matches: Vec<String> = self.all_uuids().into_iter().filter(|u| u.starts_with(prefix)).collect();
         match matches.len() {
             0 => Err(PodError::Unknown(prefix.to_string())),
@@ -721,5 +726,12 @@ mod tests {
         fs::create_dir(pods.phase_dir(PhaseDir::Prepared).join("aaaaaaaa-0000-4000-8000-000000000001")).unwrap();
         fs::create_dir(pods.phase_dir(PhaseDir::Prepared).join("aaaaaaaa-0000-4000-8000-000000000002")).unwrap();
         assert!(matches!(pods.resolve("aaaa"), Err(PodError::Ambiguous { count: 2, .. })));
+        // Whole UUIDs, looked up directly: one that exists in any phase dir, one that does not,
+        // one with a character too many, and an upper-case one (names are lower-case).
+        let whole = "aaaaaaaa-0000-4000-8000-000000000002";
+        assert_eq!(pods.resolve(whole).unwrap(), whole);
+        assert!(matches!(pods.resolve("aaaaaaaa-0000-4000-8000-000000000003"), Err(PodError::Unknown(_))));
+        assert!(matches!(pods.resolve(&format!("{whole}0")), Err(PodError::Unknown(_))));
+        assert!(matches!(pods.resolve(&whole.to_uppercase()), Err(PodError::Unknown(_))));
     }
 }

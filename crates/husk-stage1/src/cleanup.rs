@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use husk_sys::proc::{fork, ForkResult};
 use husk_sys::{Lock, LockKind};
-use husk_types::abi::PodDir;
+use husk_types::abi::{PodDir, SPARE_NETNS_DIR};
 use husk_types::pod::PodManifest;
 use nix::sched::CloneFlags;
 
@@ -43,6 +43,8 @@ pub struct Cleanup {
     layout: Layout,
     /// The CNI plugin dirs, for a pod on CNI networks.
     net: Option<Vec<PathBuf>>,
+    /// Whether the pod could have used a spare network namespace: its cleanup makes one.
+    spare: bool,
     lock: Option<Lock>,
 }
 
@@ -58,6 +60,7 @@ impl Cleanup {
             kvm: m.flavor == husk_types::pod::Flavor::Kvm,
             layout: layout.clone(),
             net: net.map(<[PathBuf]>::to_vec),
+            spare: crate::plan::netns_ahead(m),
             lock,
         }
     }
@@ -103,9 +106,11 @@ impl Cleanup {
     /// The steps of a detached cleanup in raw system calls, or `None` when it needs more (CNI
     /// networks to tear down, a kvm pod's cgroups and run directory). The child closes its copy of the
     /// pipe's write end, leaves the invoker's session and stdio, waits for the supervisor to
-    /// have left the mount namespace, leaves it too, and removes the pod's cgroups by name: the
-    /// apps' (and the `init` leaf a pod with private users has on cgroup v2), then the pod's.
-    /// Whatever it cannot remove is reported in `cleanup.log` and left to `husk gc`.
+    /// have left the mount namespace, leaves it too, removes the pod's cgroups by name (the
+    /// apps', and the `init` leaf a pod with private users has on cgroup v2, then the pod's),
+    /// and, for a pod that could have used one, makes a spare network namespace for the next
+    /// ([`husk_sys::netns`]). Whatever it cannot remove is reported in `cleanup.log` and left
+    /// to `husk gc`.
     fn plan(&self, host_mnt: &File, left_r: &OwnedFd, left_w: &OwnedFd) -> Option<husk_sys::detach::Plan> {
         use husk_sys::detach::{Plan, Step};
         use std::os::fd::AsRawFd;
@@ -132,6 +137,10 @@ impl Cleanup {
                 steps.push(Step::Rmdir(c(&pod.join(leaf))?));
             }
             steps.push(Step::Rmdir(c(&pod)?));
+        }
+        // A pod that could have used a spare network namespace leaves one for the next.
+        if self.spare {
+            steps.push(Step::MakeSpareNetns(husk_sys::netns::SpareDir::new(Path::new(SPARE_NETNS_DIR))?));
         }
         Some(Plan { steps, log: c(&PodDir::new(&self.dir).cleanup_log())?, hint: "`husk gc` retries".into() })
     }
@@ -236,6 +245,7 @@ mod tests {
             kvm: false,
             layout,
             net,
+            spare: false,
             lock: None,
         }
     }
@@ -285,6 +295,11 @@ mod tests {
         assert_eq!(v2.steps.last(), Some(&Step::Rmdir(c"/sys/fs/cgroup/husk/u1".into())));
         // CNI networks need their plugins, a kvm pod has its own cgroups: a forked cleanup.
         assert!(cleanup(v1.clone(), Some(vec![])).plan(&host_mnt, &r, &w).is_none());
-        assert!(Cleanup { kvm: true, ..cleanup(v1, None) }.plan(&host_mnt, &r, &w).is_none());
+        assert!(Cleanup { kvm: true, ..cleanup(v1.clone(), None) }.plan(&host_mnt, &r, &w).is_none());
+        // A pod that could have used a spare network namespace makes one, last.
+        let spare = Cleanup { spare: true, ..cleanup(v1, None) }.plan(&host_mnt, &r, &w).unwrap();
+        let want = husk_sys::netns::SpareDir::new(Path::new("/run/husk/spare-netns")).unwrap();
+        assert_eq!(spare.steps.last(), Some(&Step::MakeSpareNetns(want)));
+        assert_eq!(spare.steps.len(), plan.steps.len() + 1);
     }
 }

@@ -62,7 +62,6 @@ pub fn create_netns(uuid: &str) -> Result<PathBuf, Fail> {
     r.map(|_| pin)
 }
 
-/// Joins every network of the pod, in order. On failure, what was set up is torn down again.
 /// A CNI pod's network namespace, pinned, and its networks set up in it (`None` and nothing for
 /// a pod without CNI networks). Shared by the `ns` and `kvm` supervisors.
 pub fn create_and_setup(pod_dir: &Path, m: &PodManifest) -> Result<(Option<PathBuf>, Vec<NetState>), Fail> {
@@ -76,6 +75,7 @@ pub fn create_and_setup(pod_dir: &Path, m: &PodManifest) -> Result<(Option<PathB
     }
 }
 
+/// Joins every network of the pod, in order. On failure, what was set up is torn down again.
 pub fn setup(pod_dir: &Path, m: &PodManifest, netns: &Path) -> Result<Vec<NetState>, Fail> {
     let NetMode::Cni { networks, ports, plugin_dirs } = &m.net else { return Ok(vec![]) };
     std::fs::create_dir_all(PodDir::new(pod_dir).net_dir())

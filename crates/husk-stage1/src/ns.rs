@@ -23,6 +23,7 @@ use crate::common::{
     debug_enabled, flag_value, pod_dir, read_manifest, read_stage1_state, write_json, write_status, Context, Fail, Step,
 };
 use crate::notify::{Notifier, Proxy};
+use crate::plan::PodNet;
 use crate::process::{
     become_app_user, exec_in_root, exec_in_root_with, status_of, wire_stdio, ExecExtras, Listen, Never,
 };
@@ -172,9 +173,18 @@ fn supervise(
         if cgroups == CgroupsWhen::First {
             create_cgroups(&layout, m)?;
         }
-        let (netns, states) = cni::create_and_setup(dir, m)?;
+        let (pin, states) = cni::create_and_setup(dir, m)?;
+        let netns = match pin {
+            Some(pin) => Some(OwnedFd::from(
+                std::fs::File::open(&pin).ctx(Step::Pod, || format!("cannot open {}", pin.display()))?,
+            )),
+            // A `--net=none` pod's namespace made ahead, a spare; none (the first pod after a
+            // reboot, or all taken), and the init makes its own.
+            None if crate::plan::netns_ahead(m) => husk_sys::netns::take_spare(Path::new(abi::SPARE_NETNS_DIR)),
+            None => None,
+        };
         rootfs::write_etc(dir, m, cni::dns_from(&states))?;
-        start_pod(dir, m, &layout, cgroups, netns.as_deref(), console, listen.as_ref())
+        start_pod(dir, m, &layout, cgroups, netns, console, listen.as_ref())
     })();
     let (init, rep_r) = match started {
         Ok(x) => x,
@@ -407,7 +417,7 @@ fn start_pod(
     m: &PodManifest,
     layout: &Layout,
     cgroups: CgroupsWhen,
-    netns: Option<&Path>,
+    netns: Option<OwnedFd>,
     console: Option<OwnedFd>,
     listen: Option<&Listen>,
 ) -> Result<(Pid, OwnedFd), Fail> {
@@ -429,18 +439,19 @@ fn start_pod(
         CgroupsWhen::AfterGo => pipe().map(|(r, w)| (Some(r), Some(w)))?,
         CgroupsWhen::First => (None, None),
     };
-    let flags = crate::plan::init_namespaces(m);
-    // With CNI networks the init is born in the pinned namespace the plugins configured.
+    let net = crate::plan::pod_net(m, netns.is_some());
+    let flags = crate::plan::init_namespaces(m, net);
+    // With a namespace made before (CNI networks, or made ahead) the init is born in it.
     let host_net = std::fs::File::open("/proc/self/ns/net")
         .ctx(Step::Pod, || "cannot open the host's network namespace".into())?;
-    if let Some(ns) = netns {
-        let f = std::fs::File::open(ns).ctx(Step::Pod, || format!("cannot open {}", ns.display()))?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+    if let Some(ns) = &netns {
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
             .ctx(Step::Pod, || "cannot enter the pod's network namespace".into())?;
     }
     let supervisor = nix::unistd::getpid();
     let cloned = husk_sys::proc::clone_process(flags);
-    if netns.is_some() && !matches!(cloned, Ok(ForkResult::Child)) {
+    drop(netns);
+    if net == PodNet::Made && !matches!(cloned, Ok(ForkResult::Child)) {
         nix::sched::setns(&host_net, CloneFlags::CLONE_NEWNET)
             .ctx(Step::Pod, || "cannot return to the host's network namespace".into())?;
     }
@@ -452,7 +463,7 @@ fn start_pod(
             // Only the supervisor may end the cgroups' pipe.
             drop(cg_w);
             let ch = InitChannels { go: go_r, report: rep_w, console, cgroups_ready: cg_r };
-            let code = match pod_init(dir, m, layout, supervisor, ch, listen) {
+            let code = match pod_init(dir, m, layout, supervisor, ch, net, listen) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("husk stage1 (pod init): {}", e.chain());
@@ -619,6 +630,7 @@ fn pod_init(
     layout: &Layout,
     supervisor: Pid,
     ch: InitChannels,
+    net: PodNet,
     listen: Option<&Listen>,
 ) -> Result<i32, Fail> {
     let InitChannels { go, report, console, cgroups_ready } = ch;
@@ -649,7 +661,7 @@ fn pod_init(
     // Mounts made in the pod never propagate back to the host.
     rootfs::make_root_slave()?;
     nix::unistd::sethostname(&m.hostname).ctx(Step::Pod, || format!("cannot set hostname {}", m.hostname))?;
-    if m.net == NetMode::None {
+    if net == PodNet::New {
         husk_sys::proc::loopback_up().ctx(Step::Pod, || "cannot bring up loopback".into())?;
     }
     run_apps(dir, m, layout, report, console, listen, cgroups_ready.as_ref())

@@ -34,6 +34,10 @@ pub enum Step {
     /// is still exiting) is retried every 10 ms for half a second; a failure is appended to the
     /// plan's log and the plan goes on.
     Rmdir(CString),
+    /// Makes a spare network namespace for the next pod, if a slot is free
+    /// ([`crate::netns::make_spare`]); the last step of a plan, as it leaves the child in that
+    /// namespace. A failure is no one's: the next pod makes its own namespace.
+    MakeSpareNetns(crate::netns::SpareDir),
 }
 
 /// What a detached child does, in order, and the file it reports failures in (created only if
@@ -137,6 +141,9 @@ fn run_step(step: &Step, plan: &Plan) {
                 }
             }
         }
+        Step::MakeSpareNetns(dir) => {
+            let _ = crate::netns::make_spare(dir);
+        }
     }
 }
 
@@ -193,6 +200,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (gone, absent) = (d.path().join("gone"), d.path().join("absent"));
         std::fs::create_dir_all(gone.join("child")).unwrap();
+        let spares = d.path().join("spares");
         let log = d.path().join("cleanup.log");
         let (r, w) = nix::unistd::pipe().unwrap();
         let plan = Plan {
@@ -203,11 +211,14 @@ mod tests {
                 Step::Rmdir(c(&gone)),
                 Step::Rmdir(c(&absent)),
                 Step::Rmdir(c(&d.path().join("not-a-dir-file"))),
+                Step::Rmdir(c(&d.path().join("a-dir-file"))),
+                Step::MakeSpareNetns(crate::netns::SpareDir::new(&spares).unwrap()),
             ],
             log: c(&log),
             hint: "`husk gc` retries".into(),
         };
         std::fs::write(d.path().join("not-a-dir-file"), "x").unwrap();
+        std::fs::write(d.path().join("a-dir-file"), "x").unwrap();
         spawn(plan.clone()).unwrap();
         // Once only: the stack is taken for good.
         assert!(spawn(plan).is_err());
@@ -216,14 +227,27 @@ mod tests {
         assert!(gone.exists());
         drop(w);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !log.exists() && std::time::Instant::now() < deadline {
+        // Done once the spare is pinned (its lock file exists before).
+        let reported = || spares.join("0").exists();
+        while !reported() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!gone.exists());
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.starts_with("husk stage1: cannot remove "), "{text}");
         assert!(text.contains("not-a-dir-file: errno 20; `husk gc` retries\n"), "{text}");
-        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("a-dir-file: errno 20; `husk gc` retries\n"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        // The spare the last step made is there to take (the child may still be pinning it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let spare = loop {
+            match crate::netns::take_spare(&spares) {
+                Some(fd) => break fd,
+                None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => panic!("no spare in {}", spares.display()),
+            }
+        };
+        drop(spare);
         drop(r);
     }
 }

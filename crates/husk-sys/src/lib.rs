@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod idmap;
 pub mod lock;
 pub mod netconf;
+pub mod netns;
 pub mod proc;
 pub mod resolve;
 pub mod tty;

@@ -24,6 +24,10 @@ pub fn stage1_executable(flavor: &Flavor) -> String {
 /// Where the network namespaces of CNI pods are pinned: `<NETNS_DIR>/<uuid>`.
 pub const NETNS_DIR: &str = "/run/husk/netns";
 
+/// Where the `ns` flavor keeps its spare network namespaces (`husk_sys::netns`): slots `0`…,
+/// and `lock`.
+pub const SPARE_NETNS_DIR: &str = "/run/husk/spare-netns";
+
 /// The host-wide registry of private-user ranges (one for every data dir).
 pub const ID_RANGES_DIR: &str = "/run/husk/id-ranges";
 

@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{host_net_state, image, Env};
+use common::{host_net_state, image, ns_id, spare_netns, Env};
 
 fn pod_ip(env: &Env, uuid: &str) -> String {
     let s = env.json(&["status", uuid, "--format", "json"]);
@@ -354,4 +355,163 @@ fn dns_options_reach_resolv_conf() {
     );
     let host = env.ok(&["run", "-q", "--dns", "host", &image("busybox"), "--", "cat", "/etc/resolv.conf"]);
     assert_eq!(host, std::fs::read_to_string("/etc/resolv.conf").unwrap());
+}
+
+/// Waits until /run/husk/spare-netns holds a spare (a pod's cleanup makes it after the pod).
+fn wait_for_spare() -> Vec<u64> {
+    for _ in 0..100 {
+        let s = spare_netns();
+        if !s.is_empty() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no spare network namespace was made");
+}
+
+/// `net:[N]` as readlink prints a namespace link.
+fn ns_text(id: u64) -> String {
+    format!("net:[{id}]")
+}
+
+/// A `--net=none` pod's network namespace may be made ahead, as a spare by the cleanup of the
+/// pod before: each is fresh (what a pod changed in its own is gone with it), loopback is up,
+/// no two pods ever share one, the host's is never used, and no more than four are kept.
+#[test]
+fn spare_network_namespaces_are_fresh_never_shared_and_bounded() {
+    let _serial = serial();
+    let env = Env::new();
+    let img = image("busybox");
+    // A pod that may change its namespace (CAP_NET_ADMIN) does: its lo's MTU.
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--net=none",
+        "--caps-retain=CAP_NET_ADMIN",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo mtu 1280 && cat /sys/class/net/lo/mtu",
+    ]);
+    assert_eq!(out.trim(), "1280");
+    let spares = wait_for_spare();
+    // Pods started together, each reporting its namespace, its lo's MTU and interfaces, and
+    // whether loopback carries traffic (nc answers itself on 127.0.0.1).
+    let script = "readlink /proc/self/ns/net; cat /sys/class/net/lo/mtu; ls /sys/class/net | tr '\\n' ' '; echo; \
+                  ip addr show lo | grep -c 'inet 127.0.0.1'; exec sleep 60";
+    let uuids: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..6).map(|_| s.spawn(|| env.detached(&["--net=none", &img, "--", "sh", "-c", script]))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let host = ns_id(Path::new("/proc/self/ns/net"));
+    let mut seen = std::collections::BTreeSet::new();
+    for u in &uuids {
+        let mut logs = String::new();
+        for _ in 0..50 {
+            logs = env.ok(&["logs", u]);
+            if logs.lines().count() >= 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 4, "{u}: {logs}");
+        // The namespace of the pod's init, as the host sees it, is the app's.
+        let pid = env.json(&["status", u, "--format", "json"])["pid"].as_i64().unwrap();
+        let id = ns_id(Path::new(&format!("/proc/{pid}/ns/net")));
+        assert_eq!(lines[0], ns_text(id), "{u}");
+        assert_ne!(id, host, "{u} is in the host's network namespace");
+        assert!(seen.insert(id), "two pods share the network namespace {id}");
+        assert_eq!(lines[1], "65536", "{u}: a namespace another pod changed");
+        assert_eq!(lines[2].trim(), "lo", "{u}");
+        assert_eq!(lines[3], "1", "{u}: loopback is not up");
+    }
+    // Every spare there was went to one of them.
+    for sp in &spares {
+        assert!(seen.contains(sp), "spare {sp} was not used: {seen:?}");
+    }
+    let mut stop = vec!["stop"];
+    stop.extend(uuids.iter().map(String::as_str));
+    env.ok(&stop);
+    env.ok(&["gc", "--grace-period=0s"]);
+    // Each pod's cleanup makes a spare when a slot is free: four at most.
+    std::thread::sleep(Duration::from_millis(300));
+    let kept = spare_netns();
+    assert!(!kept.is_empty() && kept.len() <= 4, "{kept:?}");
+    // A pod with private users never takes one: its own user namespace owns its network
+    // namespace, so its root may change it (here: its lo's MTU).
+    let out = env.ok(&[
+        "run",
+        "-q",
+        "--net=none",
+        "--private-users",
+        "--caps-retain=CAP_NET_ADMIN",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; ip link set lo mtu 1280 && echo changed",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!kept.iter().any(|k| lines[0] == ns_text(*k)), "{out} took one of {kept:?}");
+    assert_eq!(lines.get(1), Some(&"changed"), "{out}");
+}
+
+/// A prepared `--net=none` pod takes a spare network namespace when it runs, as `run` does; with
+/// private users it makes its own (its user namespace must own it); and without a spare (all
+/// taken, or none made since boot) the pod makes its own and runs as well.
+#[test]
+fn a_prepared_pod_takes_a_spare_network_namespace() {
+    let _serial = serial();
+    let env = Env::new();
+    let img = image("busybox");
+    let before = host_net_state(&env);
+    let script = "readlink /proc/self/ns/net; ip addr show lo | grep -c 'inet 127.0.0.1'";
+    let prepare = |extra: &[&str]| {
+        let mut a = vec!["prepare", "-q", "--net=none"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[&img, "--", "sh", "-c", script]);
+        env.ok(&a).trim().to_string()
+    };
+    // A pod run first leaves a spare (rm waits for its cleanup, which makes it last).
+    let saved = env.tmp.path().join("uuid");
+    env.ok(&["run", "-q", "--net=none", "--uuid-file-save", saved.to_str().unwrap(), &img, "--", "true"]);
+    env.ok(&["rm", "--uuid-file", saved.to_str().unwrap()]);
+    let spares = wait_for_spare();
+    let first = prepare(&[]);
+    let out = env.ok(&["run-prepared", &first]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(spares.iter().any(|s| lines[0] == ns_text(*s)), "{out} took none of {spares:?}");
+    assert_eq!(lines[1], "1", "loopback is not up: {out}");
+    // With private users: not a spare.
+    let spares = wait_for_spare();
+    let u = prepare(&["--private-users"]);
+    let out = env.ok(&["run-prepared", &u]);
+    assert!(!spares.iter().any(|s| out.starts_with(&ns_text(*s))), "{out} took one of {spares:?}");
+    assert!(out.ends_with("\n1\n"), "{out}");
+    // No spare at all: the pod makes its own namespace. (rm waits for the first pod's cleanup,
+    // which makes a spare last.)
+    env.ok(&["rm", &first]);
+    let taken: Vec<_> = (0..4).filter_map(take_spare_by_hand).collect();
+    assert!(spare_netns().is_empty());
+    let u = prepare(&[]);
+    let out = env.ok(&["run-prepared", &u]);
+    assert!(out.ends_with("\n1\n") && !taken.iter().any(|t| out.starts_with(&ns_text(*t))), "{out}");
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(host_net_state(&env), before);
+}
+
+/// Unpins spare slot `i` as a pod's supervisor would (under the spares' lock); its namespace's id.
+fn take_spare_by_hand(i: usize) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new("/run/husk/spare-netns");
+    let lock = std::fs::File::open(dir.join("lock")).ok()?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let slot = dir.join(i.to_string());
+    let id = std::fs::metadata(&slot).ok()?.ino();
+    rustix::mount::unmount(&slot, rustix::mount::UnmountFlags::DETACH).ok()?;
+    std::fs::remove_file(&slot).unwrap();
+    Some(id)
 }

@@ -171,18 +171,28 @@ fn prepare_run_prepared_status_manifest_rm() {
     assert_eq!(s["state"], "prepared");
     let m = env.json(&["cat-manifest", &uuid[..8]]);
     assert_eq!(m["apps"][0]["exec"], serde_json::json!(["sh", "-c", "exit 3"]));
+    let prepared = std::fs::read(env.dir().join("pods/prepared").join(&uuid).join("pod.json")).unwrap();
     env.fails(&["run-prepared", &uuid[..8]], 3);
     let s = env.json(&["status", &uuid, "--format", "json"]);
     assert_eq!((s["state"].as_str(), s["exit_status"].as_i64()), (Some("exited"), Some(3)));
-    // The manifest run-prepared rewrote took the prepared one's place: no temp file is left.
+    // Run with the stdio it was prepared with: its manifest is the prepared one, unchanged.
+    let pod = env.dir().join("pods/run").join(&uuid);
+    assert_eq!(std::fs::read(pod.join("pod.json")).unwrap(), prepared);
+    env.ok(&["rm", &uuid]);
+    let err = env.fails(&["status", &uuid], 122);
+    assert!(err.contains("no pod matches"), "{err}");
+    // Detached, its stdio changes: the manifest run-prepared rewrote took the prepared one's
+    // place, and no temp file is left.
+    let uuid = env.ok(&["prepare", "-q", &image("busybox"), "--", "sh", "-c", "echo logged"]).trim().to_string();
+    env.ok(&["run-prepared", "-d", &uuid]);
+    env.ok(&["status", &uuid, "--wait=10s"]);
+    assert_eq!(env.json(&["cat-manifest", &uuid])["stdio"], "log");
+    assert_eq!(env.ok(&["logs", &uuid]), "logged\n");
     let pod = env.dir().join("pods/run").join(&uuid);
     let names: Vec<String> =
         std::fs::read_dir(&pod).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.contains(&"pod.json".to_string()) && !names.iter().any(|n| n.starts_with(".tmp-")), "{names:?}");
-    assert_eq!(env.json(&["cat-manifest", &uuid[..8]])["apps"][0]["exec"], serde_json::json!(["sh", "-c", "exit 3"]));
-    env.ok(&["rm", &uuid]);
-    let err = env.fails(&["status", &uuid], 122);
-    assert!(err.contains("no pod matches"), "{err}");
+    assert_eq!(env.json(&["cat-manifest", &uuid])["apps"][0]["exec"], serde_json::json!(["sh", "-c", "echo logged"]));
 }
 
 #[test]

@@ -209,3 +209,22 @@ pub fn host_net_state(_env: &Env) -> std::collections::BTreeSet<String> {
     }
     s
 }
+
+/// The network namespaces (their inode numbers) pinned as spares in /run/husk/spare-netns.
+pub fn spare_netns() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mounts = mounts_under(Path::new("/run/husk/spare-netns/"));
+    mounts
+        .iter()
+        .filter(|l| l.contains(" - nsfs "))
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.ino()))
+        .collect()
+}
+
+/// The inode number of a namespace file (`/proc/PID/ns/net`, a pin), as `readlink` shows it:
+/// `net:[N]`.
+pub fn ns_id(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).ino()
+}
