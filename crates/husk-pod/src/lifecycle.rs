@@ -346,6 +346,11 @@ fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), PodError> {
             std::fs::create_dir_all(&p).map_err(|e| PodError::io(&p, "create", e))?;
         }
     }
+    // Where stage1 writes the pod's hostname, hosts and resolv.conf when it starts the pod (their
+    // contents are the host's then); made here, a prepared pod's run has one directory less to
+    // make.
+    let etc = pd.etc_dir();
+    std::fs::create_dir(&etc).map_err(|e| PodError::io(&etc, "create", e))?;
     // Made durable by the transition to `prepared` when the pod is only prepared.
     write_manifest(dir, m, false)
 }

@@ -252,6 +252,15 @@ impl Pods {
         }
         let dest = self.phase_dir(to).join(&pod.uuid);
         if to == PhaseDir::Prepared {
+            // A prepared pod has no lock holder until it runs, and then its stage1 writes the
+            // file anew: replacing an old one by a rename would make ext4 write the new one out
+            // at once and free the old one's blocks (a discard, waited for, on a `discard` mount),
+            // 0.4 ms of the run's start here.
+            let holder = PodDir::new(&pod.dir).lock_holder();
+            match fs::remove_file(&holder) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(PodError::io(&holder, "remove", e)),
+                _ => {}
+            }
             fs::File::open(PodDir::new(&pod.dir).manifest())
                 .and_then(|f| f.sync_all())
                 .map_err(|e| PodError::io(&pod.dir, "sync", e))?;
@@ -678,6 +687,18 @@ mod tests {
                 assert_eq!(from.may_move_to(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_prepared_pod_has_no_lock_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = Pods::open(d.path()).unwrap();
+        let mut pod = pods.create().unwrap();
+        assert!(PodDir::new(&pod.dir).lock_holder().exists());
+        fs::write(PodDir::new(&pod.dir).manifest(), "{}").unwrap();
+        pods.transition(&mut pod, PhaseDir::Prepared).unwrap();
+        assert!(!PodDir::new(&pod.dir).lock_holder().exists());
+        assert_eq!(lock_holder(&pod.dir), None);
     }
 
     #[test]
