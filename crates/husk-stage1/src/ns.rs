@@ -41,13 +41,6 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
         Some("run") => run(&rest),
         Some("enter") => enter(&rest, cmd),
         Some("gc") => gc(&rest).map(|_| 0),
-        // Internal: the supervisor's helper while a pod's networks are set up.
-        Some("keep-warm") => {
-            if let Some(parent) = rest.first().and_then(|p| p.parse().ok()) {
-                husk_sys::cgprime::keep_warm_loop(parent);
-            }
-            Ok(0)
-        }
         _ => Err(Fail::Invalid("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
     match r {
@@ -162,12 +155,6 @@ fn supervise(
         _ => None,
     };
     let listen = Listen::from_env();
-    // The apps join their cgroups only after the CNI plugins ran (tens of ms): keep the first
-    // migration's grace period passed meanwhile (husk_sys::cgprime), until the apps started.
-    let warm = match m.net {
-        NetMode::Cni { .. } => husk_sys::cgprime::KeepWarm::spawn(Path::new("/proc/self/exe"), &["keep-warm"]),
-        _ => None,
-    };
     let started = (|| -> Result<_, Fail> {
         let cgroups = CgroupsWhen::of(m);
         if cgroups == CgroupsWhen::First {
@@ -222,10 +209,6 @@ fn supervise(
         }
     }
     drop(report);
-    if let Some(w) = warm {
-        drop(w);
-        forget_helper_sigchld(init);
-    }
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
     let state = Stage1State {
         abi_version: ABI_VERSION,
@@ -309,24 +292,6 @@ fn supervise(
         }
     };
     Ok(Exited { code, cleanup: Cleanup::prepare(dir, m, &layout, net_dirs), host_mnt })
-}
-
-/// The keep-warm helper was reaped, but its SIGCHLD is still pending: taken later, it would wake
-/// the idle supervisor once, after its startup memory was released, and fault its wait loop's
-/// code back in (~120 KiB resident for the pod's life). Takes it now; if the pod init has ended
-/// meanwhile (its SIGCHLD merged into the same pending signal), raises it again for the loop.
-fn forget_helper_sigchld(init: Pid) {
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
-    use nix::sys::wait::{waitid, Id};
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    if let Ok(fd) = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
-        let _ = fd.read_signal();
-    }
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    if !matches!(waitid(Id::Pid(init), flags), Ok(WaitStatus::StillAlive)) {
-        let _ = kill(nix::unistd::getpid(), Signal::SIGCHLD);
-    }
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
@@ -510,9 +475,7 @@ fn start_pod(
     let mut go = std::fs::File::from(go_w);
     let _ = msg::send(&mut go, &Message::Go);
     if let Some(ready) = cg_w {
-        // The init and its apps set up their namespaces and mounts meanwhile; the first cgroup
-        // write of a quiet host waits for an RCU grace period (husk_sys::cgprime), which this
-        // overlaps with that work too.
+        // The init and its apps set up their namespaces and mounts meanwhile.
         let created = create_cgroups(layout, m).and_then(|_| {
             // One byte for each app: each reads its own (see `wait_for_cgroups`). A pod init
             // that is gone already (EPIPE) reports its own failure, or its death, on the report

@@ -4,7 +4,6 @@
 //! carry a `// SAFETY:` comment.
 
 pub mod bpf;
-pub mod cgprime;
 pub mod detach;
 pub mod fsutil;
 pub mod idmap;

@@ -1,7 +1,7 @@
-//! Children that share the caller's memory (`CLONE_VM`) and run one small function on a static
-//! stack of their own (the cgroup primer, crate::cgprime). Copying the caller's page tables, as
-//! fork does, costs more than such a child's whole work (for the 14 MB `husk`, with the
-//! write-protect faults that follow in the caller).
+//! Children that share the caller's memory (`CLONE_VM`) and run one small function on a stack of
+//! their own (a pod's detached cleanup, crate::detach; an app's process until its `execve`,
+//! crate::proc::spawn_shared). Copying the caller's page tables, as fork does, costs more than
+//! such a child's whole work (with the write-protect faults that follow in the caller).
 //!
 //! A child runs alongside the caller in the caller's memory and with the caller's thread-local
 //! state (errno included), so its function may make raw syscalls only (rustix's: no errno, no

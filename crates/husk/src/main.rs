@@ -272,15 +272,6 @@ fn run(cli: Cli, more_apps: Vec<Vec<OsString>>) -> Result<i32, Failure> {
     if !more_apps.is_empty() && !matches!(cli.command, Command::Run(_) | Command::Prepare(_)) {
         return Err(Failure::usage("`---` separates apps only in `husk run` and `husk prepare`"));
     }
-    // The app's first cgroup migration would wait for an RCU grace period (several ms): start
-    // it now, so that it passes while the pod is prepared (husk_sys::cgprime). A pod on CNI
-    // networks has its stage1 keep it passed while the plugins run instead: started here, it
-    // would only hold up the creation of the pod's cgroups.
-    if let Command::Run(a) = &cli.command {
-        if matches!(a.net, Some(husk_types::net::NetRequest::None)) && rustix::process::geteuid().is_root() {
-            husk_sys::cgprime::prime_cgroup_migration();
-        }
-    }
     let segments: Vec<flags::pod::AppSegment> = more_apps
         .iter()
         .map(|s| {

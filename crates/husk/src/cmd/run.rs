@@ -325,10 +325,5 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
     let uuid = a.pod.resolve(&pods)?;
     let stdio = stdio_of(a.detach, a.interactive, a.tty)?;
     let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio, invoker_term().as_deref())?;
-    // As in main.rs for `run --net=none`: start the first cgroup migration's grace period now.
-    // Forked while the pod lock is held: the primer closes every fd it inherits first thing.
-    if matches!(m.net, husk_types::pod::NetMode::None) {
-        husk_sys::cgprime::prime_cgroup_migration();
-    }
     start(ctx, pod, &m, a.detach)
 }
