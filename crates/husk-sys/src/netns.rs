@@ -73,23 +73,31 @@ pub fn make_spare(d: &SpareDir) -> Result<bool, Errno> {
     }
     let lock = rustix::fs::open(d.lock.as_c_str(), OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC, Mode::RUSR)?;
     rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+    let mut failed = None;
     for slot in &d.slots {
         if is_nsfs(slot) {
             continue;
         }
         // Free: absent, or a file a taker left (it unlinks after unpinning, but may die between).
-        match rustix::fs::open(slot.as_c_str(), OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::RUSR) {
+        // Anything else there (a directory, a symlink) is not ours to use: the next slot is.
+        let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::open(slot.as_c_str(), flags, Mode::RUSR) {
             Ok(f) => drop(f),
-            Err(e) => return Err(e),
+            Err(e) => {
+                failed = Some(e);
+                continue;
+            }
         }
-        if let Err(e) = rustix::mount::mount_bind(c"/proc/thread-self/ns/net", slot.as_c_str()) {
-            let _ = rustix::fs::unlink(slot.as_c_str());
-            return Err(e);
+        match rustix::mount::mount_bind(c"/proc/thread-self/ns/net", slot.as_c_str()) {
+            Ok(()) => return Ok(true),
+            Err(e) => {
+                let _ = rustix::fs::unlink(slot.as_c_str());
+                failed = Some(e);
+            }
         }
-        return Ok(true);
     }
-    // Filled meanwhile: this namespace goes with the caller.
-    Ok(false)
+    // Filled meanwhile (this namespace goes with the caller), or no slot could be used.
+    failed.map_or(Ok(false), Err)
 }
 
 /// Takes a spare: its namespace, unpinned, as an fd to `setns` into; `None` when there is none
@@ -187,6 +195,25 @@ mod tests {
         let sd = SpareDir::new(&dir).unwrap();
         assert!(std::thread::spawn(move || make_spare(&sd).unwrap()).join().unwrap());
         assert!(take_spare(&dir).is_some());
+        // What is not a file in a slot (a directory, a symlink) is passed over for the next.
+        std::fs::create_dir(dir.join("0")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/ns/net", dir.join("1")).unwrap();
+        let sd = SpareDir::new(&dir).unwrap();
+        assert!(std::thread::spawn(move || make_spare(&sd).unwrap()).join().unwrap());
+        assert!(dir.join("0").is_dir() && dir.join("1").is_symlink() && is_nsfs(&c_path(&dir.join("2"))));
+        let taken = take_spare(&dir).expect("the spare in slot 2");
+        assert_ne!(ns_id(&taken), own_netns(), "a symlink to a namespace is never taken");
+        assert!(take_spare(&dir).is_none());
+        // No slot usable at all: an error, nothing pinned.
+        for i in 2..SPARE_SLOTS {
+            std::fs::create_dir(dir.join(i.to_string())).unwrap();
+        }
+        let sd = SpareDir::new(&dir).unwrap();
+        assert!(std::thread::spawn(move || make_spare(&sd)).join().unwrap().is_err());
+    }
+
+    fn c_path(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_bytes()).unwrap()
     }
 
     #[test]
@@ -194,10 +221,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let plain = d.path().join("plain");
         std::fs::write(&plain, "").unwrap();
-        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
-        assert!(take_pinned(&c(&plain)).is_none());
+        assert!(take_pinned(&c_path(&plain)).is_none());
         assert!(plain.exists(), "not a pin: left alone");
-        assert!(take_pinned(&c(&d.path().join("absent"))).is_none());
+        assert!(take_pinned(&c_path(&d.path().join("absent"))).is_none());
         assert!(take_spare(&d.path().join("no-such-dir")).is_none());
     }
 }
