@@ -64,7 +64,7 @@ pub fn make_spare(d: &SpareDir) -> Result<bool, Errno> {
     }
     // SAFETY: a new network namespace for this thread only; no file table is unshared.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)? };
-    loopback_up()?;
+    crate::proc::loopback_up_raw()?;
     for (dir, mode) in [(&d.parent, Mode::from_raw_mode(0o755)), (&d.dir, Mode::RWXU)] {
         match rustix::fs::mkdir(dir.as_c_str(), mode) {
             Ok(()) | Err(Errno::EXIST) => {}
@@ -120,26 +120,6 @@ fn take_pinned(pin: &CStr) -> Option<OwnedFd> {
     rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH).ok()?;
     let _ = rustix::fs::unlink(pin);
     Some(fd)
-}
-
-/// Brings loopback up (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP | IFF_RUNNING) through
-/// rustix's raw ioctl: no errno, no allocation.
-fn loopback_up() -> Result<(), Errno> {
-    use rustix::ioctl::{ioctl, Updater};
-    let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
-    // SAFETY: ifreq is a plain C struct/union of integers and byte arrays; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in b"lo\0".iter().enumerate() {
-        req.ifr_name[i] = *b as libc::c_char;
-    }
-    // SAFETY: both opcodes take a `struct ifreq`, which `req` is, naming "lo"; the kernel reads
-    // and writes only within it.
-    unsafe {
-        ioctl(&sock, Updater::<{ libc::SIOCGIFFLAGS as rustix::ioctl::Opcode }, libc::ifreq>::new(&mut req))?;
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        ioctl(&sock, Updater::<{ libc::SIOCSIFFLAGS as rustix::ioctl::Opcode }, libc::ifreq>::new(&mut req))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

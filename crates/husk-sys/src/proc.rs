@@ -100,29 +100,27 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
 /// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS), without
 /// exec'ing `ip`: one ioctl instead of a process.
 pub fn loopback_up() -> io::Result<()> {
+    loopback_up_raw().map_err(io::Error::from)
+}
+
+/// [`loopback_up`] in raw system calls (rustix's ioctl: no errno, no allocation), for children
+/// that share their parent's memory (crate::netns::make_spare).
+pub(crate) fn loopback_up_raw() -> Result<(), rustix::io::Errno> {
+    use rustix::ioctl::{ioctl, Opcode, Updater};
     let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
-    let mut req: libc::ifreq = zeroed_ifreq();
+    // SAFETY: ifreq is a plain C struct/union of integers and byte arrays; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in b"lo\0".iter().enumerate() {
         req.ifr_name[i] = *b as libc::c_char;
     }
-    use std::os::fd::AsRawFd;
-    // SAFETY: `req` is a properly initialised ifreq naming "lo"; the kernel reads/writes only
-    // within it for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    // SAFETY: both opcodes take a `struct ifreq`, which `req` is, naming "lo"; the kernel reads
+    // and writes only within it.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        ioctl(&sock, Updater::<{ libc::SIOCGIFFLAGS as Opcode }, libc::ifreq>::new(&mut req))?;
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        ioctl(&sock, Updater::<{ libc::SIOCSIFFLAGS as Opcode }, libc::ifreq>::new(&mut req))?;
     }
     Ok(())
-}
-
-fn zeroed_ifreq() -> libc::ifreq {
-    // SAFETY: ifreq is a plain C struct/union of integers and byte arrays; all-zero is valid.
-    unsafe { std::mem::zeroed() }
 }
 
 /// Borrows a raw fd after checking it is open (for an `F_GETFD` probe only).
