@@ -43,6 +43,10 @@ pub fn main(raw: Vec<std::ffi::OsString>) -> i32 {
         Some("gc") => gc(&rest).map(|_| 0),
         _ => Err(Fail::Invalid("usage: husk-stage1-ns run|enter|gc … (see docs/stage1-abi.md)".into())),
     };
+    exit_code(r)
+}
+
+fn exit_code(r: Result<i32, Fail>) -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
@@ -84,8 +88,28 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     if args.last().map(String::as_str) != Some(m.uuid.as_str()) {
         return Err(Fail::Invalid(format!("the last argument must be the pod UUID {}", m.uuid)));
     }
-    let (lock, mut ready) = crate::common::take_run_fds(&dir)?;
-    let debug = debug_enabled(args);
+    let (lock, ready) = crate::common::take_run_fds(&dir)?;
+    run_pod(&dir, &m, lock, ready, debug_enabled(args))
+}
+
+/// The `run` entrypoint for a process that hands over to it instead of exec'ing
+/// `husk-stage1-ns` (husk's `run` and `run-prepared` in the foreground, when the `ns` stage1
+/// installed is the one beside husk): the same work on what stage0 already holds (the pod's
+/// directory, its manifest, its lock), without the second program start and the manifest read
+/// back. The caller checked `husk_sys::proc::may_hand_over` (one thread, no fd open that an
+/// exec would have closed). Returns the pod's exit status, as `run`'s process would exit with.
+pub fn run_handed_over(dir: &Path, m: &PodManifest, lock: husk_sys::Lock, debug: bool) -> i32 {
+    let r = crate::common::take_handed_over(dir, lock).and_then(|lock| run_pod(dir, m, lock, None, debug));
+    exit_code(r)
+}
+
+fn run_pod(
+    dir: &Path,
+    m: &PodManifest,
+    lock: husk_sys::Lock,
+    mut ready: Option<std::fs::File>,
+    debug: bool,
+) -> Result<i32, Fail> {
     // An app with a terminal: its relay is forked first, holding nothing of the supervisor's
     // but its stdio (the pod lock and the ready pipe must close with the supervisor).
     let relay = if m.stdio.has_terminal() {
@@ -95,7 +119,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
                 drop(lock);
                 drop(ready);
                 drop(app_end);
-                std::process::exit(crate::console::relay_process(&dir, &m, relay_end));
+                std::process::exit(crate::console::relay_process(dir, m, relay_end));
             }
             ForkResult::Parent { child } => Some((child, app_end)),
         }
@@ -104,7 +128,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     };
     let (relay_pid, console) = relay.unzip();
 
-    let result = supervise(&dir, &m, debug, &mut ready, console);
+    let result = supervise(dir, m, debug, &mut ready, console);
     if let Some(pid) = relay_pid {
         // The app's last output reaches the terminal (or the log) before the pod is over.
         wait_briefly(pid);
@@ -119,7 +143,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
     drop(lock);
     result.map(|Exited { code, cleanup, host_mnt }| {
         cleanup.spawn(&host_mnt);
-        crate::common::run_exit_command(&m);
+        crate::common::run_exit_command(m);
         code
     })
 }

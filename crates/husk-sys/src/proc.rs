@@ -1,7 +1,7 @@
 //! Process creation and fd hygiene: the parts of the clone/exec dance that need `unsafe`.
 
 use std::io;
-use std::os::fd::FromRawFd as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 
 pub use nix::unistd::ForkResult;
 
@@ -95,6 +95,43 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Whether this process may hand over to code of its own as `execve` would to another program
+/// (husk's built-in `ns` stage1, `husk_stage1::ns::run_handed_over`): it has a single thread,
+/// and no fd that an `execve` would close (see [`open_exec_closed_fds`]). `Err` names what
+/// stands in the way; the caller then `exec`s instead. Checking rather than closing: an fd
+/// still open here is owned by a live object, which closing would leave pointing at whatever
+/// reuses the number.
+pub fn may_hand_over(keep: std::os::fd::RawFd) -> io::Result<()> {
+    ensure_single_threaded("hand over")?;
+    match open_exec_closed_fds(keep)?.as_slice() {
+        [] => Ok(()),
+        fds => Err(io::Error::other(format!("fds {fds:?} are open, and an exec would close them"))),
+    }
+}
+
+/// The fds from 3 up with close-on-exec set, other than `keep` and this module's own
+/// `/proc/self/stat`: those an `execve` would close.
+fn open_exec_closed_fds(keep: std::os::fd::RawFd) -> io::Result<Vec<std::os::fd::RawFd>> {
+    let stat = SELF_STAT.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, f)| f.as_raw_fd());
+    let dir = std::fs::read_dir("/proc/self/fd")?;
+    // The listing's own fd is among those listed; it is closed with `dir`, before the check.
+    let listed: Vec<std::os::fd::RawFd> =
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
+    let mut open = Vec::new();
+    for fd in listed {
+        if fd == keep || Some(fd) == stat {
+            continue;
+        }
+        // SAFETY: F_GETFD reads a flag of the fd number; it neither takes pointers nor changes the
+        // fd. A number closed since it was listed (the listing's own) gives EBADF, skipped.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+            open.push(fd);
+        }
+    }
+    Ok(open)
 }
 
 /// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS), without
@@ -445,10 +482,23 @@ pub fn holds_dir_open(pid: i32, dir: &std::path::Path) -> bool {
 /// so that printing into a closed pipe (`husk list | head -1`) fails with EPIPE and `println!`
 /// panics; with the default, the process ends quietly, as other command-line tools do.
 pub fn default_sigpipe() {
+    sigpipe(nix::sys::signal::SigHandler::SigDfl);
+}
+
+/// Ignores SIGPIPE again, as Rust's runtime does when a program starts: for code that a
+/// command-line program hands over to instead of exec'ing it (see [`may_hand_over`]), so that
+/// it runs as it would in its own program (a write into a closed pipe fails with EPIPE).
+pub fn ignore_sigpipe() {
+    sigpipe(nix::sys::signal::SigHandler::SigIgn);
+}
+
+fn sigpipe(how: nix::sys::signal::SigHandler) {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: installing SIG_DFL registers no handler code, so no async-signal-safety
-    // requirement applies; it only changes what the kernel does with the signal.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    debug_assert!(matches!(how, SigHandler::SigDfl | SigHandler::SigIgn));
+    // SAFETY: installing SIG_DFL or SIG_IGN (the only callers' values) registers no handler
+    // code, so no async-signal-safety requirement applies; it only changes what the kernel does
+    // with the signal.
+    let _ = unsafe { signal(Signal::SIGPIPE, how) };
 }
 
 /// Resets every catchable signal's disposition to the default, as runc and crun do before they
@@ -551,6 +601,24 @@ mod holder_tests {
         // Another thread would run on in the memory a spawned child shares.
         let e = spawn_shared(|| 0).expect_err("a shared-memory child of a multi-threaded process is refused");
         assert!(e.to_string().contains("threads"), "{e}");
+    }
+
+    #[test]
+    fn handing_over_is_refused_with_threads_or_fds_an_exec_would_close() {
+        use std::os::fd::AsRawFd;
+        let _t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
+        let e = may_hand_over(-1).expect_err("a multi-threaded process cannot hand over");
+        assert!(e.to_string().contains("threads"), "{e}");
+        // Other tests open and close fds meanwhile: only this test's own are asserted on.
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let closed_by_exec = std::fs::File::open("/dev/null").unwrap();
+        let inherited = std::fs::File::open("/dev/null").unwrap();
+        rustix::io::fcntl_setfd(&inherited, rustix::io::FdFlags::empty()).unwrap();
+        let open = open_exec_closed_fds(kept.as_raw_fd()).unwrap();
+        assert!(open.contains(&closed_by_exec.as_raw_fd()), "{open:?}");
+        assert!(!open.contains(&kept.as_raw_fd()), "the fd handed over is kept: {open:?}");
+        assert!(!open.contains(&inherited.as_raw_fd()), "an exec keeps an fd without close-on-exec: {open:?}");
+        assert!(open.iter().all(|&fd| fd > 2), "{open:?}");
     }
 
     #[test]

@@ -103,6 +103,24 @@ impl Ctx {
         }
         Ok(p)
     }
+
+    /// Whether `path`, the stage1 of `flavor`, is the `ns` stage1 installed beside this husk: its
+    /// code is then also husk's own, which `run` may hand over to without exec'ing it. A stage1
+    /// directory of another build (husk.toml's paths.stage1_dir, $HUSK_STAGE1_DIR elsewhere)
+    /// is always exec'd.
+    pub fn is_builtin_stage1(&self, flavor: &husk_types::pod::Flavor, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        if *flavor != husk_types::pod::Flavor::Ns {
+            return false;
+        }
+        let Some(beside) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join(path.file_name()?))) else {
+            return false;
+        };
+        match (std::fs::metadata(path), std::fs::metadata(beside)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
 }
 
 /// The containers policy honoured when present (containers-policy.json(5)).

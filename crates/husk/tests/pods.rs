@@ -321,6 +321,81 @@ fn fifty_parallel_runs_all_succeed() {
     env.ok(&["gc", "--grace-period=0s"]);
 }
 
+/// Starts `cmd` (a foreground `husk run` of one app that keeps running) and waits until its pod
+/// runs: the child, the pod's UUID and its supervisor's pid.
+#[allow(clippy::zombie_processes)] // the child is returned to the caller, which waits for it
+fn foreground_pod(env: &Env, cmd: &mut std::process::Command) -> (std::process::Child, String, i64) {
+    let mut child = cmd.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pods = env.json(&["list", "--format", "json"]);
+        let running = pods.as_array().unwrap().iter().find(|p| p["state"] == "running").cloned();
+        if let Some(uuid) = running.as_ref().and_then(|p| p["uuid"].as_str()) {
+            let s = env.json(&["status", uuid, "--format", "json"]);
+            if s["pid"].is_i64() {
+                return (child, uuid.to_string(), s["supervisor_pid"].as_i64().unwrap());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the pod never started: {pods}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A foreground pod whose `ns` stage1 is the one installed beside husk runs it in husk's own
+/// process (no second program start); a stage1 directory elsewhere is exec'd as before, and so
+/// is the stage1 of a run that asked a registry for its image (an exec wipes what the registry
+/// client left in memory). Both behave alike from outside: exit status, output, the supervisor
+/// in `status`, `stop`. The husk that handed over holds nothing of stage0's: no fd into the store.
+#[test]
+fn a_foreground_pod_runs_its_builtin_stage1_in_husk_and_another_stage1_by_exec() {
+    let env = Env::new();
+    let beside = Env::bin().parent().unwrap().to_path_buf();
+    let exe = |pid: i64| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap();
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        let mut c = env.cmd();
+        c.env("HUSK_STAGE1_DIR", dir).args(["run", "-q", "--net=none", &image("busybox"), "--"]).args(args);
+        c
+    };
+    let stop = |mut child: std::process::Child, uuid: &str| {
+        env.ok(&["stop", uuid]);
+        assert!(!child.wait().unwrap().success(), "a stopped pod reports failure");
+        assert_eq!(env.json(&["status", uuid, "--format", "json"])["state"], "exited");
+        env.ok(&["gc", "--grace-period=0s"]);
+        assert!(pod_cgroups(uuid).is_empty());
+    };
+
+    // The image is not in the store yet: this run fetches it.
+    let (child, uuid, sup) = foreground_pod(&env, &mut run(&beside, &["sleep", "600"]));
+    assert_eq!(exe(sup), canon(&beside.join("husk-stage1-ns")), "a run that fetched execs its stage1");
+    stop(child, &uuid);
+
+    let elsewhere = env.tmp.path().join("stage1");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(beside.join("husk-stage1-ns"), elsewhere.join("husk-stage1-ns")).unwrap();
+    for (dir, supervisor) in [(&beside, canon(&Env::bin())), (&elsewhere, canon(&elsewhere.join("husk-stage1-ns")))] {
+        let o = run(dir, &["sh", "-c", "echo out; echo err >&2; exit 7"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+        assert!(String::from_utf8_lossy(&o.stderr).ends_with("err\n"), "{}", String::from_utf8_lossy(&o.stderr));
+
+        let (child, uuid, sup) = foreground_pod(&env, &mut run(dir, &["sleep", "600"]));
+        assert_eq!(sup, i64::from(child.id()), "the supervisor is the process the invoker started");
+        assert_eq!(exe(sup), supervisor, "stage1 dir {}", dir.display());
+        let store = env.dir().join("store");
+        for fd in std::fs::read_dir(format!("/proc/{sup}/fd")).unwrap() {
+            let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+            assert!(!target.starts_with(&store), "the supervisor holds {} open", target.display());
+        }
+        stop(child, &uuid);
+    }
+    assert!(mounts_under(&env.dir()).is_empty());
+}
+
 #[test]
 fn binary_replaced_while_a_detached_pod_runs() {
     let env = Env::new();

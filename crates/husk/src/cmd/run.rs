@@ -288,8 +288,12 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     let store = ctx.store()?;
     let quiet = a.quiet;
     let mut images = Vec::new();
+    let policy: husk_image::PullPolicy = a.pull_policy.into();
+    // Whether this process asked a registry for anything (and so may hold its credentials).
+    let mut asked_registry = matches!(policy, husk_image::PullPolicy::Update);
     for s in &req.apps {
-        let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, a.pull_policy.into(), quiet, None)?;
+        let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, policy, quiet, None)?;
+        asked_registry |= !f.cached;
         crate::cmd::fetch::admit(ctx, &store, &f)?;
         husk_image::prepare_for_run(&store, &f.name, &f.record)?;
         images.push(AppImage { name: f.name, record: f.record });
@@ -305,14 +309,18 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         return Ok(0);
     }
     pods.transition(&mut pod, PhaseDir::Run)?;
-    start(ctx, pod, &m, a.detach)
+    start(ctx, pod, &m, a.detach, !asked_registry)
 }
 
 /// Hands a locked pod in `run/` to its stage1: by exec (the invoker stays the parent and gets
-/// the pod's exit status) or, detached, as a new session whose readiness we wait for.
-fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32, Failure> {
+/// the pod's exit status), by running the built-in `ns` stage1 in this process (the same, one
+/// program start fewer; not after a registry was asked for anything, whose credentials an
+/// exec would wipe from memory), or, detached, as a new session whose readiness we wait for.
+fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool, clean: bool) -> Result<i32, Failure> {
     let stage1 = lifecycle::Stage1 { path: ctx.stage1_path(&m.flavor)?, debug: ctx.verbose > 0 };
     if !detach {
+        let builtin = clean && ctx.is_builtin_stage1(&m.flavor, &stage1.path);
+        let pod = if builtin { hand_over(pod, m, stage1.debug) } else { pod };
         return Err(lifecycle::exec(pod, m, &stage1).into());
     }
     lifecycle::start_detached(pod, m, &stage1)?;
@@ -320,10 +328,26 @@ fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool) -> Result<i32
     Ok(0)
 }
 
+/// Runs the built-in `ns` stage1 in this process, as the exec'd `husk-stage1-ns` would (same
+/// code, same state: one thread, the pod lock the only fd of ours, the pod dir the working
+/// directory): a foreground pod's start then pays for one program start, not two, and its
+/// manifest is not read back. Returns only when this process cannot hand over as an exec would
+/// (a thread or an fd of ours still open), giving the pod back: the caller then execs the stage1.
+fn hand_over(pod: LockedPod, m: &PodManifest, debug: bool) -> LockedPod {
+    if let Err(e) = husk_sys::proc::may_hand_over(pod.lock.raw_fd()) {
+        tracing::debug!("exec'ing stage1 instead of running it in this process: {e}");
+        return pod;
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let LockedPod { dir, lock, .. } = pod;
+    std::process::exit(husk_stage1::ns::run_handed_over(&dir, m, lock, debug));
+}
+
 pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> {
     let pods = ctx.pods()?;
     let uuid = a.pod.resolve(&pods)?;
     let stdio = stdio_of(a.detach, a.interactive, a.tty)?;
     let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio, invoker_term().as_deref())?;
-    start(ctx, pod, &m, a.detach)
+    start(ctx, pod, &m, a.detach, true)
 }
