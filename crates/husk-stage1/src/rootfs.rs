@@ -434,6 +434,13 @@ pub fn rel_in_root(p: &Path) -> Result<String, Fail> {
 /// final component is refused: an image whose /proc, /sys or /dev is a symlink or a file cannot
 /// redirect those mounts.
 fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
+    // Most targets exist (/proc, /sys, /dev and what stage1 made there): one `openat2` finds
+    // them, where the walk below makes three system calls a component. The walk runs for what is
+    // missing and for what is not a directory, and says which.
+    let direct = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+    if let Ok(fd) = open_in_root(rootfd, Path::new(rel), direct, Mode::empty()) {
+        return Ok(fd);
+    }
     let mut cur = PathBuf::new();
     for comp in Path::new(rel).components() {
         let Component::Normal(name) = comp else { continue };
@@ -457,7 +464,7 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
         }
         cur.push(name);
     }
-    open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())
+    open_in_root(rootfd, Path::new(rel), direct, Mode::empty())
         .ctx(Step::Mount, || format!("cannot open /{rel} in the app root"))
 }
 
@@ -468,15 +475,22 @@ fn dir_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
 /// good. A missing target is created with O_EXCL; an existing one is inspected with `statat` and
 /// must be a regular file (or a directory, which the bind then reports).
 fn file_target(rootfd: &OwnedFd, rel: &str) -> Result<OwnedFd, Fail> {
+    // An existing regular file (or directory): one `openat2` and its `fstat`, as at the end.
+    if let Ok(fd) = open_in_root(rootfd, Path::new(rel), OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) {
+        if rustix::fs::fstat(&fd)
+            .is_ok_and(|st| matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Directory))
+        {
+            return Ok(fd);
+        }
+    }
     let p = Path::new(rel);
     let parent_rel = p.parent().map(|x| x.display().to_string()).unwrap_or_default();
+    // An O_PATH directory fd serves as the `*at` calls' directory.
     let parent = if parent_rel.is_empty() {
         open_in_root(rootfd, Path::new(""), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
             .ctx(Step::Mount, || "cannot open the app root".into())?
     } else {
-        dir_target(rootfd, &parent_rel)?;
-        open_in_root(rootfd, Path::new(&parent_rel), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .ctx(Step::Mount, || format!("cannot open /{parent_rel}"))?
+        dir_target(rootfd, &parent_rel)?
     };
     let name = p.file_name().unwrap_or(OsStr::new("."));
     match rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
