@@ -335,9 +335,16 @@ fn assemble(
 
 fn write_pod_dirs(dir: &Path, m: &PodManifest) -> Result<(), PodError> {
     let pd = PodDir::new(dir);
+    // Each directory made once, parents first (create_dir_all would first try each path whole,
+    // and fail, in a pod dir that is new).
+    let mkdir = |p: PathBuf| match std::fs::create_dir(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(PodError::io(&p, "create", e)),
+        _ => Ok(()),
+    };
+    mkdir(pd.apps_dir())?;
     for app in &m.apps {
-        for p in [pd.app_upper(&app.name), pd.app_work(&app.name), pd.app_rootfs(&app.name)] {
-            std::fs::create_dir_all(&p).map_err(|e| PodError::io(&p, "create", e))?;
+        for p in [pd.app_dir(&app.name), pd.app_upper(&app.name), pd.app_work(&app.name), pd.app_rootfs(&app.name)] {
+            mkdir(p)?;
         }
     }
     for v in &m.volumes {

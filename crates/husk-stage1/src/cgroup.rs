@@ -97,9 +97,20 @@ impl Layout {
                 .ctx(Step::Cgroup, || format!("cannot create cgroup {}", root.join(&base).display()))?;
             enable_v2_controllers(&root.join(&base))?;
         }
-        for leaf in apps {
-            for p in self.paths(&format!("{base}/{leaf}")) {
-                std::fs::create_dir_all(&p).ctx(Step::Cgroup, || format!("cannot create cgroup {}", p.display()))?;
+        // The pod's cgroup, then each app's, in every hierarchy: one mkdir each (`husk/` is
+        // made by the first pod on a host).
+        let mkdir = |p: &Path| {
+            match std::fs::create_dir(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(p),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            }
+            .ctx(Step::Cgroup, || format!("cannot create cgroup {}", p.display()))
+        };
+        for pod in self.paths(&base) {
+            mkdir(&pod)?;
+            for leaf in apps {
+                mkdir(&pod.join(leaf))?;
             }
         }
         Ok(())
@@ -366,6 +377,29 @@ mod tests {
         // that the call reports the failure instead of pretending.
         assert!(l.remove_pod("u1", &["web".into()]).is_err() || !d.join("husk/u1").exists());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn v1_pod_trees_in_fake_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
+        let roots = vec![d.join("memory"), d.join("cpu,cpuacct")];
+        for r in &roots {
+            std::fs::create_dir(r).unwrap();
+        }
+        let l = Layout::V1(roots.clone());
+        // The first pod on the host makes husk/ too; the next finds it.
+        l.create_pod("u1", &["web".into(), "db".into()]).unwrap();
+        l.create_pod("u2", &["web".into()]).unwrap();
+        for r in &roots {
+            for leaf in ["husk/u1/web", "husk/u1/db", "husk/u2/web"] {
+                assert!(r.join(leaf).is_dir(), "{}", r.join(leaf).display());
+            }
+        }
+        // A hierarchy that is not there is an error naming the cgroup, not a panic.
+        std::fs::write(d.join("file"), "").unwrap();
+        let e = Layout::V1(vec![d.join("file")]).create_pod("u3", &["web".into()]).unwrap_err();
+        assert!(e.chain().contains("cannot create cgroup"), "{}", e.chain());
     }
 
     fn res() -> Resources {

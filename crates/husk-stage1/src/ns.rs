@@ -234,6 +234,11 @@ fn supervise(
     }
     drop(report);
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
+    // Held for the cleanup (Cleanup::hold): an app that has already exited is simply not held.
+    let mount_namespaces: Vec<std::fs::File> = std::iter::once(init.as_raw())
+        .chain(app_pids.values().copied())
+        .filter_map(|pid| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok())
+        .collect();
     let state = Stage1State {
         abi_version: ABI_VERSION,
         supervisor_pid: supervisor.as_raw(),
@@ -315,7 +320,9 @@ fn supervise(
             }
         }
     };
-    Ok(Exited { code, cleanup: Cleanup::prepare(dir, m, &layout, net_dirs), host_mnt })
+    let mut cleanup = Cleanup::prepare(dir, m, &layout, net_dirs);
+    cleanup.hold(mount_namespaces);
+    Ok(Exited { code, cleanup, host_mnt })
 }
 
 /// How long the apps get between SIGTERM and SIGKILL: what `husk stop --timeout` asked for, or
