@@ -198,9 +198,24 @@ impl Layout {
                 return Err(missing("--cpu"));
             }
         }
+        // A file the plan writes several times in a row (devices.allow, a rule a write) is opened
+        // once: each open walks the cgroup tree, whose lock every pod's mkdir and rmdir take.
+        let mut open: Option<(PathBuf, std::fs::File)> = None;
         for (file, value) in self.limit_plan(uuid, app, r) {
-            std::fs::write(&file, &value)
-                .ctx(Step::Cgroup, || format!("app {app}: cannot write {value:?} to {}", file.display()))?;
+            let cannot = || format!("app {app}: cannot write {value:?} to {}", file.display());
+            let f = match open.take() {
+                Some((p, f)) if p == file => f,
+                // As `std::fs::write` opens: a fake cgroupfs in the tests is a plain directory.
+                _ => std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&file)
+                    .ctx(Step::Cgroup, cannot)?,
+            };
+            use std::io::Write as _;
+            (&f).write_all(value.as_bytes()).ctx(Step::Cgroup, cannot)?;
+            open = Some((file, f));
         }
         Ok(())
     }
