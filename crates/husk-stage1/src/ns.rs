@@ -171,7 +171,8 @@ fn supervise(
     let net_dirs = matches!(m.net, NetMode::Cni { .. }).then_some(plugin_dirs.as_slice());
     let host_mnt =
         std::fs::File::open("/proc/self/ns/mnt").ctx(Step::Pod, || "cannot open the host's mount namespace".into())?;
-    // systemd: who says ready, and the socket-activated fds (ours: `husk run` exec'd into us).
+    // systemd: who says ready, and the socket-activated fds (ours: `husk run` exec'd into us,
+    // or handed over to us).
     let notifier = Notifier::from_env()?;
     let notify_mode = crate::notify::mode(m, notifier.is_some());
     let proxy = match &notify_mode {
@@ -235,6 +236,7 @@ fn supervise(
     drop(report);
     let app_pids = host_pids(init.as_raw(), &app_ns_pids);
     // Held for the cleanup (Cleanup::hold): an app that has already exited is simply not held.
+    // The init's is the supervisor's own unless it has private users (plan::init_namespaces).
     let mount_namespaces: Vec<std::fs::File> = std::iter::once(init.as_raw())
         .chain(app_pids.values().copied())
         .filter_map(|pid| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok())

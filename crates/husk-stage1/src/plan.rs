@@ -316,12 +316,16 @@ pub fn pod_net(m: &PodManifest, made: bool) -> PodNet {
     }
 }
 
-/// The namespaces the pod init is cloned into: always PID, mount and UTS; IPC unless the pod
-/// shares the host's; network only for a new one (pods with a pinned one are born in it, host
-/// pods in the host's); user with private users.
+/// The namespaces the pod init is cloned into: always PID and UTS; IPC unless the pod shares
+/// the host's; network only for a new one (pods with a pinned one are born in it, host pods in
+/// the host's); user and mount with private users. Without private users the init stays in the
+/// supervisor's private mount namespace: it mounts nothing, each app unshares its own from it,
+/// and a copy of the host's mount table for the init alone (and its end, with an RCU grace
+/// period) would be work for nothing. In its own user namespace it needs a mount namespace that
+/// namespace owns.
 pub fn init_namespaces(m: &PodManifest, net: PodNet) -> nix::sched::CloneFlags {
     use nix::sched::CloneFlags as F;
-    let mut f = F::CLONE_NEWPID | F::CLONE_NEWNS | F::CLONE_NEWUTS;
+    let mut f = F::CLONE_NEWPID | F::CLONE_NEWUTS;
     if m.ipc == IpcMode::Private {
         f |= F::CLONE_NEWIPC;
     }
@@ -329,7 +333,7 @@ pub fn init_namespaces(m: &PodManifest, net: PodNet) -> nix::sched::CloneFlags {
         f |= F::CLONE_NEWNET;
     }
     if m.private_users.is_some() {
-        f |= F::CLONE_NEWUSER;
+        f |= F::CLONE_NEWUSER | F::CLONE_NEWNS;
     }
     f
 }
@@ -546,7 +550,8 @@ mod tests {
                             };
                             assert_eq!(pod_net, want);
                             let f = init_namespaces(&m, pod_net);
-                            assert!(f.contains(F::CLONE_NEWPID | F::CLONE_NEWNS | F::CLONE_NEWUTS));
+                            assert!(f.contains(F::CLONE_NEWPID | F::CLONE_NEWUTS));
+                            assert_eq!(f.contains(F::CLONE_NEWNS), users.is_some());
                             assert_eq!(f.contains(F::CLONE_NEWIPC), ipc == IpcMode::Private);
                             assert_eq!(f.contains(F::CLONE_NEWNET), net != NetMode::Host && !made);
                             assert_eq!(f.contains(F::CLONE_NEWUSER), users.is_some());

@@ -134,7 +134,7 @@ pub struct Listen {
 
 impl Listen {
     /// The fds of `$LISTEN_FDS` when `$LISTEN_PID` is this process (the supervisor: `husk run`
-    /// exec'd into it).
+    /// exec'd into it, or handed over to it).
     pub fn from_env() -> Option<Listen> {
         let var = |k: &str| std::env::var(k).ok();
         let count = husk_types::pod::listen_fds(
