@@ -482,22 +482,21 @@ pub fn holds_dir_open(pid: i32, dir: &std::path::Path) -> bool {
 /// so that printing into a closed pipe (`husk list | head -1`) fails with EPIPE and `println!`
 /// panics; with the default, the process ends quietly, as other command-line tools do.
 pub fn default_sigpipe() {
-    sigpipe(nix::sys::signal::SigHandler::SigDfl);
+    sigpipe(false);
 }
 
 /// Ignores SIGPIPE again, as Rust's runtime does when a program starts: for code that a
 /// command-line program hands over to instead of exec'ing it (see [`may_hand_over`]), so that
 /// it runs as it would in its own program (a write into a closed pipe fails with EPIPE).
 pub fn ignore_sigpipe() {
-    sigpipe(nix::sys::signal::SigHandler::SigIgn);
+    sigpipe(true);
 }
 
-fn sigpipe(how: nix::sys::signal::SigHandler) {
+fn sigpipe(ignore: bool) {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    debug_assert!(matches!(how, SigHandler::SigDfl | SigHandler::SigIgn));
-    // SAFETY: installing SIG_DFL or SIG_IGN (the only callers' values) registers no handler
-    // code, so no async-signal-safety requirement applies; it only changes what the kernel does
-    // with the signal.
+    let how = if ignore { SigHandler::SigIgn } else { SigHandler::SigDfl };
+    // SAFETY: installing SIG_DFL or SIG_IGN registers no handler code, so no async-signal-safety
+    // requirement applies; it only changes what the kernel does with the signal.
     let _ = unsafe { signal(Signal::SIGPIPE, how) };
 }
 
