@@ -149,15 +149,14 @@ pub fn take_run_fds(pod_dir: &Path) -> Result<(husk_sys::Lock, Option<std::fs::F
 }
 
 /// `take_run_fds` for a process that hands over to stage1 instead of exec'ing it
-/// (`ns::run_handed_over`): the lock is already held and there is no readiness pipe (the pod
-/// runs in the foreground). What an exec'd stage1 would find at its start is made so: every fd
-/// from 3 up close-on-exec, SIGPIPE ignored, the pod's directory the working directory.
-pub fn take_handed_over(pod_dir: &Path, lock: husk_sys::Lock) -> Result<husk_sys::Lock, Fail> {
+/// (`ns::run_handed_over`): the caller already holds the lock, and there is no readiness pipe
+/// (the pod runs in the foreground). What an exec'd stage1 would find at its start is made so:
+/// every fd from 3 up close-on-exec, SIGPIPE ignored, the pod's directory the working directory.
+pub fn take_handed_over(pod_dir: &Path) -> Result<(), Fail> {
     husk_sys::proc::ignore_sigpipe();
     std::env::set_current_dir(pod_dir).ctx(Step::Pod, || format!("cannot enter {}", pod_dir.display()))?;
     husk_sys::proc::cloexec_from(3).ctx(Step::Pod, || "cannot mark fds close-on-exec".into())?;
-    write_lock_holder(pod_dir)?;
-    Ok(lock)
+    write_lock_holder(pod_dir)
 }
 
 /// Records this process as the pod lock's holder (stage1 ABI: `lock-holder.pid`), so that `husk

@@ -99,7 +99,7 @@ fn run(args: &[String]) -> Result<i32, Fail> {
 /// back. The caller checked `husk_sys::proc::may_hand_over` (one thread, no fd open that an
 /// exec would have closed). Returns the pod's exit status, as `run`'s process would exit with.
 pub fn run_handed_over(dir: &Path, m: &PodManifest, lock: husk_sys::Lock, debug: bool) -> i32 {
-    let r = crate::common::take_handed_over(dir, lock).and_then(|lock| run_pod(dir, m, lock, None, debug));
+    let r = crate::common::take_handed_over(dir).and_then(|()| run_pod(dir, m, lock, None, debug));
     exit_code(r)
 }
 

@@ -289,11 +289,12 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
     let quiet = a.quiet;
     let mut images = Vec::new();
     let policy: husk_image::PullPolicy = a.pull_policy.into();
-    // Whether this process asked a registry for anything (and so may hold its credentials).
-    let mut asked_registry = matches!(policy, husk_image::PullPolicy::Update);
+    // Whether this run fetched anything: from a registry (this process may then hold its
+    // credentials, which an exec wipes from memory) or from an archive.
+    let mut fetched = matches!(policy, husk_image::PullPolicy::Update);
     for s in &req.apps {
         let f = crate::cmd::fetch::fetch_one(ctx, &store, &s.image, policy, quiet, None)?;
-        asked_registry |= !f.cached;
+        fetched |= !f.cached;
         crate::cmd::fetch::admit(ctx, &store, &f)?;
         husk_image::prepare_for_run(&store, &f.name, &f.record)?;
         images.push(AppImage { name: f.name, record: f.record });
@@ -309,17 +310,18 @@ pub fn cmd_run(ctx: &Ctx, a: &RunArgs, more: &[AppSegment], prepare_only: bool) 
         return Ok(0);
     }
     pods.transition(&mut pod, PhaseDir::Run)?;
-    start(ctx, pod, &m, a.detach, !asked_registry)
+    start(ctx, pod, &m, a.detach, fetched)
 }
 
 /// Hands a locked pod in `run/` to its stage1: by exec (the invoker stays the parent and gets
 /// the pod's exit status), by running the built-in `ns` stage1 in this process (the same, one
-/// program start fewer; not after a registry was asked for anything, whose credentials an
-/// exec would wipe from memory), or, detached, as a new session whose readiness we wait for.
-fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool, clean: bool) -> Result<i32, Failure> {
+/// program start fewer; not when this run `fetched` an image, since a registry's credentials
+/// may be left in memory, which an exec wipes), or, detached, as a new session whose readiness
+/// we wait for.
+fn start(ctx: &Ctx, pod: LockedPod, m: &PodManifest, detach: bool, fetched: bool) -> Result<i32, Failure> {
     let stage1 = lifecycle::Stage1 { path: ctx.stage1_path(&m.flavor)?, debug: ctx.verbose > 0 };
     if !detach {
-        let builtin = clean && ctx.is_builtin_stage1(&m.flavor, &stage1.path);
+        let builtin = !fetched && ctx.is_builtin_stage1(&m.flavor, &stage1.path);
         let pod = if builtin { hand_over(pod, m, stage1.debug) } else { pod };
         return Err(lifecycle::exec(pod, m, &stage1).into());
     }
@@ -349,5 +351,5 @@ pub fn cmd_run_prepared(ctx: &Ctx, a: &RunPreparedArgs) -> Result<i32, Failure> 
     let uuid = a.pod.resolve(&pods)?;
     let stdio = stdio_of(a.detach, a.interactive, a.tty)?;
     let (pod, m) = lifecycle::take_prepared(&pods, &uuid, stdio, invoker_term().as_deref())?;
-    start(ctx, pod, &m, a.detach, true)
+    start(ctx, pod, &m, a.detach, false)
 }
