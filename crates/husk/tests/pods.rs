@@ -396,6 +396,34 @@ fn a_foreground_pod_runs_its_builtin_stage1_in_husk_and_another_stage1_by_exec()
     assert!(mounts_under(&env.dir()).is_empty());
 }
 
+/// The pod init shares the supervisor's private mount namespace (it mounts nothing) unless it
+/// has a user namespace of its own, which must own its mount namespace; an app always has its
+/// own, and none of them is the host's.
+#[test]
+fn the_pod_init_shares_the_supervisors_mount_namespace_unless_it_has_private_users() {
+    let env = Env::new();
+    let host = common::ns_id(std::path::Path::new("/proc/self/ns/mnt"));
+    for private_users in [false, true] {
+        let mut args = vec!["--net=none"];
+        if private_users {
+            args.push("--private-users");
+        }
+        let bb = image("busybox");
+        args.extend([bb.as_str(), "--", "sleep", "600"]);
+        let uuid = env.detached(&args);
+        let s = env.json(&["status", &uuid, "--format", "json"]);
+        let mnt = |pid: i64| common::ns_id(std::path::Path::new(&format!("/proc/{pid}/ns/mnt")));
+        let (sup, init) = (mnt(s["supervisor_pid"].as_i64().unwrap()), mnt(s["pid"].as_i64().unwrap()));
+        let app = mnt(s["apps"][0]["pid"].as_i64().unwrap_or_else(|| panic!("no app pid: {s}")));
+        assert!(![sup, init, app].contains(&host), "a pod process in the host's mount namespace: {s}");
+        assert_eq!(init == sup, !private_users, "private users {private_users}: {s}");
+        assert!(app != init && app != sup, "the app has its own mount namespace: {s}");
+        env.ok(&["stop", &uuid]);
+    }
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(mounts_under(&env.dir()).is_empty());
+}
+
 #[test]
 fn binary_replaced_while_a_detached_pod_runs() {
     let env = Env::new();
