@@ -10,7 +10,8 @@ Creates OUTDIR/{busybox,workload,big}/ (OCI layouts, tag "latest"):
             links, symlinks, a FIFO, and files of several owners and modes (about 50 MB).
 and hostile ones: evil-proc, evil-dev, escape (escape attempts), evil-fifo (FIFOs at
 /etc/hostname and /etc/hosts), evil-xattr (trusted.overlay.* xattrs), etc-symlink (/etc a
-symlink to the host's /etc), user-minus-one (config User 4294967295, the kernel's -1).
+symlink to the host's /etc), user-minus-one (config User 4294967295, the kernel's -1), and
+etc-own (busybox with its own /etc/mtab and /etc/hosts).
 Deterministic: the same inputs give the same digests, so layers are shared between runs.
 """
 import gzip, hashlib, io, json, os, random, subprocess, sys, tarfile
@@ -189,6 +190,15 @@ def hostile_layers():
     return fifo.finish(), xattr.finish(), etc_link.finish()
 
 
+def etc_own_layer():
+    """An image with its own /etc/mtab and /etc/hosts: they win over husk's base layer."""
+    l = Layer()
+    l.dir("etc")
+    l.file("etc/mtab", b"the image's mtab\n")
+    l.file("etc/hosts", b"the image's hosts\n")
+    return l.finish()
+
+
 def main():
     out, binary = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
@@ -206,6 +216,7 @@ def main():
     write_image(out, "evil-fifo", [bb, fifo], {"Env": env, "Cmd": ["sh"]})
     write_image(out, "evil-xattr", [bb, xattr], {"Env": env, "Cmd": ["sh"]})
     write_image(out, "etc-symlink", [bb, etc_link], {"Env": env, "Cmd": ["/bin/sh"]})
+    write_image(out, "etc-own", [bb, etc_own_layer()], {"Env": env, "Cmd": ["/bin/sh"]})
     write_image(out, "user-minus-one", [bb, workload_layer(binary)],
                 {"Env": env, "Entrypoint": ["/usr/bin/husk-workload"], "User": "4294967295:4294967295"})
 

@@ -5,6 +5,7 @@
 //! unpacked tree per layer, which pods use as overlay lower dirs.
 #![forbid(unsafe_code)] // only husk-sys may use `unsafe` (STYLE.md)
 
+pub mod base;
 pub mod error;
 pub mod fetch;
 pub mod ingest;

@@ -67,14 +67,20 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
-/// Removes blobs and layer trees no image record references, and leftovers of interrupted work.
+/// Removes blobs and layer trees no image record references (the base layer: once no image is
+/// left), and leftovers of interrupted work.
 pub fn gc(store: &Store) -> Result<GcReport, StoreError> {
     let _excl = store.lock_store(LockKind::Exclusive)?;
     let mut report = GcReport { leftovers: store.clean_tmp()?, ..Default::default() };
     store.remove_key_locks()?;
     let mut blobs = HashSet::new();
     let mut trees = HashSet::new();
-    for img in store.images()? {
+    let images = store.images()?;
+    // The base layer is beneath every pod's image layers: kept while a pod can be built.
+    if !images.is_empty() {
+        trees.insert(crate::base::diff_id().hex().to_string());
+    }
+    for img in images {
         blobs.insert(img.manifest.hex().to_string());
         blobs.insert(img.config.hex().to_string());
         for l in &img.layers {

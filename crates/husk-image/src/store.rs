@@ -148,6 +148,13 @@ impl Store {
         &self.root
     }
 
+    /// The store as a member of the husk group sees it (blobs only), for tests run as root.
+    #[cfg(test)]
+    pub(crate) fn into_member(mut self) -> Store {
+        self.unpacks = false;
+        self
+    }
+
     /// Whether layers fetched by this process are unpacked now (see [`Store::unpacks`]).
     pub fn unpacks(&self) -> bool {
         self.unpacks

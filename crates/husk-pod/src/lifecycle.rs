@@ -245,8 +245,9 @@ pub fn prepare(
     for img in images {
         store.check_layers(&img.name, &img.record)?;
     }
+    let base_layer = husk_image::base::ensure(store)?;
     let pod = pods.create()?;
-    match assemble(pods, store, req, images, &pod) {
+    match assemble(pods, store, req, images, base_layer, &pod) {
         Ok(m) => Ok((pod, m)),
         Err(e) => {
             // Nothing the user stored lives in a half-prepared pod: remove it now.
@@ -261,6 +262,7 @@ fn assemble(
     store: &Store,
     req: &PodRequest,
     images: &[AppImage],
+    base_layer: Option<PathBuf>,
     pod: &LockedPod,
 ) -> Result<PodManifest, PodError> {
     // Both held until the manifest naming the ports and the range is written, at the end of this
@@ -290,6 +292,10 @@ fn assemble(
             n += 1;
         }
         let mut app = build_app(store, &img.name, &img.record, s, name, ids.as_ref().map(|i| i.range))?;
+        // Beneath the image: the mount targets it may lack (husk_image::base).
+        if let Some(b) = &base_layer {
+            app.layers.insert(0, b.clone());
+        }
         if req.stdio.has_terminal() {
             add_term(&mut app, req.term.as_deref());
         }

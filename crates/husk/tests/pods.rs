@@ -231,6 +231,52 @@ fn detached_pod_logs_enter_stop_gc_leave_nothing() {
     assert!(env.json(&["list", "--format", "json"]).as_array().unwrap().is_empty());
 }
 
+/// What stage1 mounts onto in every app (/etc/hostname, /etc/hosts, /etc/resolv.conf, /etc/mtab,
+/// /proc, /sys, /dev) comes from husk's base layer, beneath the image's: a pod that writes nothing
+/// leaves its upper dir empty, the app still reads the pod's own /etc files, an image's own entry
+/// wins over the base's, and the base layer is a store layer like any other (verified by `image
+/// verify`, collected by `image gc` with the last image).
+#[test]
+fn mount_targets_come_from_a_base_layer_beneath_the_image() {
+    let env = Env::new();
+    let bb = image("busybox");
+    env.ok(&["fetch", "-q", &bb]);
+    let uuid_file = env.tmp.path().join("uuid");
+    let u = uuid_file.to_str().unwrap();
+    let script = "cat /etc/hostname /etc/resolv.conf; readlink /etc/mtab; grep -c ' /proc ' /proc/mounts";
+    let out =
+        env.ok(&["run", "-q", "--net=none", "--hostname=based", "--uuid-file-save", u, &bb, "--", "sh", "-c", script]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"based"), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("nameserver") || l.starts_with("search")), "{out}");
+    assert_eq!(lines[lines.len() - 2..], ["/proc/mounts", "1"], "{out}");
+    let uuid = std::fs::read_to_string(&uuid_file).unwrap().trim().to_string();
+    let pod = env.dir().join("pods/run").join(&uuid);
+    let upper: Vec<_> =
+        std::fs::read_dir(pod.join("apps/busybox/upper")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(upper.is_empty(), "stage1 created mount targets in the pod's upper dir: {upper:?}");
+    let m = env.json(&["cat-manifest", &uuid]);
+    let layers = m["apps"][0]["layers"].as_array().unwrap().clone();
+    assert_eq!(layers.len(), 2, "the base layer, then busybox's: {layers:?}");
+    let base = std::path::PathBuf::from(layers[0].as_str().unwrap());
+    assert!(base.join("etc/hosts").is_file() && base.starts_with(env.dir().join("store/layers")), "{base:?}");
+
+    // An image's own /etc/mtab stays (the base's link is beneath it); its /etc/hosts is covered by
+    // the pod's, as without the base.
+    let own = format!("oci:{}", common::images_dir().join("etc-own").display());
+    env.ok(&["fetch", "-q", "--insecure-options=image", &own]);
+    let out = env.ok(&["run", "-q", "--net=none", "localhost/etc-own", "--", "sh", "-c", "cat /etc/mtab /etc/hosts"]);
+    assert!(out.starts_with("the image's mtab\n") && !out.contains("the image's hosts"), "{out}");
+    assert!(out.contains("localhost"), "{out}");
+
+    env.ok(&["gc", "--grace-period=0s"]);
+    env.ok(&["image", "verify"]);
+    env.ok(&["image", "rm", &bb, "localhost/etc-own"]);
+    env.ok(&["image", "gc"]);
+    assert!(!base.exists(), "the base layer outlived the last image");
+    assert_eq!(std::fs::read_dir(env.dir().join("store/layers")).unwrap().count(), 0);
+}
+
 /// The supervisor returns the pod's status before the pod's cgroups and mount namespace are gone:
 /// a detached cleanup removes them on its own, and `rm` straight after `run` waits for it.
 #[test]
