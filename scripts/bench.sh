@@ -20,10 +20,11 @@ PR="--ulimit nofile=16384:16384 --ulimit nproc=16384:16384"
 json=$w/json; mkdir -p $json
 # Each group starts from a quiet disk: the fetch groups write about a gigabyte, whose writeback
 # would otherwise slow the metadata operations of the groups after them. The pod-start groups
-# also start 31 s after the last mass deletion (a store removed, a `gc`): ext4 without a journal
-# (this kind of host's root file system) skips, one by one, the inodes freed in the last 30 s
-# when it allocates, so the first runs after the benchmark's own cleanup would pay for it
-# (docs/BENCHMARKS.md, "ext4 inode allocation after mass deletions").
+# also start 61 s after the last mass deletion (a store removed, a `gc`): ext4 without a journal
+# (this kind of host's root file system) skips, one by one, the inodes freed in the last 60 s
+# (360 s while their inode table block is dirty, hence the sync) when it allocates
+# (`recently_deleted` in fs/ext4/ialloc.c), so the first runs after the benchmark's own cleanup
+# would pay for it (docs/BENCHMARKS.md, "ext4 inode allocation after mass deletions").
 quiet=3
 settle() { sync; sleep $quiet; }
 hf() { local name=$1; shift; settle; hyperfine -N --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null 2>&1 || hyperfine --style none --runs "$runs" --warmup 2 --export-json "$json/$name.json" "$@" >/dev/null; }
@@ -38,7 +39,7 @@ for img in busybox big; do
 done
 
 echo "== run busybox true" >&2
-quiet=31
+quiet=61
 rm -rf "$w/husk" "$w/podman"
 $H fetch -q $reg/husk/busybox >/dev/null
 $P pull -q --tls-verify=false $reg/husk/busybox >/dev/null
