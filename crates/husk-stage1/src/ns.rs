@@ -264,6 +264,12 @@ fn supervise(
         n.send(&crate::notify::ready(supervisor.as_raw()));
     }
 
+    // The cleanup's lock is taken now, while the apps run, not after the init's exit, where it
+    // would delay the status (a file made and locked). Still under the pod lock, so that no `gc`
+    // can slip in between; `gc` never collects a pod whose lock is held.
+    let mut cleanup = Cleanup::prepare(dir, m, &layout, net_dirs);
+    cleanup.hold(mount_namespaces);
+
     // From here on the supervisor only waits: once the pod has run a while, give back the memory
     // its setup needed (and again each time it goes back to waiting).
     let mut idle = husk_sys::proc::IdleRelease::after(IDLE_AFTER);
@@ -322,8 +328,6 @@ fn supervise(
             }
         }
     };
-    let mut cleanup = Cleanup::prepare(dir, m, &layout, net_dirs);
-    cleanup.hold(mount_namespaces);
     Ok(Exited { code, cleanup, host_mnt })
 }
 
