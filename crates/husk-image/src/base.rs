@@ -72,7 +72,6 @@ pub fn ensure(store: &Store) -> Result<Option<PathBuf>, StoreError> {
         return Ok(Some(store.layer_rootfs(&diff)));
     }
     let staging = store.tree_staging_path(&key);
-    let dest = store.layer_dir(&diff);
     let result = (|| {
         let rootfs = staging.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| StoreError::io(&rootfs, "create", e))?;
@@ -81,12 +80,7 @@ pub fn ensure(store: &Store) -> Result<Option<PathBuf>, StoreError> {
         let (tree_digest, size, files) =
             unpack::tree_digest(&rootfs).map_err(|e| StoreError::io(&rootfs, "hash", e))?;
         Store::write_layer_meta(&staging, &LayerMeta { diff_id: diff.clone(), tree_digest, size, files })?;
-        // A damaged tree (its rootfs or record deleted) is replaced whole, under the key lock.
-        if dest.exists() {
-            remove_any(&dest).map_err(|e| StoreError::io(&dest, "remove damaged layer", e))?;
-        }
-        std::fs::rename(&staging, &dest).map_err(|e| StoreError::io(&dest, "publish layer", e))?;
-        husk_sys::fsync_dir(dest.parent().expect("layers/ is its parent")).map_err(|e| StoreError::io(&dest, "sync", e))
+        store.publish_layer(&staging, &diff)
     })();
     if result.is_err() {
         let _ = remove_any(&staging);

@@ -322,15 +322,7 @@ impl Ingest<'_> {
                 w.commit().map_err(|e| self.store_err(e))?;
             }
             if !have_tree {
-                let dest = store.layer_dir(&l.diff_id);
-                // A damaged tree (its rootfs or record deleted) is replaced whole, under the key lock.
-                if dest.exists() {
-                    remove_any(&dest).map_err(|e| self.store_err(StoreError::io(&dest, "remove damaged layer", e)))?;
-                }
-                std::fs::rename(&tree_tmp, &dest)
-                    .map_err(|e| self.store_err(StoreError::io(&dest, "publish layer", e)))?;
-                husk_sys::fsync_dir(dest.parent().unwrap())
-                    .map_err(|e| self.store_err(StoreError::io(&dest, "sync", e)))?;
+                store.publish_layer(&tree_tmp, &l.diff_id).map_err(|e| self.store_err(e))?;
             }
             Ok(())
         })();

@@ -528,6 +528,18 @@ impl Store {
         Ok(self.images()?.into_iter().filter(|r| &r.id == id).collect())
     }
 
+    /// Publishes a tree staged by [`Store::tree_staging_path`] (its `rootfs/` and `layer.json`
+    /// complete) as the layer `diff_id`, under that layer's key lock. A damaged tree there (its
+    /// rootfs or record deleted) is replaced whole.
+    pub fn publish_layer(&self, staging: &Path, diff_id: &Digest) -> Result<(), StoreError> {
+        let dest = self.layer_dir(diff_id);
+        if dest.exists() {
+            remove_any(&dest).map_err(|e| StoreError::io(&dest, "remove damaged layer", e))?;
+        }
+        fs::rename(staging, &dest).map_err(|e| StoreError::io(&dest, "publish layer", e))?;
+        husk_sys::fsync_dir(&self.root.join("layers")).map_err(|e| StoreError::io(&dest, "sync", e))
+    }
+
     /// Records an unpacked tree as complete (called on the tmp dir before it is renamed).
     pub fn write_layer_meta(dir: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         let p = dir.join("layer.json");
