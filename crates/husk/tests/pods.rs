@@ -304,6 +304,30 @@ fn the_cleanup_after_exit_finishes_alone_and_rm_waits_for_it() {
     assert!(mounts_under(&env.dir()).is_empty(), "mounts left: {:?}", mounts_under(&env.dir()));
 }
 
+/// The supervisor takes `cleanup.lock` once the apps have started (so that taking it is not on
+/// the path of the status): a running pod holds it, `gc` passes the running pod by without
+/// waiting for it, and once the pod is stopped its cleanup releases it and `rm` collects it.
+#[test]
+fn a_running_pod_holds_its_cleanup_lock_and_gc_passes_it_by() {
+    let env = Env::new();
+    let uuid = env.detached(&["--net=none", &image("busybox"), "--", "sleep", "600"]);
+    let lock = env.dir().join("pods/run").join(&uuid).join("cleanup.lock");
+    let try_lock = || {
+        let f = std::fs::File::open(&lock).unwrap();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+    };
+    assert!(!try_lock(), "a running pod's cleanup.lock is free");
+    // Not a timing: a gc that tried to collect the pod would wait out COLLECT_WAIT (60 s) for the lock.
+    let t = std::time::Instant::now();
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(t.elapsed() < Duration::from_secs(30), "gc waited for a running pod's cleanup lock");
+    assert_eq!(env.json(&["status", &uuid, "--format", "json"])["state"], "running");
+    env.ok(&["stop", &uuid]);
+    env.ok(&["rm", &uuid]);
+    assert!(!lock.exists(), "rm left the pod");
+    assert!(pod_cgroups(&uuid).is_empty(), "rm left cgroups: {:?}", pod_cgroups(&uuid));
+}
+
 #[test]
 fn kill_9_of_the_supervisor_is_seen_as_exited_and_collected() {
     let env = Env::new();
