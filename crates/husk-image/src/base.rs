@@ -76,7 +76,7 @@ pub fn ensure(store: &Store) -> Result<Option<PathBuf>, StoreError> {
         let rootfs = staging.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| StoreError::io(&rootfs, "create", e))?;
         unpack::unpack(&tar[..], &rootfs, Mode::Overlay)
-            .map_err(|e| StoreError::io(&rootfs, "unpack the base layer into", std::io::Error::other(e.to_string())))?;
+            .map_err(|e| StoreError::io(&rootfs, "unpack the base layer into", std::io::Error::other(e)))?;
         let (tree_digest, size, files) =
             unpack::tree_digest(&rootfs).map_err(|e| StoreError::io(&rootfs, "hash", e))?;
         Store::write_layer_meta(&staging, &LayerMeta { diff_id: diff.clone(), tree_digest, size, files })?;
