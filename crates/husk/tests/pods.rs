@@ -312,11 +312,17 @@ fn a_running_pod_holds_its_cleanup_lock_and_gc_passes_it_by() {
     let env = Env::new();
     let uuid = env.detached(&["--net=none", &image("busybox"), "--", "sleep", "600"]);
     let lock = env.dir().join("pods/run").join(&uuid).join("cleanup.lock");
-    let try_lock = || {
-        let f = std::fs::File::open(&lock).unwrap();
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+    // The supervisor takes the lock just after it has told `run -d` that the pod is ready, so
+    // allow it a moment: `held` is whether the file exists and another process holds it.
+    let held = || {
+        std::fs::File::open(&lock)
+            .is_ok_and(|f| rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err())
     };
-    assert!(!try_lock(), "a running pod's cleanup.lock is free");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !held() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(held(), "a running pod's cleanup.lock is missing or free");
     // Not a timing: a gc that tried to collect the pod would wait out COLLECT_WAIT (60 s) for the lock.
     let t = std::time::Instant::now();
     env.ok(&["gc", "--grace-period=0s"]);
