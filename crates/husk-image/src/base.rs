@@ -157,6 +157,25 @@ mod tests {
     }
 
     #[test]
+    fn verify_names_a_damaged_base_layer_and_its_fix_rebuilds_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let root = ensure(&store).unwrap().unwrap();
+        assert!(crate::maintenance::verify(&store).unwrap().1.is_empty());
+        std::fs::write(root.join("etc/hosts"), b"10.0.0.1 evil\n").unwrap();
+        let (_, damage) = crate::maintenance::verify(&store).unwrap();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        let record = store.layer_dir(&diff_id()).join("layer.json");
+        assert!(damage[0].what.starts_with("husk's base layer tree sha256:"), "{:?}", damage[0]);
+        assert!(damage[0].problem.contains(&format!("remove {}", record.display())), "{:?}", damage[0]);
+        // The fix the message gives.
+        std::fs::remove_file(&record).unwrap();
+        assert_eq!(ensure(&store).unwrap(), Some(root.clone()));
+        assert_eq!(std::fs::metadata(root.join("etc/hosts")).unwrap().len(), 0);
+        assert!(crate::maintenance::verify(&store).unwrap().1.is_empty());
+    }
+
+    #[test]
     fn gc_keeps_it_while_the_store_holds_an_image() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path()).unwrap();

@@ -184,19 +184,23 @@ pub fn verify(store: &Store) -> Result<(usize, Vec<Damage>), StoreError> {
         checked += 1;
         let name = e.file_name().to_string_lossy().into_owned();
         let Ok(diff) = Digest::from_sha256_hex(&name) else { continue };
-        let what = format!("layer tree {diff}");
-        match store.read_layer_meta(&diff) {
-            Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
+        let problem = match store.read_layer_meta(&diff) {
+            Err(err) => err.to_string(),
             Ok(meta) => match unpack::tree_digest(&store.layer_rootfs(&diff)) {
-                Ok((t, _, _)) if t == meta.tree_digest => {}
-                Ok((t, _, _)) => damage.push(Damage {
-                    what,
-                    path: e.path(),
-                    problem: format!("tree changed: recorded {}, now {}", meta.tree_digest, t),
-                }),
-                Err(err) => damage.push(Damage { what, path: e.path(), problem: err.to_string() }),
+                Ok((t, _, _)) if t == meta.tree_digest => continue,
+                Ok((t, _, _)) => format!("tree changed: recorded {}, now {}", meta.tree_digest, t),
+                Err(err) => err.to_string(),
             },
-        }
+        };
+        // No image's removal and fetch mends the base layer, which husk makes itself: say how.
+        let (what, problem) = if diff == crate::base::diff_id() {
+            let record = store.layer_dir(&diff).join("layer.json");
+            let fix = format!("it holds nothing of yours: remove {} and the next pod rebuilds it", record.display());
+            (format!("husk's base layer tree {diff}"), format!("{problem}; {fix}"))
+        } else {
+            (format!("layer tree {diff}"), problem)
+        };
+        damage.push(Damage { what, path: e.path(), problem });
     }
     Ok((checked, damage))
 }
